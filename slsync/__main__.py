@@ -1,0 +1,3 @@
+from slsync.cli import app
+
+app()

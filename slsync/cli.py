@@ -1,0 +1,593 @@
+"""The command line: parse, call a service, render (rich on a terminal, one JSON document with --json).
+
+Exit codes: 0 success; 1 a sync or command failed; 2 usage or configuration error.
+Heavy modules (psycopg, the engine) are imported inside commands so that --help starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Optional
+
+import typer
+
+from slsync import __version__
+from slsync.errors import SlsyncError, UsageError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from slsync.config import Settings
+    from slsync.models import Source, SyncResult
+    from slsync.sync import BatchResult, PageCallback
+
+EXIT_CODES = "Exit codes: 0 success, 1 failed, 2 usage or configuration error."
+
+
+class _App(typer.Typer):
+    """Typer with one top-level error handler: one line on stderr, a traceback only with --debug."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        sys.exit(run(self, kwargs.get("args")))
+
+
+_debug = False
+
+
+def run(application: typer.Typer, argv: Sequence[str] | None = None) -> int:
+    global _debug
+    args = list(sys.argv[1:] if argv is None else argv)
+    _debug = "--debug" in args
+    command = typer.main.get_command(application)
+    try:
+        code = command.main(args=args, prog_name="slsync", standalone_mode=False)
+        return code if isinstance(code, int) else 0
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.TyperException as exc:  # the parser's usage errors
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            print(exc.format_message(), file=sys.stderr)
+            return 2
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        _error(exc.format_message().strip().rstrip(".") + hint)
+        return exc.exit_code
+    except typer.Abort:
+        _error("aborted")
+        return 130
+    except SlsyncError as exc:
+        if _debug:
+            traceback.print_exc()
+        _error(str(exc))
+        return exc.exit_code
+    except Exception as exc:
+        if _debug:
+            traceback.print_exc()
+        if type(exc).__module__.startswith("psycopg"):
+            _error(f"database error: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}")
+        else:
+            _error(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        return 1
+
+
+def _error(message: str) -> None:
+    print(f"slsync: error: {message}", file=sys.stderr)
+
+
+app = _App(
+    name="slsync",
+    help="Keep a PostgreSQL table of brand mentions current from social platforms. " + EXIT_CODES,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+source_app = typer.Typer(help="Add, list and remove sources (what to listen for, where).", no_args_is_help=True)
+sync_app = typer.Typer(
+    help="Sync sources now: one, one tenant's, or every due one (the cron job).", no_args_is_help=True
+)
+app.add_typer(source_app, name="source")
+app.add_typer(sync_app, name="sync")
+
+JsonFlag = typer.Option(False, "--json", help="Print exactly one JSON document on stdout.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"slsync {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: bool = typer.Option(False, "--debug", help="Show debug logs and tracebacks (never secrets)."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    from slsync import logs
+
+    settings = _settings()
+    logs.setup(settings.log_level, settings.log_format, debug)
+
+
+def _settings() -> Settings:
+    from slsync.config import get_settings
+
+    return get_settings()
+
+
+# --- output helpers -------------------------------------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def emit_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, default=_json_default, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(stderr=stderr, soft_wrap=True)
+    # Not a terminal (cron, a pipe): no colour, and wide enough that tables and URLs never wrap.
+    return Console(stderr=stderr, width=200, no_color=True, soft_wrap=True, highlight=False)
+
+
+def _when(value: datetime | None) -> str:
+    if value is None:
+        return "-"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[PageCallback | None]:
+    """A live line on a terminal's stderr; nothing under cron or with --json."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    console = _console(stderr=True)
+    with console.status("syncing...") as status:
+
+        def on_page(source: Source, pages: int, saved: int) -> None:
+            status.update(f"source {source.id} ({source.platform}: {source.name}): page {pages}, {saved} new mentions")
+
+        yield on_page
+
+
+def _parse_since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--since {value!r}: expected a date such as 2026-11-20 or 2026-11-20T08:00:00Z") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+# --- platforms ------------------------------------------------------------------------------------
+
+
+@app.command()
+def platforms(as_json: bool = JsonFlag) -> None:
+    """List every platform of the plan and whether it is active or planned. Exit 0."""
+    from slsync.connectors import PLATFORMS
+
+    rows = [{"name": p.name, "title": p.title, "state": p.state, "note": p.note} for p in PLATFORMS.values()]
+    if as_json:
+        emit_json({"platforms": rows})
+        return
+    from rich.table import Table
+
+    table = Table("platform", "name", "state", "note")
+    for row in rows:
+        table.add_row(row["name"], row["title"], row["state"], row["note"])
+    _console().print(table)
+
+
+# --- sources --------------------------------------------------------------------------------------
+
+_LANGUAGE = re.compile(r"^[a-z]{2,3}$")
+
+
+def _terms(values: list[str], flag: str, strip: str = "") -> list[str]:
+    cleaned = []
+    for value in values:
+        term = value.strip().lstrip(strip).strip()
+        if not term:
+            raise UsageError(f"{flag} needs a non-empty value")
+        if term not in cleaned:
+            cleaned.append(term)
+    return cleaned
+
+
+def _options(values: list[str]) -> dict[str, str]:
+    options = {}
+    for value in values:
+        name, sep, setting = value.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--option {value!r}: expected NAME=VALUE")
+        options[name.strip()] = setting.strip()
+    return options
+
+
+def _source_json(source: Source) -> dict[str, Any]:
+    return {
+        "id": source.id,
+        "tenant_id": source.tenant_id,
+        "platform": source.platform,
+        "name": source.name,
+        "connection_type": source.connection_type,
+        "config": dict(source.config),
+        "status": source.status,
+        "sync_interval_minutes": source.sync_interval_minutes,
+        "last_sync_at": source.last_sync_at,
+        "next_sync_at": source.next_sync_at,
+        "error_message": source.error_message,
+        "total_mentions": source.mentions_count,
+    }
+
+
+@source_app.command("add")
+def source_add(
+    platform: str = typer.Argument(..., help="A platform name from `slsync platforms`."),
+    tenant: int = typer.Option(..., "--tenant", min=0, help="Tenant id (an integer of your system)."),
+    name: str = typer.Option(..., "--name", help="A name for the source, unique per tenant and platform."),
+    keyword: list[str] = typer.Option([], "--keyword", help="Keyword or phrase to listen for (repeatable)."),
+    hashtag: list[str] = typer.Option([], "--hashtag", help="Hashtag, with or without # (repeatable)."),
+    mention: list[str] = typer.Option([], "--mention", help="Account mentioned, with or without @ (repeatable)."),
+    exclude: list[str] = typer.Option([], "--exclude", help="Word that excludes a post (repeatable)."),
+    language: list[str] = typer.Option([], "--language", help="ISO 639-1 language code (repeatable)."),
+    option: list[str] = typer.Option([], "--option", help="Connector option NAME=VALUE (repeatable)."),
+    interval: int = typer.Option(15, "--interval", min=1, max=10080, help="Minutes between syncs."),
+    as_json: bool = JsonFlag,
+) -> None:
+    """Add a source; prints its id ({"id": ...} with --json). Exit 0, or 2 on bad input."""
+    from slsync import db
+    from slsync.connectors import connector_class
+
+    name = name.strip()
+    if not name:
+        raise UsageError("--name needs a non-empty value")
+    languages = _terms([v.lower() for v in language], "--language")
+    for code in languages:
+        if not _LANGUAGE.match(code):
+            raise UsageError(f"--language {code!r}: expected a two- or three-letter code such as en")
+    connector = connector_class(platform)
+    search = {
+        "keywords": _terms(keyword, "--keyword"),
+        "hashtags": _terms(hashtag, "--hashtag", "#"),
+        "mentions": _terms(mention, "--mention", "@"),
+        "exclude": _terms(exclude, "--exclude"),
+        "languages": languages,
+    }
+    config = connector.build_config(search, _options(option))
+    with db.connect(_settings()) as conn:
+        source_id = db.add_source(
+            conn,
+            tenant_id=tenant,
+            platform=platform,
+            name=name,
+            connection_type=connector.connection_type,
+            config=config,
+            interval_minutes=interval,
+        )
+        source = db.get_source(conn, source_id)
+    if as_json:
+        emit_json(_source_json(source))
+    else:
+        print(f"added {platform} source {source_id} ({name!r}) for tenant {tenant}")
+        print(f"sync it now: slsync sync source {source_id}")
+
+
+@source_app.command("list")
+def source_list(
+    tenant: Optional[int] = typer.Option(None, "--tenant", min=0, help="Only this tenant's sources."),  # noqa: UP045
+    as_json: bool = JsonFlag,
+) -> None:
+    """List sources with their search parameters. Exit 0."""
+    from slsync import db
+
+    with db.connect(_settings()) as conn:
+        sources = db.list_sources(conn, tenant_id=tenant)
+    if as_json:
+        emit_json({"sources": [_source_json(s) for s in sources]})
+        return
+    from rich.table import Table
+
+    table = Table("id", "tenant", "platform", "name", "status", "every", "search")
+    for s in sources:
+        terms = [*s.config.get("keywords", []), *("#" + h for h in s.config.get("hashtags", []))]
+        terms += ["@" + m for m in s.config.get("mentions", [])] + ["-" + x for x in s.config.get("exclude", [])]
+        table.add_row(
+            str(s.id),
+            str(s.tenant_id),
+            s.platform,
+            s.name,
+            s.status,
+            f"{s.sync_interval_minutes} min",
+            " ".join(terms),
+        )
+    _console().print(table)
+
+
+@source_app.command("remove")
+def source_remove(source_id: int = typer.Argument(..., help="The source id."), as_json: bool = JsonFlag) -> None:
+    """Remove a source and its run log; its stored mentions are kept. Exit 0, or 2 if unknown."""
+    from slsync import db
+
+    with db.connect(_settings()) as conn:
+        source = db.get_source(conn, source_id)
+        db.remove_source(conn, source_id)
+    if as_json:
+        emit_json({"removed": source_id})
+    else:
+        print(f"removed source {source_id} ({source.name!r}); its {source.mentions_count} mentions are kept")
+
+
+# --- sync -----------------------------------------------------------------------------------------
+
+
+def _result_line(r: SyncResult) -> str:
+    state = "ok" if r.success else ("skipped" if r.skipped else "FAILED")
+    return f"source {r.source_id}: {state}: {r.message}"
+
+
+def _report_batch(batch: BatchResult, as_json: bool) -> None:
+    if as_json:
+        emit_json(batch.as_json())
+    else:
+        # Failures first: under cron this is the mail an operator reads.
+        for r in sorted(batch.results, key=lambda r: (r.success or r.skipped, r.skipped)):
+            print(_result_line(r))
+        doc = batch.as_json()
+        print(
+            f"{doc['sources_synced']} synced, {doc['sources_failed']} failed, {doc['sources_skipped']} skipped; "
+            f"{doc['total_mentions_saved']} new mentions"
+        )
+    if batch.failed:
+        raise typer.Exit(1)
+
+
+@sync_app.command("source")
+def sync_source_command(
+    source_id: int = typer.Argument(..., help="The source id."),
+    since: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--since", help="Reach back to this date (e.g. 2026-11-20) instead of the cursor."
+    ),
+    as_json: bool = JsonFlag,
+) -> None:
+    """Sync one source now, whatever its schedule. Exit 0 synced; 1 failed, busy or rate limited; 2 bad input."""
+    from slsync import sync
+
+    with _progress(not as_json) as on_page:
+        result = sync.sync_source(_settings(), source_id, since=_parse_since(since), on_page=on_page)
+    if as_json:
+        emit_json(result.as_json())
+    else:
+        print(_result_line(result) + f" ({result.duration_ms / 1000:.1f} s)")
+    if not result.success:
+        raise typer.Exit(1)
+
+
+@sync_app.command("tenant")
+def sync_tenant_command(
+    tenant_id: int = typer.Argument(..., min=0, help="The tenant id."), as_json: bool = JsonFlag
+) -> None:
+    """Sync every source of one tenant now. Exit 0 if none failed, 1 if any failed, 2 on bad input."""
+    from slsync import sync
+
+    with _progress(not as_json) as on_page:
+        batch = sync.sync_tenant(_settings(), tenant_id, on_page=on_page)
+    _report_batch(batch, as_json)
+
+
+@sync_app.command("due")
+def sync_due_command(
+    limit: int = typer.Option(50, "--limit", min=1, max=10000, help="Most sources to claim in this run."),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, max=64, help="Sources synced in parallel."),
+    as_json: bool = JsonFlag,
+) -> None:
+    """Sync the sources whose time has come (the cron job). Exit 0 if none failed, 1 if any failed."""
+    from slsync import sync
+
+    with _progress(not as_json) as on_page:
+        batch = sync.sync_due(_settings(), limit=limit, concurrency=concurrency, on_page=on_page)
+    _report_batch(batch, as_json)
+
+
+# --- status ---------------------------------------------------------------------------------------
+
+
+def _status_json(row: dict[str, Any]) -> dict[str, Any]:
+    now = row["db_now"]
+    started = row["run_started_at"]
+    if row["syncing"] and started is not None:
+        duration = int((now - started).total_seconds() * 1000)
+    elif started is not None and row["run_finished_at"] is not None:
+        duration = int((row["run_finished_at"] - started).total_seconds() * 1000)
+    else:
+        duration = None
+    return {
+        "source": {
+            "id": row["id"],
+            "tenant_id": row["tenant_id"],
+            "platform": row["platform"],
+            "name": row["name"],
+            "status": row["status"],
+            "last_sync_at": row["last_sync_at"],
+            "next_sync_at": row["next_sync_at"],
+            "sync_interval_minutes": row["sync_interval_minutes"],
+            "error_message": row["error_message"],
+            "consecutive_failures": row["consecutive_failures"],
+        },
+        "sync": {
+            "syncing": row["syncing"],
+            "started_at": started,
+            "duration_ms": duration,
+            "last_run_status": row["run_status"],
+        },
+        "rate_limit": {
+            "limit": row["rate_limit_limit"],
+            "remaining": row["rate_limit_remaining"],
+            "reset_at": row["rate_limit_reset_at"],
+        },
+        "stats": {"total_mentions": row["mentions_count"]},
+    }
+
+
+def _status_table(docs: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(
+        "id",
+        "tenant",
+        "platform",
+        "name",
+        "status",
+        "last sync",
+        "next due",
+        "every",
+        "mentions",
+        "rate limit",
+        "syncing",
+        "error",
+    )
+    for doc in docs:
+        s, run, limit = doc["source"], doc["sync"], doc["rate_limit"]
+        rate = "-" if limit["remaining"] is None else f"{limit['remaining']} left, reset {_when(limit['reset_at'])}"
+        syncing = f"since {_when(run['started_at'])}" if run["syncing"] else "no"
+        error = s["error_message"] or ""
+        if s["consecutive_failures"]:
+            error = f"{s['consecutive_failures']} failures: {error}"
+        table.add_row(
+            str(s["id"]),
+            str(s["tenant_id"]),
+            s["platform"],
+            s["name"],
+            s["status"],
+            _when(s["last_sync_at"]),
+            _when(s["next_sync_at"]),
+            f"{s['sync_interval_minutes']} min",
+            f"{doc['stats']['total_mentions']:,}",
+            rate,
+            syncing,
+            error,
+        )
+    return table
+
+
+@app.command()
+def status(
+    source_id: Optional[int] = typer.Argument(None, help="One source; all sources when omitted."),  # noqa: UP045
+    tenant: Optional[int] = typer.Option(None, "--tenant", min=0, help="Only this tenant's sources."),  # noqa: UP045
+    as_json: bool = JsonFlag,
+) -> None:
+    """Show each source's state, schedule, current run, rate limit and mention count. Exit 0, or 2 if unknown."""
+    from slsync import db
+
+    with db.connect(_settings()) as conn:
+        if source_id is not None:
+            db.get_source(conn, source_id, tenant_id=tenant)
+        rows = db.status_rows(conn, source_id=source_id, tenant_id=tenant)
+    docs = [_status_json(row) for row in rows]
+    if as_json:
+        if source_id is not None:
+            emit_json(docs[0])
+        else:
+            active = [
+                {
+                    "source_id": d["source"]["id"],
+                    "started_at": d["sync"]["started_at"],
+                    "duration_ms": d["sync"]["duration_ms"],
+                }
+                for d in docs
+                if d["sync"]["syncing"]
+            ]
+            emit_json({"sources": docs, "active_syncs": active})
+        return
+    if not docs:
+        print("no sources yet; add one: slsync source add mock --tenant 1 --name demo --keyword 'your brand'")
+        return
+    _console().print(_status_table(docs))
+
+
+# --- development data -----------------------------------------------------------------------------
+
+
+def _refuse_in_production(command: str) -> None:
+    if _settings().is_production:
+        raise UsageError(f"slsync {command} is refused when SLSYNC_ENV=production: it writes made-up mentions")
+
+
+@app.command()
+def mock(
+    source_id: int = typer.Argument(..., help="The source to fill."),
+    count: int = typer.Option(20, "--count", min=1, max=100_000, help="How many mentions to generate."),
+    as_json: bool = JsonFlag,
+) -> None:
+    """Insert COUNT random mentions for a source (development data; refused in production). Exit 0, or 2."""
+    _refuse_in_production("mock")
+    from slsync import db
+    from slsync.connectors.mock import generate, search_term
+    from slsync.sync import utcnow
+
+    with db.connect(_settings()) as conn:
+        source = db.get_source(conn, source_id)
+        mentions = generate(source.platform, source.id, search_term(source.config), count, utcnow())
+        with conn.transaction():
+            saved = db.insert_mentions(conn, source, mentions)
+    if as_json:
+        emit_json({"generated": count, "saved": saved})
+    else:
+        print(f"generated {count} mentions for source {source_id}, saved {saved}")
+
+
+DEMO_TENANT = 0
+DEMO_SOURCE = "Demo: Acme Coffee"
+
+
+@app.command()
+def demo() -> None:
+    """Create a demo tenant (0) with a mock source if absent, sync it, and print the status table."""
+    _refuse_in_production("demo")
+    from slsync import db, sync
+    from slsync.connectors.mock import MockConnector
+
+    settings = _settings()
+    where = "SLSYNC_DATABASE_URL" if settings.database_url else f"embedded PostgreSQL in {settings.data_dir / 'pgdata'}"
+    print(f"database: {where}")
+    with db.connect(settings) as conn:
+        source = db.find_source(conn, tenant_id=DEMO_TENANT, platform="mock", name=DEMO_SOURCE)
+        if source is None:
+            config = MockConnector.build_config({"keywords": ["Acme Coffee"], "hashtags": ["acmecoffee"]}, {})
+            source_id = db.add_source(
+                conn,
+                tenant_id=DEMO_TENANT,
+                platform="mock",
+                name=DEMO_SOURCE,
+                connection_type="none",
+                config=config,
+                interval_minutes=15,
+            )
+            print(f"created tenant {DEMO_TENANT} with mock source {source_id} ({DEMO_SOURCE!r})")
+        else:
+            source_id = source.id
+        with _progress(True) as on_page:
+            result = sync.run_source(conn, source_id, trigger="manual", on_page=on_page)
+        print(_result_line(result))
+        rows = db.status_rows(conn, tenant_id=DEMO_TENANT)
+    _console().print(_status_table([_status_json(row) for row in rows]))
+    print(f"next: slsync status {source_id} --json   |   slsync sync due   |   slsync source add --help")
+    if not result.success:
+        raise typer.Exit(1)

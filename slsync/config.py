@@ -1,0 +1,50 @@
+"""Settings: the only reader of the environment (and of `.env` in the working directory)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from slsync.errors import UsageError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLSYNC_", env_file=".env", extra="ignore")
+
+    # Unset: the embedded PostgreSQL under data_dir.
+    database_url: str | None = None
+    data_dir: Path = Field(default_factory=lambda: platformdirs.user_data_path("slsync"))
+    env: Literal["development", "production"] = "development"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    log_format: Literal["text", "json"] = "text"
+    token_store: Literal["keyring", "file"] = "keyring"  # noqa: S105 (a store name, not a secret)
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Read the settings once per process; a bad value is a usage error naming the variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "SLSYNC_" + str(first["loc"][0]).upper() if first.get("loc") else "a setting"
+        raise UsageError(f"invalid setting {name}: {first['msg']}") from None

@@ -1,0 +1,63 @@
+"""The platform registry. A new platform is one module here and one line below."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+from slsync.errors import NotFound, UsageError
+
+if TYPE_CHECKING:
+    from slsync.connectors.base import Connector
+
+
+@dataclass(frozen=True, slots=True)
+class Platform:
+    name: str
+    title: str
+    # "module:Class" of the connector; None while the platform is planned
+    connector: str | None = None
+    note: str = ""
+
+    @property
+    def state(self) -> str:
+        return "active" if self.connector else "planned"
+
+
+PLATFORMS: dict[str, Platform] = {
+    p.name: p
+    for p in (
+        Platform("twitter", "X (Twitter)"),
+        Platform("facebook", "Facebook"),
+        Platform("instagram", "Instagram"),
+        Platform("linkedin", "LinkedIn"),
+        Platform("youtube", "YouTube"),
+        Platform("tiktok", "TikTok"),
+        Platform("reddit", "Reddit"),
+        Platform("bluesky", "Bluesky"),
+        Platform("mastodon", "Mastodon"),
+        Platform(
+            "mock",
+            "Mock",
+            "slsync.connectors.mock:MockConnector",
+            "deterministic development data; no credentials",
+        ),
+    )
+}
+
+
+def platform(name: str) -> Platform:
+    try:
+        return PLATFORMS[name]
+    except KeyError:
+        raise NotFound(f"unknown platform {name!r} (known: {', '.join(PLATFORMS)})") from None
+
+
+def connector_class(name: str) -> type[Connector]:
+    """The connector of an active platform, imported only when needed."""
+    info = platform(name)
+    if info.connector is None:
+        raise UsageError(f"platform {name!r} is planned but not available yet (see: slsync platforms)")
+    module, _, cls = info.connector.partition(":")
+    return getattr(import_module(module), cls)

@@ -1,0 +1,482 @@
+"""The thin SQL repository: the only module that imports psycopg.
+
+Connections run in autocommit; every multi-statement write is one explicit transaction. Per-source
+mutual exclusion is a session advisory lock held by the connection that does the work, so a killed
+process releases it the moment PostgreSQL notices the closed socket.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from slsync.config import Settings
+from slsync.errors import DatabaseUnavailable, NotFound, UsageError
+from slsync.models import Mention, Page, RateLimit, Source
+
+# First key of every advisory lock slsync takes ('slsy'); the second is the source id (0: migrations).
+LOCK_NAMESPACE = 0x736C7379
+
+Connection = psycopg.Connection[dict[str, Any]]
+
+_SOURCE_COLUMNS = """
+    s.id, s.tenant_id, s.platform, s.name, s.connection_type, s.config, s.status, s.error_message,
+    s.sync_interval_minutes, s.last_sync_at, s.next_sync_at, s.committed_cursor, s.inflight_cursor,
+    s.rate_limit_limit, s.rate_limit_remaining, s.rate_limit_reset_at, s.consecutive_failures,
+    s.mentions_count, s.created_at
+"""
+
+
+# --- connections and migrations -------------------------------------------------------------------
+
+
+def resolve_url(settings: Settings) -> str:
+    if settings.database_url:
+        return settings.database_url
+    from slsync import embedded
+
+    return embedded.database_url(settings.data_dir)
+
+
+def connect(settings: Settings, *, migrate_schema: bool = True) -> Connection:
+    """Open an autocommit connection and bring the schema up to date."""
+    url = resolve_url(settings)
+    try:
+        conn = psycopg.connect(url, autocommit=True, row_factory=dict_row, connect_timeout=10)
+    except psycopg.ProgrammingError:
+        raise UsageError("SLSYNC_DATABASE_URL is not a valid PostgreSQL connection URL") from None
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {_where(url)}: {_first_line(exc, url)}") from None
+    if migrate_schema:
+        migrate(conn)
+    return conn
+
+
+def _where(url: str) -> str:
+    """host:port/dbname of a URL, never its password."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        return "the configured URL"
+    host = str(info.get("host") or "localhost")
+    port = info.get("port")
+    return f"{host}{':' + str(port) if port else ''}/{info.get('dbname') or ''}"
+
+
+def _first_line(exc: BaseException, url: str) -> str:
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(url).get("password")
+    except psycopg.Error:
+        password = None
+    return text.replace(str(password), "***") if password else text
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every numbered migration, in order.
+
+    The wheel carries them as slsync/sql; a source checkout keeps them in ./sql beside the package.
+    """
+    packaged = resources.files("slsync") / "sql"
+    folder = Path(str(packaged)) if packaged.is_dir() else Path(__file__).resolve().parent.parent / "sql"
+    found = []
+    for path in sorted(folder.glob("*.sql")):
+        match = re.match(r"(\d+)_", path.name)
+        if match:
+            found.append((int(match.group(1)), path.name, path.read_text(encoding="utf-8")))
+    if not found:
+        raise DatabaseUnavailable(f"no schema migrations found in {folder}: the installation is incomplete")
+    return found
+
+
+def migrate(conn: Connection) -> list[str]:
+    """Apply missing migrations, one process at a time; returns the names applied."""
+    applied_now = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LOCK_NAMESPACE,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS sl_schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row["version"] for row in conn.execute("SELECT version FROM sl_schema_migrations")}
+        for version, name, sql in migration_files():
+            if version in done:
+                continue
+            conn.execute(sql)
+            conn.execute("INSERT INTO sl_schema_migrations (version, name) VALUES (%s, %s)", (version, name))
+            applied_now.append(name)
+    return applied_now
+
+
+# --- sources --------------------------------------------------------------------------------------
+
+
+def _source(row: Mapping[str, Any]) -> Source:
+    return Source(**row)
+
+
+def add_source(
+    conn: Connection,
+    *,
+    tenant_id: int,
+    platform: str,
+    name: str,
+    connection_type: str,
+    config: Mapping[str, Any],
+    interval_minutes: int,
+    status: str = "active",
+) -> int:
+    try:
+        row = conn.execute(
+            "INSERT INTO sl_sources (tenant_id, platform, name, connection_type, config,"
+            " sync_interval_minutes, status) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            (tenant_id, platform, name, connection_type, Jsonb(dict(config)), interval_minutes, status),
+        ).fetchone()
+    except psycopg.errors.UniqueViolation:
+        raise UsageError(f"tenant {tenant_id} already has a {platform} source named {name!r}") from None
+    assert row is not None
+    return int(row["id"])
+
+
+def get_source(conn: Connection, source_id: int, *, tenant_id: int | None = None) -> Source:
+    row = conn.execute(
+        f"SELECT {_SOURCE_COLUMNS} FROM sl_sources s WHERE s.id = %s AND (%s::bigint IS NULL OR s.tenant_id = %s)",
+        (source_id, tenant_id, tenant_id),
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"no source with id {source_id}" + (f" in tenant {tenant_id}" if tenant_id is not None else ""))
+    return _source(row)
+
+
+def find_source(conn: Connection, *, tenant_id: int, platform: str, name: str) -> Source | None:
+    row = conn.execute(
+        f"SELECT {_SOURCE_COLUMNS} FROM sl_sources s WHERE s.tenant_id = %s AND s.platform = %s AND s.name = %s",
+        (tenant_id, platform, name),
+    ).fetchone()
+    return _source(row) if row else None
+
+
+def list_sources(conn: Connection, *, tenant_id: int | None = None) -> list[Source]:
+    rows = conn.execute(
+        f"SELECT {_SOURCE_COLUMNS} FROM sl_sources s WHERE (%s::bigint IS NULL OR s.tenant_id = %s)"
+        " ORDER BY s.tenant_id, s.id",
+        (tenant_id, tenant_id),
+    ).fetchall()
+    return [_source(row) for row in rows]
+
+
+def remove_source(conn: Connection, source_id: int) -> None:
+    """Delete a source and its run log; its mentions stay (source_id becomes NULL)."""
+    with conn.transaction():
+        if not try_lock_source(conn, source_id, transaction=True):
+            raise UsageError(f"source {source_id} is syncing now; remove it when the run has ended")
+        deleted = conn.execute("DELETE FROM sl_sources WHERE id = %s", (source_id,)).rowcount
+    if not deleted:
+        raise NotFound(f"no source with id {source_id}")
+
+
+# --- claiming and locking -------------------------------------------------------------------------
+
+
+def claim_due(conn: Connection, limit: int) -> list[int]:
+    """Claim up to `limit` due sources for this session, never-synced first, then the oldest.
+
+    SKIP LOCKED lets concurrent claimers pass each other; the claim (this session's backend pid)
+    keeps other `sync due` runs from taking the same sources while this one works through them,
+    and lapses by itself when this session ends, however it ends.
+    """
+    rows = conn.execute(
+        """
+        WITH due AS (
+            SELECT id FROM sl_sources
+            WHERE status IN ('active', 'failing') AND next_sync_at <= now()
+              AND (claimed_by IS NULL OR claimed_by NOT IN (SELECT pid FROM pg_stat_activity))
+            ORDER BY last_sync_at ASC NULLS FIRST, next_sync_at, id
+            LIMIT %s
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE sl_sources s SET claimed_by = pg_backend_pid(), claimed_at = now()
+        FROM due WHERE s.id = due.id
+        RETURNING s.id, s.last_sync_at, s.next_sync_at
+        """,
+        (limit,),
+    ).fetchall()
+    rows.sort(key=lambda r: (r["last_sync_at"] is not None, r["last_sync_at"] or r["next_sync_at"], r["id"]))
+    return [int(r["id"]) for r in rows]
+
+
+def release_claims(conn: Connection) -> None:
+    conn.execute("UPDATE sl_sources SET claimed_by = NULL WHERE claimed_by = pg_backend_pid()")
+
+
+def try_lock_source(conn: Connection, source_id: int, *, transaction: bool = False) -> bool:
+    func = "pg_try_advisory_xact_lock" if transaction else "pg_try_advisory_lock"
+    row = conn.execute(f"SELECT {func}(%s, %s) AS locked", (LOCK_NAMESPACE, source_id)).fetchone()
+    return bool(row and row["locked"])
+
+
+def unlock_source(conn: Connection, source_id: int) -> None:
+    conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, source_id))
+
+
+def is_due(conn: Connection, source_id: int) -> bool:
+    row = conn.execute(
+        "SELECT status IN ('active', 'failing') AND next_sync_at <= now() AS due FROM sl_sources WHERE id = %s",
+        (source_id,),
+    ).fetchone()
+    return bool(row and row["due"])
+
+
+def tenant_source_ids(conn: Connection, tenant_id: int) -> list[int]:
+    rows = conn.execute(
+        "SELECT id FROM sl_sources WHERE tenant_id = %s AND status <> 'pending'"
+        " ORDER BY last_sync_at ASC NULLS FIRST, id",
+        (tenant_id,),
+    ).fetchall()
+    return [int(r["id"]) for r in rows]
+
+
+# --- runs -----------------------------------------------------------------------------------------
+
+
+def begin_run(conn: Connection, source: Source, trigger: str) -> int:
+    """Open a run record. Call with the source lock held: any run still 'running' is dead."""
+    with conn.transaction():
+        conn.execute(
+            "UPDATE sl_sync_runs SET status = 'abandoned', finished_at = clock_timestamp(),"
+            " message = 'the process running this sync ended before it finished'"
+            " WHERE source_id = %s AND status = 'running'",
+            (source.id,),
+        )
+        row = conn.execute(
+            "INSERT INTO sl_sync_runs (source_id, tenant_id, trigger) VALUES (%s, %s, %s) RETURNING id",
+            (source.id, source.tenant_id, trigger),
+        ).fetchone()
+    assert row is not None
+    return int(row["id"])
+
+
+_INSERT_MENTIONS = """
+WITH page AS (
+    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(
+        external_id text, url text, content text, author_name text, author_handle text,
+        author_followers bigint, author_verified boolean, published_at timestamptz,
+        likes_count bigint, comments_count bigint, shares_count bigint, media_type text,
+        media_urls text[], location text, language text, raw jsonb)
+), inserted AS (
+    INSERT INTO sl_mentions (tenant_id, source_id, platform, external_id, url, content, author_name,
+        author_handle, author_followers, author_verified, published_at, likes_count, comments_count,
+        shares_count, media_type, media_urls, location, language, raw)
+    SELECT %(tenant_id)s, %(source_id)s, %(platform)s, external_id, url, content, author_name,
+        author_handle, author_followers, author_verified, published_at, likes_count, comments_count,
+        shares_count, media_type, media_urls, location, language, raw
+    FROM page
+    ON CONFLICT (tenant_id, platform, external_id) DO NOTHING
+    RETURNING 1
+)
+SELECT count(*) AS saved FROM inserted
+"""
+
+
+def _mention_row(m: Mention) -> dict[str, Any]:
+    return {
+        "external_id": m.external_id,
+        "url": m.url,
+        "content": m.content,
+        "author_name": m.author_name,
+        "author_handle": m.author_handle,
+        "author_followers": m.author_followers,
+        "author_verified": m.author_verified,
+        "published_at": m.published_at.isoformat(),
+        "likes_count": m.likes_count,
+        "comments_count": m.comments_count,
+        "shares_count": m.shares_count,
+        "media_type": m.media_type,
+        "media_urls": list(m.media_urls) if m.media_urls is not None else None,
+        "location": m.location,
+        "language": m.language,
+        "raw": m.raw,
+    }
+
+
+def insert_mentions(conn: Connection, source: Source, mentions: Sequence[Mention]) -> int:
+    """Insert mentions for a source, skipping those already stored; returns how many were new.
+
+    Call inside a transaction; it also keeps the source's mention counter.
+    """
+    if not mentions:
+        return 0
+    platforms = {m.platform for m in mentions}
+    if platforms != {source.platform}:
+        raise ValueError(f"mentions of {sorted(platforms)} cannot be saved for a {source.platform} source")
+    rows = json.dumps([_mention_row(m) for m in mentions], ensure_ascii=False, default=str)
+    row = conn.execute(
+        _INSERT_MENTIONS,
+        {"rows": rows, "tenant_id": source.tenant_id, "source_id": source.id, "platform": source.platform},
+    ).fetchone()
+    saved = int(row["saved"]) if row else 0
+    if saved:
+        conn.execute("UPDATE sl_sources SET mentions_count = mentions_count + %s WHERE id = %s", (saved, source.id))
+    return saved
+
+
+def save_page(conn: Connection, source: Source, run_id: int, page: Page) -> int:
+    """One transaction: the page's mentions, the in-flight cursor it reached, the run's counters."""
+    with conn.transaction():
+        saved = insert_mentions(conn, source, page.mentions)
+        limits = page.rate_limit
+        conn.execute(
+            """
+            UPDATE sl_sources SET inflight_cursor = %(cursor)s,
+                rate_limit_limit = CASE WHEN %(has_limits)s THEN %(limit)s ELSE rate_limit_limit END,
+                rate_limit_remaining = CASE WHEN %(has_limits)s THEN %(remaining)s ELSE rate_limit_remaining END,
+                rate_limit_reset_at = CASE WHEN %(has_limits)s THEN %(reset_at)s ELSE rate_limit_reset_at END,
+                updated_at = now()
+            WHERE id = %(id)s
+            """,
+            {
+                "cursor": Jsonb(dict(page.cursor)),
+                "has_limits": limits is not None,
+                "limit": limits.limit if limits else None,
+                "remaining": limits.remaining if limits else None,
+                "reset_at": limits.reset_at if limits else None,
+                "id": source.id,
+            },
+        )
+        conn.execute(
+            "UPDATE sl_sync_runs SET pages = pages + 1, fetched = fetched + %s, saved = saved + %s,"
+            " duplicates = duplicates + %s, errors = errors + %s WHERE id = %s",
+            (len(page.mentions), saved, len(page.mentions) - saved, page.errors, run_id),
+        )
+    return saved
+
+
+def finish_success(
+    conn: Connection, source: Source, run_id: int, cursor: Mapping[str, Any] | None, message: str
+) -> None:
+    """Advance the committed cursor (only now) and schedule the next run one interval away."""
+    with conn.transaction():
+        conn.execute(
+            """
+            UPDATE sl_sources SET
+                committed_cursor = COALESCE(%(cursor)s, committed_cursor), inflight_cursor = NULL,
+                status = 'active', error_message = NULL, consecutive_failures = 0,
+                last_sync_at = now(), next_sync_at = now() + make_interval(mins => sync_interval_minutes),
+                claimed_by = NULL, claimed_at = NULL, updated_at = now()
+            WHERE id = %(id)s
+            """,
+            {"cursor": Jsonb(dict(cursor)) if cursor is not None else None, "id": source.id},
+        )
+        _close_run(conn, run_id, "success", message)
+
+
+def finish_failure(
+    conn: Connection,
+    source: Source,
+    run_id: int,
+    *,
+    run_status: str,
+    message: str,
+    source_status: str,
+    retry_in_seconds: float | None,
+    count_failure: bool,
+    keep_inflight: bool,
+    rate_limit: RateLimit | None = None,
+) -> None:
+    """Record a failed or cut-short run; the committed cursor does not move.
+
+    retry_in_seconds None leaves next_sync_at alone (a source in 'error' is not scheduled anyway).
+    """
+    with conn.transaction():
+        conn.execute(
+            """
+            UPDATE sl_sources SET
+                status = %(status)s, error_message = %(message)s,
+                consecutive_failures = consecutive_failures + %(failure)s,
+                inflight_cursor = CASE WHEN %(keep_inflight)s THEN inflight_cursor END,
+                next_sync_at = CASE WHEN %(retry_in)s::float8 IS NULL THEN next_sync_at
+                                    ELSE now() + make_interval(secs => %(retry_in)s::float8) END,
+                rate_limit_remaining = CASE WHEN %(limited)s THEN %(remaining)s ELSE rate_limit_remaining END,
+                rate_limit_reset_at = CASE WHEN %(limited)s THEN %(reset_at)s ELSE rate_limit_reset_at END,
+                claimed_by = NULL, claimed_at = NULL, updated_at = now()
+            WHERE id = %(id)s
+            """,
+            {
+                "status": source_status,
+                "message": message,
+                "failure": 1 if count_failure else 0,
+                "keep_inflight": keep_inflight,
+                "retry_in": retry_in_seconds,
+                "limited": rate_limit is not None,
+                "remaining": rate_limit.remaining if rate_limit else None,
+                "reset_at": rate_limit.reset_at if rate_limit else None,
+                "id": source.id,
+            },
+        )
+        _close_run(conn, run_id, run_status, message)
+
+
+def _close_run(conn: Connection, run_id: int, status: str, message: str) -> None:
+    conn.execute(
+        "UPDATE sl_sync_runs SET status = %s, message = %s, finished_at = clock_timestamp() WHERE id = %s",
+        (status, message, run_id),
+    )
+
+
+def release_claim(conn: Connection, source_id: int) -> None:
+    conn.execute("UPDATE sl_sources SET claimed_by = NULL, claimed_at = NULL WHERE id = %s", (source_id,))
+
+
+# --- status ---------------------------------------------------------------------------------------
+
+_STATUS = f"""
+WITH held AS (
+    SELECT objid::bigint AS source_id FROM pg_locks
+    WHERE locktype = 'advisory' AND classid = %(ns)s::bigint::oid AND objsubid = 2 AND granted
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+)
+SELECT {_SOURCE_COLUMNS},
+    (held.source_id IS NOT NULL) AS syncing,
+    run.started_at AS run_started_at, run.finished_at AS run_finished_at, run.status AS run_status,
+    now() AS db_now
+FROM sl_sources s
+LEFT JOIN held ON held.source_id = s.id
+LEFT JOIN LATERAL (
+    SELECT started_at, finished_at, status FROM sl_sync_runs r
+    WHERE r.source_id = s.id ORDER BY r.started_at DESC LIMIT 1
+) run ON true
+WHERE (%(id)s::integer IS NULL OR s.id = %(id)s) AND (%(tenant)s::bigint IS NULL OR s.tenant_id = %(tenant)s)
+ORDER BY s.tenant_id, s.id
+"""
+
+
+def status_rows(
+    conn: Connection, *, source_id: int | None = None, tenant_id: int | None = None
+) -> list[dict[str, Any]]:
+    return conn.execute(_STATUS, {"ns": LOCK_NAMESPACE, "id": source_id, "tenant": tenant_id}).fetchall()
+
+
+def count_mentions(conn: Connection, *, source_id: int) -> int:
+    row = conn.execute("SELECT count(*) AS n FROM sl_mentions WHERE source_id = %s", (source_id,)).fetchone()
+    return int(row["n"]) if row else 0
+
+
+def db_now(conn: Connection) -> datetime:
+    row = conn.execute("SELECT now() AS now").fetchone()
+    assert row is not None
+    return row["now"]
+
+
+def source_ids(conn: Connection, ids: Iterable[int]) -> list[int]:
+    rows = conn.execute("SELECT id FROM sl_sources WHERE id = ANY(%s) ORDER BY id", (list(ids),)).fetchall()
+    return [int(r["id"]) for r in rows]

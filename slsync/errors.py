@@ -1,0 +1,50 @@
+"""One exception root. Every error a user can cause or meet is an SlsyncError with a one-line message;
+anything else is a bug and gets a traceback under --debug."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+
+class SlsyncError(Exception):
+    """An expected failure: printed as one line, exit code 1 unless a subclass says otherwise."""
+
+    exit_code = 1
+
+
+class UsageError(SlsyncError):
+    """Bad input or configuration: the user must change something (exit 2)."""
+
+    exit_code = 2
+
+
+class NotFound(UsageError):
+    """A named thing (source, platform) does not exist."""
+
+
+class DatabaseUnavailable(SlsyncError):
+    """PostgreSQL cannot be reached or started."""
+
+
+class ConnectorError(SlsyncError):
+    """A platform call failed; the run stops, what was saved stays saved."""
+
+
+class Retriable(ConnectorError):
+    """Transient: the same call may succeed later (timeouts, 5xx)."""
+
+
+class Fatal(ConnectorError):
+    """The same call will fail again until something changes (malformed response, bad request)."""
+
+
+class AuthError(Fatal):
+    """The platform refused the credentials: the source needs `slsync connect` again."""
+
+
+class RateLimited(ConnectorError):
+    """The platform said stop until reset_at."""
+
+    def __init__(self, message: str, reset_at: datetime | None) -> None:
+        super().__init__(message)
+        self.reset_at = reset_at

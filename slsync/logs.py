@@ -1,0 +1,51 @@
+"""Logging to stderr (stdout belongs to results): short text lines, or one JSON object per line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+# Attributes callers pass through `extra=` that belong in a structured line.
+FIELDS = ("source", "event", "trigger", "count", "pages", "fetched", "saved", "duplicates", "errors")
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, with_traceback: bool) -> None:
+        super().__init__()
+        self.with_traceback = with_traceback
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        doc.update({key: getattr(record, key) for key in FIELDS if hasattr(record, key)})
+        if record.exc_info and self.with_traceback:
+            doc["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self, with_traceback: bool) -> None:
+        super().__init__()
+        self.with_traceback = with_traceback
+
+    def format(self, record: logging.LogRecord) -> str:
+        where = f"source {record.source}: " if hasattr(record, "source") else ""
+        line = f"slsync: {record.levelname.lower()}: {where}{record.getMessage()}"
+        if record.exc_info and self.with_traceback:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup(level: str, fmt: str, debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(debug) if fmt == "json" else TextFormatter(debug))
+    logger = logging.getLogger("slsync")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if debug else getattr(logging, level))
+    logger.propagate = False

@@ -1,0 +1,293 @@
+"""The sync engine: claim -> lock -> fetch pages -> save each page -> advance the cursor -> record.
+
+It knows no platform's JSON and no SQL: connectors yield pages, db.py stores them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from slsync import db
+from slsync.config import Settings
+from slsync.connectors import connector_class
+from slsync.connectors.base import Context
+from slsync.errors import AuthError, ConnectorError, NotFound, RateLimited, Retriable, UsageError
+from slsync.models import RateLimit, Source, SyncResult
+
+log = logging.getLogger("slsync.sync")
+
+BACKFILL = timedelta(days=7)
+MAX_BACKOFF_SECONDS = 24 * 3600
+
+# Called after each saved page: (source, pages so far, mentions saved so far).
+PageCallback = Callable[[Source, int, int], None]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class BatchResult:
+    results: list[SyncResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[SyncResult]:
+        return [r for r in self.results if not r.success and not r.skipped]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "sources_synced": sum(1 for r in self.results if r.success),
+            "sources_failed": len(self.failed),
+            "sources_skipped": sum(1 for r in self.results if r.skipped),
+            "total_mentions_saved": sum(r.mentions_saved for r in self.results),
+            "results": [r.as_json() for r in self.results],
+        }
+
+
+def backoff_seconds(interval_minutes: int, failures: int, rng: random.Random | None = None) -> float:
+    """interval x 2^failures, capped at 24 h, with jitter so failing sources spread out."""
+    base = min(interval_minutes * 60 * 2 ** min(failures, 20), MAX_BACKOFF_SECONDS)
+    return base * (rng or random).uniform(0.5, 1.0)
+
+
+def sync_source(
+    settings: Settings, source_id: int, *, since: datetime | None = None, on_page: PageCallback | None = None
+) -> SyncResult:
+    """`sync source`: run one source now, whatever its schedule (rate limits still hold)."""
+    if since is not None and since > utcnow():
+        raise UsageError("--since is in the future")
+    with db.connect(settings) as conn:
+        db.get_source(conn, source_id)
+        return run_source(conn, source_id, trigger="manual", since=since, on_page=on_page)
+
+
+def sync_tenant(settings: Settings, tenant_id: int, *, on_page: PageCallback | None = None) -> BatchResult:
+    """`sync tenant`: every connected source of one tenant, and nothing of any other."""
+    with db.connect(settings) as conn:
+        ids = db.tenant_source_ids(conn, tenant_id)
+        if not ids:
+            raise NotFound(f"tenant {tenant_id} has no sources to sync")
+        return BatchResult([run_source(conn, i, trigger="tenant", on_page=on_page) for i in ids])
+
+
+def sync_due(settings: Settings, *, limit: int, concurrency: int, on_page: PageCallback | None = None) -> BatchResult:
+    """`sync due`: claim due sources and sync them with at most `concurrency` workers.
+
+    The claim lives as long as this connection; workers each use their own connection, which holds
+    the source's advisory lock while it works.
+    """
+    with db.connect(settings) as conn:
+        ids = db.claim_due(conn, limit)
+        log.info("claimed %d due sources", len(ids), extra={"event": "claimed", "count": len(ids)})
+        if concurrency <= 1 or len(ids) <= 1:
+            results = [run_source(conn, i, trigger="due", require_due=True, on_page=on_page) for i in ids]
+        else:
+            results = _run_pool(settings, ids, concurrency, on_page)
+        db.release_claims(conn)
+    order = {source_id: n for n, source_id in enumerate(ids)}
+    return BatchResult(sorted(results, key=lambda r: order[r.source_id]))
+
+
+def _run_pool(settings: Settings, ids: list[int], concurrency: int, on_page: PageCallback | None) -> list[SyncResult]:
+    work: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for source_id in ids:
+        work.put(source_id)
+    results: list[SyncResult] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with db.connect(settings, migrate_schema=False) as conn:
+                while True:
+                    try:
+                        source_id = work.get_nowait()
+                    except queue.Empty:
+                        return
+                    result = run_source(conn, source_id, trigger="due", require_due=True, on_page=on_page)
+                    with lock:
+                        results.append(result)
+        except BaseException as exc:  # surfaced in the main thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, name=f"slsync-worker-{n}") for n in range(min(concurrency, len(ids)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def run_source(
+    conn: db.Connection,
+    source_id: int,
+    *,
+    trigger: str,
+    require_due: bool = False,
+    since: datetime | None = None,
+    on_page: PageCallback | None = None,
+) -> SyncResult:
+    """Sync one source on this connection, holding its lock for the whole run."""
+    if not db.try_lock_source(conn, source_id):
+        return _skipped(source_id, "busy", f"source {source_id} is already being synced by another process")
+    try:
+        return _run_locked(conn, source_id, trigger=trigger, require_due=require_due, since=since, on_page=on_page)
+    finally:
+        if not conn.closed:
+            db.unlock_source(conn, source_id)
+
+
+def _skipped(source_id: int, status: str, message: str) -> SyncResult:
+    log.info(message, extra={"source": source_id, "event": "skipped"})
+    return SyncResult(source_id=source_id, success=False, skipped=True, status=status, message=message)
+
+
+def _run_locked(
+    conn: db.Connection,
+    source_id: int,
+    *,
+    trigger: str,
+    require_due: bool,
+    since: datetime | None,
+    on_page: PageCallback | None,
+) -> SyncResult:
+    try:
+        source = db.get_source(conn, source_id)
+    except NotFound:
+        return _skipped(source_id, "removed", f"source {source_id} was removed")
+    # Checked again under the lock: another process may have synced it since it was claimed.
+    if require_due and not db.is_due(conn, source_id):
+        db.release_claim(conn, source_id)
+        return _skipped(source_id, "not_due", f"source {source_id} is not due any more")
+    if source.status == "pending":
+        return _skipped(source_id, "pending", f"source {source_id} is not connected yet: slsync connect {source_id}")
+    now = db.db_now(conn)
+    if source.rate_limit_remaining == 0 and source.rate_limit_reset_at and source.rate_limit_reset_at > now:
+        until = source.rate_limit_reset_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        db.release_claim(conn, source_id)
+        return _skipped(
+            source_id,
+            "rate_limited",
+            f"source {source_id} is rate limited until {until}; it may run after that",
+        )
+
+    connector = connector_class(source.platform)(source, Context(now=utcnow))
+    explicit_since = since
+    if since is None and source.committed_cursor is None:
+        since = utcnow() - BACKFILL
+    resume = source.inflight_cursor if explicit_since is None else None
+    run_id = db.begin_run(conn, source, trigger)
+    started = time.monotonic()
+    result = SyncResult(source_id=source.id, success=False, status="running")
+    log.info(
+        "sync started" + (" (resuming an interrupted run)" if resume else ""),
+        extra={"source": source.id, "event": "started", "trigger": trigger},
+    )
+    last_cursor = None
+    try:
+        for page in connector.pages(source.committed_cursor, since=since, resume=resume):
+            saved = db.save_page(conn, source, run_id, page)
+            last_cursor = page.cursor
+            result.pages += 1
+            result.mentions_fetched += len(page.mentions)
+            result.mentions_saved += saved
+            result.duplicates += len(page.mentions) - saved
+            result.errors += page.errors
+            if on_page:
+                on_page(source, result.pages, result.mentions_saved)
+    except ConnectorError as exc:
+        return _record_failure(conn, source, run_id, result, exc, started)
+    except Exception as exc:
+        if conn.closed or conn.broken:
+            raise
+        log.exception("sync crashed", extra={"source": source.id, "event": "crashed"})
+        failure = ConnectorError(f"internal error: {type(exc).__name__}: {exc}")
+        return _record_failure(conn, source, run_id, result, failure, started)
+
+    result.success = True
+    result.status = "active"
+    result.message = (
+        f"saved {result.mentions_saved} new of {result.mentions_fetched} fetched in {result.pages} pages"
+        if result.mentions_fetched
+        else "nothing new"
+    )
+    db.finish_success(conn, source, run_id, last_cursor, result.message)
+    result.duration_ms = int((time.monotonic() - started) * 1000)
+    log.info(result.message, extra={"source": source.id, "event": "finished", **_counts(result)})
+    return result
+
+
+def _record_failure(
+    conn: db.Connection, source: Source, run_id: int, result: SyncResult, exc: ConnectorError, started: float
+) -> SyncResult:
+    message = str(exc)
+    if isinstance(exc, RateLimited):
+        # Not a failure of the source: stop now, keep the pages and the in-flight cursor, come back after reset.
+        reset_at = exc.reset_at or utcnow() + timedelta(minutes=15)
+        retry_in = max((reset_at - utcnow()).total_seconds(), 0.0)
+        db.finish_failure(
+            conn,
+            source,
+            run_id,
+            run_status="rate_limited",
+            message=message,
+            source_status=source.status,
+            retry_in_seconds=retry_in,
+            count_failure=False,
+            keep_inflight=True,
+            rate_limit=RateLimit(remaining=0, reset_at=reset_at),
+        )
+        result.status = "rate_limited"
+    elif isinstance(exc, AuthError):
+        message = f"{message}; reconnect: slsync connect {source.id}"
+        db.finish_failure(
+            conn,
+            source,
+            run_id,
+            run_status="failed",
+            message=message,
+            source_status="error",
+            retry_in_seconds=None,
+            count_failure=True,
+            keep_inflight=False,
+        )
+        result.status = "error"
+    else:
+        retry_in = backoff_seconds(source.sync_interval_minutes, source.consecutive_failures + 1)
+        db.finish_failure(
+            conn,
+            source,
+            run_id,
+            run_status="failed",
+            message=message,
+            source_status="failing",
+            retry_in_seconds=retry_in,
+            count_failure=True,
+            keep_inflight=isinstance(exc, Retriable),
+        )
+        result.status = "failing"
+    result.message = message
+    result.duration_ms = int((time.monotonic() - started) * 1000)
+    log.warning(message, extra={"source": source.id, "event": "failed", **_counts(result)})
+    return result
+
+
+def _counts(result: SyncResult) -> dict[str, int]:
+    return {
+        "pages": result.pages,
+        "fetched": result.mentions_fetched,
+        "saved": result.mentions_saved,
+        "duplicates": result.duplicates,
+        "errors": result.errors,
+    }
