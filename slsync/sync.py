@@ -183,10 +183,10 @@ def _run_locked(
         )
 
     connector = connector_class(source.platform)(source, Context(now=utcnow))
-    explicit_since = since
-    if since is None and source.committed_cursor is None:
+    # An explicit --since starts afresh; otherwise an interrupted run is continued where it stopped.
+    resume = source.inflight_cursor if since is None else None
+    if since is None and source.committed_cursor is None and not resume:
         since = utcnow() - BACKFILL
-    resume = source.inflight_cursor if explicit_since is None else None
     run_id = db.begin_run(conn, source, trigger)
     started = time.monotonic()
     result = SyncResult(source_id=source.id, success=False, status="running")
