@@ -339,7 +339,12 @@ def source_remove(source_id: int = typer.Argument(..., help="The source id."), a
 
 
 def _result_line(r: SyncResult) -> str:
-    state = "ok" if r.success else ("skipped" if r.skipped else "FAILED")
+    if r.success:
+        state = "ok"
+    elif r.skipped or r.status == "rate_limited":
+        state = r.status.replace("_", " ")
+    else:
+        state = "FAILED"
     return f"source {r.source_id}: {state}: {r.message}"
 
 
@@ -348,7 +353,8 @@ def _report_batch(batch: BatchResult, as_json: bool) -> None:
         emit_json(batch.as_json())
     else:
         # Failures first: under cron this is the mail an operator reads.
-        for r in sorted(batch.results, key=lambda r: (r.success or r.skipped, r.skipped)):
+        failed = {id(r) for r in batch.failed}
+        for r in sorted(batch.results, key=lambda r: id(r) not in failed):
             print(_result_line(r))
         doc = batch.as_json()
         print(

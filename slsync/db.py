@@ -200,6 +200,8 @@ def claim_due(conn: Connection, limit: int) -> list[int]:
         WITH due AS (
             SELECT id FROM sl_sources
             WHERE status IN ('active', 'failing') AND next_sync_at <= now()
+              AND (rate_limit_remaining IS DISTINCT FROM 0
+                   OR rate_limit_reset_at IS NULL OR rate_limit_reset_at <= now())
               AND (claimed_by IS NULL OR claimed_by NOT IN (SELECT pid FROM pg_stat_activity))
             ORDER BY last_sync_at ASC NULLS FIRST, next_sync_at, id
             LIMIT %s

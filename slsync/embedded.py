@@ -30,8 +30,13 @@ def database_url(data_dir: Path) -> str:
         logging.getLogger("pgserver").propagate = False
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            import fasteners
             import pgserver
 
+            # pgserver serializes start and stop under a lock file in the user's runtime dir, which a
+            # login shell and cron resolve differently (XDG_RUNTIME_DIR is unset under cron). Keep the
+            # lock beside the data so every process on this directory takes the same one.
+            pgserver.PostgresServer._lock = fasteners.InterProcessLock(str(pgdata.parent / "pgserver.lock"))
             try:
                 server = pgserver.get_server(pgdata, cleanup_mode="stop")
             except Exception as exc:  # pgserver raises bare subprocess/assertion errors

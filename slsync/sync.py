@@ -41,13 +41,15 @@ class BatchResult:
 
     @property
     def failed(self) -> list[SyncResult]:
-        return [r for r in self.results if not r.success and not r.skipped]
+        # A rate-limited run kept what it saved and resumes after the reset: not a failure to alert on.
+        return [r for r in self.results if not r.success and not r.skipped and r.status != "rate_limited"]
 
     def as_json(self) -> dict[str, Any]:
         return {
             "sources_synced": sum(1 for r in self.results if r.success),
             "sources_failed": len(self.failed),
             "sources_skipped": sum(1 for r in self.results if r.skipped),
+            "sources_rate_limited": sum(1 for r in self.results if r.status == "rate_limited"),
             "total_mentions_saved": sum(r.mentions_saved for r in self.results),
             "results": [r.as_json() for r in self.results],
         }
@@ -171,7 +173,7 @@ def _run_locked(
         db.release_claim(conn, source_id)
         return _skipped(source_id, "not_due", f"source {source_id} is not due any more")
     if source.status == "pending":
-        return _skipped(source_id, "pending", f"source {source_id} is not connected yet: slsync connect {source_id}")
+        return _skipped(source_id, "pending", f"source {source_id} is not connected yet")
     now = db.db_now(conn)
     if source.rate_limit_remaining == 0 and source.rate_limit_reset_at and source.rate_limit_reset_at > now:
         until = source.rate_limit_reset_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -250,7 +252,7 @@ def _record_failure(
         )
         result.status = "rate_limited"
     elif isinstance(exc, AuthError):
-        message = f"{message}; reconnect: slsync connect {source.id}"
+        message = f"{message}; {connector_class(source.platform).reconnect_advice(source.id)}"
         db.finish_failure(
             conn,
             source,

@@ -104,7 +104,7 @@ def test_an_auth_failure_marks_the_source_error_with_reconnect_advice(conn, sett
     result = sync.sync_source(settings, source_id)
     assert not result.success and result.status == "error"
     source = db.get_source(conn, source_id)
-    assert source.status == "error" and f"slsync connect {source_id}" in (source.error_message or "")
+    assert source.status == "error" and f"then: slsync sync source {source_id}" in (source.error_message or "")
     conn.execute("UPDATE sl_sources SET next_sync_at = now() - interval '1 hour' WHERE id = %s", (source_id,))
     assert db.claim_due(conn, 10) == []  # not scheduled until reconnected
 
@@ -170,3 +170,22 @@ def test_migrations_are_idempotent(conn) -> None:
     assert db.migrate(conn) == []
     versions = conn.execute("SELECT version FROM sl_schema_migrations").fetchall()
     assert [r["version"] for r in versions] == [v for v, _, _ in db.migration_files()]
+
+
+def test_a_spent_rate_limit_keeps_a_due_source_unclaimed_until_its_reset(conn, settings, clock: Clock) -> None:
+    source_id = add_mock_source(conn)
+    conn.execute(
+        "UPDATE sl_sources SET rate_limit_remaining = 0, rate_limit_reset_at = now() + interval '1 hour' WHERE id = %s",
+        (source_id,),
+    )
+    assert db.claim_due(conn, 10) == []
+    conn.execute("UPDATE sl_sources SET rate_limit_reset_at = now() - interval '1 second' WHERE id = %s", (source_id,))
+    assert db.claim_due(conn, 10) == [source_id]
+
+
+def test_a_rate_limited_run_in_sync_due_is_not_a_failure(conn, settings, clock: Clock) -> None:
+    add_mock_source(conn, fail_after_page=1, fail_with="rate_limit")
+    batch = sync.sync_due(settings, limit=10, concurrency=1)
+    doc = batch.as_json()
+    assert batch.failed == [] and doc["sources_failed"] == 0 and doc["sources_rate_limited"] == 1
+    assert doc["total_mentions_saved"] == 100

@@ -37,6 +37,11 @@ class Connector(ABC):
         self.context = context
 
     @classmethod
+    def reconnect_advice(cls, source_id: int) -> str:
+        """What an operator does after the platform refused the credentials."""
+        return f"fix the {cls.platform} credentials, then: slsync sync source {source_id}"
+
+    @classmethod
     def build_config(cls, search: Mapping[str, list[str]], options: Mapping[str, str]) -> dict[str, Any]:
         """Check search parameters and options at `source add` time; return the stored config."""
         if not any(search.get(k) for k in ("keywords", "hashtags", "mentions")):
