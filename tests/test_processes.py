@@ -74,6 +74,11 @@ def test_a_run_killed_between_pages_loses_nothing_and_blocks_nothing(conn, cli: 
         return row["pages"] if row and row["pages"] >= 3 else 0
 
     wait_for(pages_saved)
+    # while it runs, status says so, from the run log and the live lock
+    status = cli.ok("status", "--json").json()
+    [active] = status["active_syncs"]
+    assert active["source_id"] == source_id and active["started_at"] and active["duration_ms"] > 0
+    assert status["sources"][0]["sync"]["syncing"] is True
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=10)
 
@@ -101,3 +106,24 @@ def test_a_run_killed_between_pages_loses_nothing_and_blocks_nothing(conn, cli: 
     assert_contiguous_stream(conn, source_id, top_of_killed_run)
     statuses = [r["status"] for r in conn.execute("SELECT status FROM sl_sync_runs ORDER BY id").fetchall()]
     assert statuses == ["abandoned", "success"]
+
+
+def test_concurrent_first_commands_apply_the_migrations_once(pg_server, cli: Cli) -> None:
+    import psycopg
+
+    from tests.conftest import _with_db
+
+    admin = pg_server.get_uri()
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute("DROP DATABASE IF EXISTS fresh_schema WITH (FORCE)")
+        c.execute("CREATE DATABASE fresh_schema")
+    url = _with_db(admin, "fresh_schema")
+    cli.env["SLSYNC_DATABASE_URL"] = url
+    processes = [cli.popen("source", "list", "--json") for _ in range(4)]
+    for process in processes:
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        assert json.loads(out) == {"sources": []}
+    with psycopg.connect(url) as c:
+        applied = c.execute("SELECT version FROM sl_schema_migrations ORDER BY version").fetchall()
+    assert [v for (v,) in applied] == [v for v, _, _ in db.migration_files()]
