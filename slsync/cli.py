@@ -590,7 +590,7 @@ def demo() -> None:
         else:
             source_id = source.id
         with _progress(True) as on_page:
-            result = sync.run_source(conn, source_id, trigger="manual", on_page=on_page)
+            result = sync.run_source(conn, settings, source_id, trigger="manual", on_page=on_page)
         print(_result_line(result))
         rows = db.status_rows(conn, tenant_id=DEMO_TENANT)
     _console().print(_status_table([_status_json(row) for row in rows]))

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from slsync.errors import UsageError
@@ -22,9 +22,25 @@ class Settings(BaseSettings):
     env: Literal["development", "production"] = "development"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     log_format: Literal["text", "json"] = "text"
-    token_store: Literal["keyring", "file"] = "keyring"  # noqa: S105 (a store name, not a secret)
+    token_store: Literal["keyring", "file"] = "keyring"
 
-    @field_validator("database_url", mode="before")
+    # X (Twitter). Credentials keep the platform's own names; endpoints can be pointed elsewhere.
+    twitter_client_id: str | None = Field(None, validation_alias=AliasChoices("TWITTER_CLIENT_ID"))
+    twitter_client_secret: SecretStr | None = Field(None, validation_alias=AliasChoices("TWITTER_CLIENT_SECRET"))
+    twitter_bearer_token: SecretStr | None = Field(None, validation_alias=AliasChoices("TWITTER_BEARER_TOKEN"))
+    twitter_oauth_callback: str | None = Field(None, validation_alias=AliasChoices("TWITTER_OAUTH_CALLBACK"))
+    twitter_api_url: str = "https://api.x.com/2"
+    twitter_authorize_url: str = "https://x.com/i/oauth2/authorize"
+    twitter_token_url: str = "https://api.x.com/2/oauth2/token"
+
+    @field_validator(
+        "database_url",
+        "twitter_client_id",
+        "twitter_client_secret",
+        "twitter_bearer_token",
+        "twitter_oauth_callback",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -46,5 +62,6 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = "SLSYNC_" + str(first["loc"][0]).upper() if first.get("loc") else "a setting"
+        field = str(first["loc"][0]) if first.get("loc") else ""
+        name = field.upper() if field.isupper() else f"SLSYNC_{field.upper()}" if field else "a setting"
         raise UsageError(f"invalid setting {name}: {first['msg']}") from None

@@ -199,7 +199,7 @@ def claim_due(conn: Connection, limit: int) -> list[int]:
         """
         WITH due AS (
             SELECT id FROM sl_sources
-            WHERE status IN ('active', 'failing') AND next_sync_at <= now()
+            WHERE status IN ('active', 'connected', 'failing') AND next_sync_at <= now()
               AND (rate_limit_remaining IS DISTINCT FROM 0
                    OR rate_limit_reset_at IS NULL OR rate_limit_reset_at <= now())
               AND (claimed_by IS NULL OR claimed_by NOT IN (SELECT pid FROM pg_stat_activity))
@@ -233,7 +233,8 @@ def unlock_source(conn: Connection, source_id: int) -> None:
 
 def is_due(conn: Connection, source_id: int) -> bool:
     row = conn.execute(
-        "SELECT status IN ('active', 'failing') AND next_sync_at <= now() AS due FROM sl_sources WHERE id = %s",
+        "SELECT status IN ('active', 'connected', 'failing') AND next_sync_at <= now() AS due"
+        " FROM sl_sources WHERE id = %s",
         (source_id,),
     ).fetchone()
     return bool(row and row["due"])
@@ -432,6 +433,15 @@ def _close_run(conn: Connection, run_id: int, status: str, message: str) -> None
     conn.execute(
         "UPDATE sl_sync_runs SET status = %s, message = %s, finished_at = clock_timestamp() WHERE id = %s",
         (status, message, run_id),
+    )
+
+
+def mark_connected(conn: Connection, source_id: int) -> None:
+    """After `slsync connect` stored a user token: schedule the source now, with a clean record."""
+    conn.execute(
+        "UPDATE sl_sources SET status = 'connected', connection_type = 'user', error_message = NULL,"
+        " consecutive_failures = 0, next_sync_at = now(), updated_at = now() WHERE id = %s",
+        (source_id,),
     )
 
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from slsync import db
+from slsync import db, oauth
 from slsync.config import Settings
 from slsync.connectors import connector_class
-from slsync.connectors.base import Context
+from slsync.connectors.base import Connector, Context
 from slsync.errors import AuthError, ConnectorError, NotFound, RateLimited, Retriable, UsageError
 from slsync.models import RateLimit, Source, SyncResult
 
@@ -68,8 +68,11 @@ def sync_source(
     if since is not None and since > utcnow():
         raise UsageError("--since is in the future")
     with db.connect(settings) as conn:
-        db.get_source(conn, source_id)
-        return run_source(conn, source_id, trigger="manual", since=since, on_page=on_page)
+        source = db.get_source(conn, source_id)
+        reach = connector_class(source.platform).max_lookback
+        if since is not None and reach is not None and since < utcnow() - reach:
+            raise UsageError(f"--since reaches back further than {source.platform} search allows ({reach.days} days)")
+        return run_source(conn, settings, source_id, trigger="manual", since=since, on_page=on_page)
 
 
 def sync_tenant(settings: Settings, tenant_id: int, *, on_page: PageCallback | None = None) -> BatchResult:
@@ -78,7 +81,7 @@ def sync_tenant(settings: Settings, tenant_id: int, *, on_page: PageCallback | N
         ids = db.tenant_source_ids(conn, tenant_id)
         if not ids:
             raise NotFound(f"tenant {tenant_id} has no sources to sync")
-        return BatchResult([run_source(conn, i, trigger="tenant", on_page=on_page) for i in ids])
+        return BatchResult([run_source(conn, settings, i, trigger="tenant", on_page=on_page) for i in ids])
 
 
 def sync_due(settings: Settings, *, limit: int, concurrency: int, on_page: PageCallback | None = None) -> BatchResult:
@@ -91,7 +94,7 @@ def sync_due(settings: Settings, *, limit: int, concurrency: int, on_page: PageC
         ids = db.claim_due(conn, limit)
         log.info("claimed %d due sources", len(ids), extra={"event": "claimed", "count": len(ids)})
         if concurrency <= 1 or len(ids) <= 1:
-            results = [run_source(conn, i, trigger="due", require_due=True, on_page=on_page) for i in ids]
+            results = [run_source(conn, settings, i, trigger="due", require_due=True, on_page=on_page) for i in ids]
         else:
             results = _run_pool(settings, ids, concurrency, on_page)
         db.release_claims(conn)
@@ -115,7 +118,7 @@ def _run_pool(settings: Settings, ids: list[int], concurrency: int, on_page: Pag
                         source_id = work.get_nowait()
                     except queue.Empty:
                         return
-                    result = run_source(conn, source_id, trigger="due", require_due=True, on_page=on_page)
+                    result = run_source(conn, settings, source_id, trigger="due", require_due=True, on_page=on_page)
                     with lock:
                         results.append(result)
         except BaseException as exc:  # surfaced in the main thread below
@@ -133,6 +136,7 @@ def _run_pool(settings: Settings, ids: list[int], concurrency: int, on_page: Pag
 
 def run_source(
     conn: db.Connection,
+    settings: Settings,
     source_id: int,
     *,
     trigger: str,
@@ -144,7 +148,9 @@ def run_source(
     if not db.try_lock_source(conn, source_id):
         return _skipped(source_id, "busy", f"source {source_id} is already being synced by another process")
     try:
-        return _run_locked(conn, source_id, trigger=trigger, require_due=require_due, since=since, on_page=on_page)
+        return _run_locked(
+            conn, settings, source_id, trigger=trigger, require_due=require_due, since=since, on_page=on_page
+        )
     finally:
         if not conn.closed:
             db.unlock_source(conn, source_id)
@@ -157,6 +163,7 @@ def _skipped(source_id: int, status: str, message: str) -> SyncResult:
 
 def _run_locked(
     conn: db.Connection,
+    settings: Settings,
     source_id: int,
     *,
     trigger: str,
@@ -184,7 +191,24 @@ def _run_locked(
             f"source {source_id} is rate limited until {until}; it may run after that",
         )
 
-    connector = connector_class(source.platform)(source, Context(now=utcnow))
+    connector_cls = connector_class(source.platform)
+    context = Context(
+        now=utcnow, settings=settings, credentials=lambda: oauth.credentials_for(connector_cls, source, settings)
+    )
+    try:
+        return _fetch_and_save(conn, connector_cls(source, context), source, trigger, since, on_page)
+    finally:
+        context.close()
+
+
+def _fetch_and_save(
+    conn: db.Connection,
+    connector: Connector,
+    source: Source,
+    trigger: str,
+    since: datetime | None,
+    on_page: PageCallback | None,
+) -> SyncResult:
     # An explicit --since starts afresh; otherwise an interrupted run is continued where it stopped.
     resume = source.inflight_cursor if since is None else None
     if since is None and source.committed_cursor is None and not resume:

@@ -11,7 +11,7 @@ CREATE TABLE sl_sources (
     -- search parameters only (keywords, hashtags, mentions, exclude, languages, options); never secrets
     config                  jsonb   NOT NULL DEFAULT '{}'::jsonb,
     status                  text    NOT NULL DEFAULT 'active'
-                                    CHECK (status IN ('pending', 'active', 'failing', 'error')),
+                                    CHECK (status IN ('pending', 'active', 'connected', 'failing', 'error')),
     error_message           text,
     sync_interval_minutes   integer NOT NULL DEFAULT 15 CHECK (sync_interval_minutes BETWEEN 1 AND 10080),
     last_sync_at            timestamptz,
@@ -34,7 +34,7 @@ CREATE TABLE sl_sources (
     UNIQUE (tenant_id, platform, name)
 );
 
-CREATE INDEX sl_sources_due_idx ON sl_sources (next_sync_at) WHERE status IN ('active', 'failing');
+CREATE INDEX sl_sources_due_idx ON sl_sources (next_sync_at) WHERE status IN ('active', 'connected', 'failing');
 CREATE INDEX sl_sources_tenant_idx ON sl_sources (tenant_id, id);
 
 CREATE TABLE sl_mentions (

@@ -1,7 +1,8 @@
 """The small base every platform connector stands on.
 
 A connector turns a source's search parameters and cursor into pages of normalized mentions. It
-never touches SQL, the terminal or the token store; the engine saves each page as it arrives.
+never touches SQL, the terminal or the token store: the engine lends it an HTTP client and
+credentials through a Context, and saves each page as it arrives.
 """
 
 from __future__ import annotations
@@ -9,20 +10,80 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, ClassVar
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from slsync.errors import UsageError
 from slsync.models import Page, Source
 
+if TYPE_CHECKING:
+    import httpx
+    from pydantic import SecretStr
+
+    from slsync.config import Settings
+
 SEARCH_KEYS = ("keywords", "hashtags", "mentions", "exclude", "languages")
 
 
-@dataclass(frozen=True, slots=True)
-class Context:
-    """What the engine lends a connector for one run."""
+class Credentials(Protocol):
+    """A bearer token for API calls, refreshed behind the connector's back where the platform allows."""
 
-    now: Callable[[], datetime]
+    def access_token(self) -> str:
+        """A token valid now (refreshed first when it is about to expire)."""
+
+    def refresh(self) -> str:
+        """After a 401: a new token, or AuthError when there is no way to get one."""
+
+
+@dataclass(frozen=True)
+class OAuthApp:
+    """What `slsync connect` needs for a platform's authorization code + PKCE flow."""
+
+    authorize_url: str
+    token_url: str
+    client_id: str | None
+    client_secret: SecretStr | None
+    scopes: tuple[str, ...]
+    # the registered callback (e.g. TWITTER_OAUTH_CALLBACK); None: http://127.0.0.1:PORT/callback
+    redirect_uri: str | None = None
+    client_id_setting: str = ""
+
+
+class Context:
+    """What the engine lends a connector for one run: a clock, an HTTP client, credentials."""
+
+    def __init__(
+        self,
+        now: Callable[[], datetime],
+        settings: Settings | None = None,
+        credentials: Callable[[], Credentials] | None = None,
+    ) -> None:
+        self.now = now
+        self.settings = settings
+        self._credentials_factory = credentials
+        self._credentials: Credentials | None = None
+        self._http: httpx.Client | None = None
+
+    @property
+    def http(self) -> httpx.Client:
+        if self._http is None:
+            from slsync import http
+
+            self._http = http.client()
+        return self._http
+
+    @property
+    def credentials(self) -> Credentials:
+        """Looked up on first use, so a platform that needs none never opens the token store."""
+        if self._credentials is None:
+            if self._credentials_factory is None:
+                raise RuntimeError("this run was given no credentials")
+            self._credentials = self._credentials_factory()
+        return self._credentials
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
 
 
 class Connector(ABC):
@@ -31,10 +92,22 @@ class Connector(ABC):
     connection_type: ClassVar[str] = "none"
     # option name -> parser; `source add --option NAME=VALUE` accepts only these
     options: ClassVar[Mapping[str, Callable[[str], Any]]] = {}
+    # how far back the platform's search reaches (--since older than this is refused); None: no limit
+    max_lookback: ClassVar[timedelta | None] = None
 
     def __init__(self, source: Source, context: Context) -> None:
         self.source = source
         self.context = context
+
+    @classmethod
+    def oauth_app(cls, settings: Settings) -> OAuthApp | None:
+        """The platform's OAuth app for `slsync connect`; None when sources are never connected."""
+        return None
+
+    @classmethod
+    def app_token(cls, settings: Settings) -> SecretStr | None:
+        """An app-only token used by sources that were not connected, when the settings have one."""
+        return None
 
     @classmethod
     def reconnect_advice(cls, source_id: int) -> str:
