@@ -28,7 +28,7 @@ class Platform:
 PLATFORMS: dict[str, Platform] = {
     p.name: p
     for p in (
-        Platform("twitter", "X (Twitter)"),
+        Platform("twitter", "X (Twitter)", "slsync.connectors.twitter:TwitterConnector", "recent search, last 7 days"),
         Platform("facebook", "Facebook"),
         Platform("instagram", "Instagram"),
         Platform("linkedin", "LinkedIn"),

@@ -1,0 +1,363 @@
+"""X (Twitter): recent search, newest first, paged with next_token down to the committed since_id.
+
+One source may need several queries (X caps a query at 512 characters); each keeps its own
+since_id in the cursor, so a query that found nothing new never drags another one's bound along.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from slsync import http
+from slsync.connectors.base import Connector, OAuthApp
+from slsync.errors import Fatal, RateLimited, UsageError
+from slsync.models import Mention, Page, RateLimit
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from slsync.config import Settings
+
+log = logging.getLogger("slsync.twitter")
+
+SCOPES = ("tweet.read", "users.read", "offline.access")
+MAX_QUERY_LENGTH = 512
+MAX_QUERIES = 10
+PAGE_SIZE = 100
+# X's snowflake ids carry their creation time: milliseconds since this epoch, shifted by 22 bits.
+SNOWFLAKE_EPOCH_MS = 1288834974657
+# Recent search reaches 7 days back; keep a margin so a request built now is still valid when it lands.
+LOOKBACK = timedelta(days=7)
+LOOKBACK_MARGIN = timedelta(minutes=1)
+SEARCH_PARAMS = {
+    "max_results": str(PAGE_SIZE),
+    "tweet.fields": "author_id,created_at,public_metrics,entities,geo,lang,attachments,referenced_tweets,note_tweet",
+    "user.fields": "username,name,public_metrics,verified",
+    "media.fields": "type,url,preview_image_url",
+    "place.fields": "full_name",
+    "expansions": "author_id,attachments.media_keys,geo.place_id",
+}
+MEDIA_TYPES = {"photo": "image", "video": "video", "animated_gif": "video"}
+
+_WORD = re.compile(r"^\w+$")
+_HANDLE = re.compile(r"^[A-Za-z0-9_]{1,15}$")
+_OPERATOR_WORDS = {"OR", "AND"}
+_INTERNAL_LINK = re.compile(r"^https?://(www\.|mobile\.)?(twitter|x)\.com/", re.IGNORECASE)
+
+
+# --- the query ------------------------------------------------------------------------------------
+
+
+def _phrase(term: str) -> str:
+    """A keyword as X reads it: one word bare, anything else as an exact phrase in quotes."""
+    if '"' in term:
+        raise UsageError(f"X cannot search for a term with a double quote in it: {term!r}")
+    if _WORD.match(term) and term not in _OPERATOR_WORDS:
+        return term
+    return f'"{term}"'
+
+
+def build_queries(config: Mapping[str, Any]) -> list[str]:
+    """The X queries for a source's search parameters, each within 512 characters.
+
+    Positive terms are OR-ed; exclusions, the language group and -is:retweet apply to every query.
+    When the terms do not fit in one query they are split over several whose results are merged.
+    """
+    terms = [_phrase(k) for k in config.get("keywords") or []]
+    for tag in config.get("hashtags") or []:
+        if not _WORD.match(tag):
+            raise UsageError(f"not a hashtag X can search for: #{tag}")
+        terms.append(f"#{tag}")
+    for handle in config.get("mentions") or []:
+        if not _HANDLE.match(handle):
+            raise UsageError(f"not an X username (1-15 letters, digits or _): @{handle}")
+        terms.append(f"@{handle}")
+    if not terms:
+        raise UsageError("an X source needs at least one --keyword, --hashtag or --mention")
+    suffix = [f"-{_phrase(word)}" for word in config.get("exclude") or []]
+    languages = [f"lang:{code}" for code in config.get("languages") or []]
+    if len(languages) == 1:
+        suffix.append(languages[0])
+    elif languages:
+        suffix.append("(" + " OR ".join(languages) + ")")
+    suffix.append("-is:retweet")
+    tail = " ".join(suffix)
+
+    def query(group: list[str]) -> str:
+        head = group[0] if len(group) == 1 else "(" + " OR ".join(group) + ")"
+        return f"{head} {tail}"
+
+    queries: list[str] = []
+    group: list[str] = []
+    for term in terms:
+        if len(query([term])) > MAX_QUERY_LENGTH:
+            raise UsageError(f"{term} with the exclusions and languages is longer than X's 512-character query limit")
+        if group and len(query([*group, term])) > MAX_QUERY_LENGTH:
+            queries.append(query(group))
+            group = []
+        group.append(term)
+    queries.append(query(group))
+    if len(queries) > MAX_QUERIES:
+        raise UsageError(f"these search terms need {len(queries)} X queries per sync; split them over several sources")
+    return queries
+
+
+# --- normalizing ----------------------------------------------------------------------------------
+
+
+def snowflake_time(tweet_id: str) -> datetime:
+    return datetime.fromtimestamp(((int(tweet_id) >> 22) + SNOWFLAKE_EPOCH_MS) / 1000, UTC)
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _by_key(items: Any, key: str) -> dict[str, dict[str, Any]]:
+    return {str(item[key]): item for item in _list(items) if isinstance(item, dict) and item.get(key) is not None}
+
+
+def _published(tweet: Mapping[str, Any], tweet_id: str) -> datetime:
+    created = tweet.get("created_at")
+    if isinstance(created, str):
+        try:
+            parsed = datetime.fromisoformat(created.replace("Z", "+00:00"))
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        except ValueError:
+            pass
+    # Without created_at (default fields), the id itself says when the post was made.
+    return snowflake_time(tweet_id)
+
+
+def normalize_tweet(
+    tweet: Mapping[str, Any],
+    users: Mapping[str, dict[str, Any]],
+    media: Mapping[str, dict[str, Any]],
+    places: Mapping[str, dict[str, Any]],
+) -> Mention:
+    """One post, with its author, media and place joined from `includes`; raises on a post without an id."""
+    tweet_id = str(tweet.get("id") or "")
+    if not tweet_id.isdigit():
+        raise ValueError("a post without a numeric id")
+    author = users.get(str(tweet.get("author_id"))) if tweet.get("author_id") is not None else None
+    author_metrics = _dict((author or {}).get("public_metrics"))
+    metrics = _dict(tweet.get("public_metrics"))
+    retweets, quotes = _int(metrics.get("retweet_count")), _int(metrics.get("quote_count"))
+    shares = None if retweets is None and quotes is None else (retweets or 0) + (quotes or 0)
+
+    attached = [
+        media[key]
+        for key in _list(_dict(tweet.get("attachments")).get("media_keys"))
+        if isinstance(key, str) and key in media
+    ]
+    links = [
+        u["expanded_url"]
+        for u in _list(_dict(tweet.get("entities")).get("urls"))
+        if isinstance(u, dict)
+        and isinstance(u.get("expanded_url"), str)
+        and not u.get("media_key")
+        and not _INTERNAL_LINK.match(u["expanded_url"])  # a quoted post or attached media, not a link out
+    ]
+    if attached:
+        kinds = {MEDIA_TYPES.get(str(m.get("type")), "image") for m in attached}
+        media_type = "video" if "video" in kinds else "image"
+        media_urls = tuple(url for m in attached if (url := _text(m.get("url")) or _text(m.get("preview_image_url"))))
+    elif links:
+        media_type, media_urls = "link", tuple(links)
+    else:
+        media_type, media_urls = "text", ()
+
+    place = places.get(str(_dict(tweet.get("geo")).get("place_id")))
+    handle = _text((author or {}).get("username"))
+    language = _text(tweet.get("lang"))
+    note = _text(_dict(tweet.get("note_tweet")).get("text"))
+    raw = dict(tweet)
+    raw["includes"] = {"author": author, "media": attached, "place": place}
+    return Mention(
+        platform="twitter",
+        external_id=tweet_id,
+        published_at=_published(tweet, tweet_id),
+        url=f"https://x.com/{handle}/status/{tweet_id}" if handle else f"https://x.com/i/web/status/{tweet_id}",
+        content=note or _text(tweet.get("text")),
+        author_name=_text((author or {}).get("name")),
+        author_handle=handle,
+        author_followers=_int(author_metrics.get("followers_count")),
+        author_verified=author.get("verified") if author and isinstance(author.get("verified"), bool) else None,
+        likes_count=_int(metrics.get("like_count")),
+        comments_count=_int(metrics.get("reply_count")),
+        shares_count=shares,
+        media_type=media_type,
+        media_urls=media_urls,
+        location=_text((place or {}).get("full_name")),
+        language=None if language in (None, "und", "zxx") else language,
+        raw=raw,
+    )
+
+
+def normalize_page(body: Mapping[str, Any]) -> tuple[list[Mention], int]:
+    """The page's posts as mentions, and how many records or partial errors it carried."""
+    includes = _dict(body.get("includes"))
+    users = _by_key(includes.get("users"), "id")
+    media = _by_key(includes.get("media"), "media_key")
+    places = _by_key(includes.get("places"), "id")
+    mentions, errors = [], 0
+    for tweet in _list(body.get("data")):
+        try:
+            if not isinstance(tweet, dict):
+                raise ValueError("a post that is not an object")
+            mentions.append(normalize_tweet(tweet, users, media, places))
+        except (ValueError, TypeError, OverflowError) as exc:
+            errors += 1
+            log.warning("skipped a post X sent that cannot be stored: %s", exc, extra={"event": "skipped_record"})
+    partial = _list(body.get("errors"))
+    for error in partial:
+        detail = _dict(error).get("detail") or _dict(error).get("title") or "unknown"
+        log.info("X reported a partial error: %s", detail, extra={"event": "partial_error"})
+    return mentions, errors + len(partial)
+
+
+# --- the connector --------------------------------------------------------------------------------
+
+
+class TwitterConnector(Connector):
+    platform = "twitter"
+    connection_type = "app"
+    max_lookback = LOOKBACK
+
+    @classmethod
+    def oauth_app(cls, settings: Settings) -> OAuthApp:
+        return OAuthApp(
+            authorize_url=settings.twitter_authorize_url,
+            token_url=settings.twitter_token_url,
+            client_id=settings.twitter_client_id,
+            client_secret=settings.twitter_client_secret,
+            scopes=SCOPES,
+            redirect_uri=settings.twitter_oauth_callback,
+            client_id_setting="TWITTER_CLIENT_ID",
+        )
+
+    @classmethod
+    def app_token(cls, settings: Settings) -> SecretStr | None:
+        return settings.twitter_bearer_token
+
+    @classmethod
+    def reconnect_advice(cls, source_id: int) -> str:
+        return f"reconnect: slsync connect {source_id} (or set TWITTER_BEARER_TOKEN for app-only access)"
+
+    @classmethod
+    def build_config(cls, search: Mapping[str, list[str]], options: Mapping[str, str]) -> dict[str, Any]:
+        config = super().build_config(search, options)
+        build_queries(config)  # refuse at `source add` what X cannot be asked
+        return config
+
+    def pages(
+        self,
+        cursor: Mapping[str, Any] | None,
+        *,
+        since: datetime | None,
+        resume: Mapping[str, Any] | None,
+    ) -> Iterator[Page]:
+        now = self.context.now()
+        earliest = now - LOOKBACK + LOOKBACK_MARGIN
+        queries = build_queries(self.source.config)
+        since_ids: dict[str, str] = dict(_dict((resume or cursor or {}).get("since_ids")))
+        active = _dict((resume or {}).get("active"))
+        if active.get("query") in queries:  # continue the interrupted query first
+            queries.remove(active["query"])
+            queries.insert(0, active["query"])
+        else:
+            active = {}
+
+        for number, query in enumerate(queries):
+            last_query = number == len(queries) - 1
+            if active and query == active["query"]:
+                since_id, start_time = active.get("since_id"), active.get("start_time")
+                token, newest = active.get("next_token"), active.get("newest_id")
+            else:
+                since_id = since_ids.get(query) if since is None else None
+                if since_id and snowflake_time(since_id) < earliest:
+                    since_id = None  # X refuses a since_id older than its search window
+                start_time = None if since_id else _iso(max(since or earliest, earliest))
+                token, newest = None, None
+            while True:
+                body, limits = self._search(query, since_id, start_time, token)
+                mentions, errors = normalize_page(body)
+                ids = [m.external_id for m in mentions]
+                if newest is None and ids:
+                    newest = max(ids, key=int)
+                token = _text(_dict(body.get("meta")).get("next_token"))
+                if not token and newest and int(newest) > int(since_ids.get(query) or 0):
+                    since_ids[query] = newest
+                state: dict[str, Any] = {"since_ids": dict(since_ids)}
+                if token:
+                    state["active"] = {
+                        "query": query, "next_token": token, "newest_id": newest,
+                        "since_id": since_id, "start_time": start_time,
+                    }  # fmt: skip
+                yield Page(mentions=tuple(mentions), cursor=state, rate_limit=limits, errors=errors)
+                more = bool(token) or not last_query
+                if more and limits and limits.remaining == 0 and limits.reset_at and limits.reset_at > now:
+                    until = f"{limits.reset_at:%Y-%m-%d %H:%M:%S} UTC"
+                    raise RateLimited(f"X rate limit used up until {until}", limits.reset_at)
+                if not token:
+                    break
+            active = {}
+
+    def _search(
+        self, query: str, since_id: str | None, start_time: str | None, token: str | None
+    ) -> tuple[dict[str, Any], RateLimit | None]:
+        params = {"query": query, **SEARCH_PARAMS}
+        if since_id:
+            params["since_id"] = since_id
+        elif start_time:
+            params["start_time"] = start_time
+        if token:
+            params["next_token"] = token
+        url = self.context.settings.twitter_api_url.rstrip("/") + "/tweets/search/recent"  # type: ignore[union-attr]
+        response = self._get(url, params, self.context.credentials.access_token())
+        if response.status_code == 401:
+            response = self._get(url, params, self.context.credentials.refresh())
+        limits = http.rate_limit(response.headers, "x-rate-limit-")
+        http.raise_for_status(response, "X", limits)
+        body = http.decode_json(response, "X")
+        if not isinstance(body, dict) or not ("data" in body or "meta" in body):
+            problems = _list(_dict(body).get("errors"))
+            reason = _dict(problems[0]).get("detail") or _dict(problems[0]).get("title") if problems else None
+            raise Fatal(f"X sent an unexpected response: {reason or 'no data and no meta'}")
+        if not isinstance(body.get("data", []), list) or not isinstance(body.get("meta", {}), dict):
+            raise Fatal("X sent an unexpected response: data is not a list of posts")
+        return body, limits
+
+    def _get(self, url: str, params: dict[str, str], token: str) -> httpx.Response:
+        try:
+            return self.context.http.get(url, params=params, headers={"Authorization": f"Bearer {token}"})
+        except httpx.HTTPError as exc:
+            raise http.transport_error(exc, "X") from None
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

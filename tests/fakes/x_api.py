@@ -1,0 +1,148 @@
+"""A loopback stand-in for X's recent search endpoint (GET /2/tweets/search/recent).
+
+It serves posts newest first in pages with next_token, honours since_id and start_time, joins
+authors into `includes`, checks the bearer token, reports x-rate-limit-* headers, and can answer
+429 or 401 on demand. Every request is recorded so tests can assert what slsync asked.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+SNOWFLAKE_EPOCH_MS = 1288834974657
+
+
+def snowflake(moment: datetime, sequence: int = 0) -> str:
+    return str(((int(moment.timestamp() * 1000) - SNOWFLAKE_EPOCH_MS) << 22) | sequence)
+
+
+@dataclass
+class Request:
+    path: str
+    params: dict[str, str]
+    authorization: str | None
+
+
+@dataclass
+class XApi:
+    tokens: set[str] = field(default_factory=lambda: {"app-token"})
+    posts: list[dict[str, Any]] = field(default_factory=list)
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    requests: list[Request] = field(default_factory=list)
+    window_limit: int = 450
+    remaining: int = 450
+    reset_at: datetime = field(default_factory=lambda: datetime.now(UTC) + timedelta(minutes=15))
+    # answer 429 to the Nth search call (1-based) and after, until cleared
+    fail_429_from_call: int | None = None
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}/2"
+
+    @property
+    def searches(self) -> list[Request]:
+        return [r for r in self.requests if r.path.endswith("/tweets/search/recent")]
+
+    def add_posts(
+        self, count: int, *, newest: datetime | None = None, spacing: timedelta = timedelta(minutes=1)
+    ) -> list[str]:
+        """Add `count` posts, the newest at `newest` (default now), one `spacing` apart, by 7 authors."""
+        newest = newest or datetime.now(UTC) - timedelta(seconds=5)
+        ids = []
+        for n in range(count):
+            moment = newest - spacing * n
+            post_id = snowflake(moment, len(self.posts) % 4096)
+            author = str(1000 + len(self.posts) % 7)
+            self.users.setdefault(author, {
+                "id": author, "name": f"Listener {author}", "username": f"listener{author}",
+                "verified": author == "1000",
+                "public_metrics": {"followers_count": int(author) * 3, "following_count": 1},
+            })  # fmt: skip
+            self.posts.append({
+                "id": post_id, "text": f"post {post_id} about Acme", "author_id": author, "lang": "en",
+                "created_at": moment.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+                "public_metrics": {"like_count": n % 5, "reply_count": 1, "retweet_count": 2, "quote_count": 1},
+                "edit_history_tweet_ids": [post_id],
+            })  # fmt: skip
+            ids.append(post_id)
+        return ids
+
+    # --- serving ----------------------------------------------------------------------------------
+
+    def search(self, params: dict[str, str], authorization: str | None) -> tuple[int, dict[str, str], dict[str, Any]]:
+        if authorization is None or authorization.removeprefix("Bearer ") not in self.tokens:
+            return 401, {}, {"title": "Unauthorized", "type": "about:blank", "status": 401, "detail": "Unauthorized"}
+        calls = len(self.searches)
+        limited = self.fail_429_from_call is not None and calls >= self.fail_429_from_call
+        if limited or self.remaining <= 0:
+            return 429, self._limit_headers(0), {"title": "Too Many Requests", "detail": "Too Many Requests"}
+        self.remaining -= 1
+        posts = sorted(self.posts, key=lambda p: int(p["id"]), reverse=True)
+        if "since_id" in params:
+            posts = [p for p in posts if int(p["id"]) > int(params["since_id"])]
+        elif "start_time" in params:
+            start = datetime.fromisoformat(params["start_time"].replace("Z", "+00:00"))
+            posts = [p for p in posts if datetime.fromisoformat(p["created_at"].replace("Z", "+00:00")) >= start]
+        size = int(params.get("max_results", "10"))
+        offset = int(params["next_token"].removeprefix("page-")) if "next_token" in params else 0
+        page = posts[offset : offset + size]
+        meta: dict[str, Any] = {"result_count": len(page)}
+        if page:
+            meta.update(newest_id=page[0]["id"], oldest_id=page[-1]["id"])
+        if offset + size < len(posts):
+            meta["next_token"] = f"page-{offset + size}"
+        body: dict[str, Any] = {"meta": meta}
+        if page:
+            body["data"] = page
+            authors = {p["author_id"] for p in page}
+            body["includes"] = {"users": [self.users[a] for a in sorted(authors) if a in self.users]}
+        return 200, self._limit_headers(self.remaining), body
+
+    def _limit_headers(self, remaining: int) -> dict[str, str]:
+        return {
+            "x-rate-limit-limit": str(self.window_limit),
+            "x-rate-limit-remaining": str(remaining),
+            "x-rate-limit-reset": str(int(self.reset_at.timestamp())),
+        }
+
+    def start(self) -> XApi:
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                parts = urlsplit(self.path)
+                params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+                auth = self.headers.get("Authorization")
+                if parts.path.endswith("/tweets/search/recent"):
+                    status, headers, body = api.search(params, auth)
+                else:
+                    status, headers, body = 404, {}, {"title": "Not Found"}
+                api.requests.append(Request(parts.path, params, auth))
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
