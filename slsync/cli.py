@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -49,6 +50,8 @@ def run(application: typer.Typer, argv: Sequence[str] | None = None) -> int:
         code = command.main(args=args, prog_name="slsync", standalone_mode=False)
         return code if isinstance(code, int) else 0
     except typer.Exit as exc:
+        if exc.exit_code == 130:  # the parser's answer to Ctrl-C
+            _error("interrupted")
         return exc.exit_code
     except typer.TyperException as exc:  # the parser's usage errors
         ctx = getattr(exc, "ctx", None)
@@ -335,6 +338,32 @@ def source_remove(source_id: int = typer.Argument(..., help="The source id."), a
         print(f"removed source {source_id} ({source.name!r}); its {source.mentions_count} mentions are kept")
 
 
+# --- connect --------------------------------------------------------------------------------------
+
+
+@app.command()
+def connect(
+    source_id: int = typer.Argument(..., help="The source id."),
+    no_browser: bool = typer.Option(False, "--no-browser", help="Only print the URL (e.g. over SSH)."),
+    port: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--port", min=1, max=65535, help="Callback port on 127.0.0.1 (default 8765, or TWITTER_OAUTH_CALLBACK's)."
+    ),
+    timeout: float = typer.Option(300, "--timeout", min=1, max=3600, help="Seconds to wait for the browser."),
+) -> None:
+    """Connect a source to a user account: authorize in a browser (OAuth 2.0 with PKCE; the callback goes to
+    http://127.0.0.1:PORT/callback, which must be registered with the platform exactly). The token goes to the
+    token store (SLSYNC_TOKEN_STORE), never to the database or the screen.
+
+    Exit 0 connected; 1 refused, timed out, busy, or the token exchange failed; 2 usage or configuration error.
+    """
+    from slsync import oauth
+
+    done = oauth.connect_source(_settings(), source_id, port=port, timeout=timeout, open_browser=not no_browser)
+    source = done.source
+    print(f"connected source {source.id} ({source.platform}: {source.name}); token kept in {done.where}")
+    print(f"it syncs on the next `slsync sync due`, or now: slsync sync source {source.id}")
+
+
 # --- sync -----------------------------------------------------------------------------------------
 
 
@@ -388,13 +417,15 @@ def sync_source_command(
 
 @sync_app.command("tenant")
 def sync_tenant_command(
-    tenant_id: int = typer.Argument(..., min=0, help="The tenant id."), as_json: bool = JsonFlag
+    tenant_id: int = typer.Argument(..., min=0, help="The tenant id."),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, max=64, help="Sources synced in parallel."),
+    as_json: bool = JsonFlag,
 ) -> None:
     """Sync every source of one tenant now. Exit 0 if none failed, 1 if any failed, 2 on bad input."""
     from slsync import sync
 
     with _progress(not as_json) as on_page:
-        batch = sync.sync_tenant(_settings(), tenant_id, on_page=on_page)
+        batch = sync.sync_tenant(_settings(), tenant_id, concurrency=concurrency, on_page=on_page)
     _report_batch(batch, as_json)
 
 
@@ -590,7 +621,10 @@ def demo() -> None:
         else:
             source_id = source.id
         with _progress(True) as on_page:
-            result = sync.run_source(conn, settings, source_id, trigger="manual", on_page=on_page)
+            options = sync.RunOptions(
+                "manual", on_page=on_page, deadline=time.monotonic() + settings.time_budget_seconds
+            )
+            result = sync.run_source(conn, settings, source_id, options)
         print(_result_line(result))
         rows = db.status_rows(conn, tenant_id=DEMO_TENANT)
     _console().print(_status_table([_status_json(row) for row in rows]))

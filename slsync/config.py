@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     log_format: Literal["text", "json"] = "text"
     token_store: Literal["keyring", "file"] = "keyring"
+    # How long one `sync` command may run: well inside the 15-minute cron period.
+    time_budget_seconds: int = Field(600, ge=10, le=3600)
+    # How long one HTTP request may take before it counts as a timeout (and is retried).
+    http_timeout_seconds: float = Field(30.0, gt=0, le=300)
 
     # X (Twitter). Credentials keep the platform's own names; endpoints can be pointed elsewhere.
     twitter_client_id: str | None = Field(None, validation_alias=AliasChoices("TWITTER_CLIENT_ID"))

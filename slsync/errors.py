@@ -42,6 +42,10 @@ class AuthError(Fatal):
     """The platform refused the credentials: the source needs `slsync connect` again."""
 
 
+class OutOfTime(ConnectorError):
+    """The run used its time budget: it stops between pages and the next run continues."""
+
+
 class RateLimited(ConnectorError):
     """The platform said stop until reset_at."""
 

@@ -8,12 +8,18 @@ or response bodies beyond a short platform message.
 from __future__ import annotations
 
 import json
+import math
+import random
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+import tenacity
 
 from slsync import __version__
 from slsync.errors import AuthError, Fatal, RateLimited, Retriable
@@ -33,9 +39,12 @@ def client(*, timeout: float = 30.0) -> httpx.Client:
 
 
 def storable(value: Any) -> Any:
-    """The same JSON value with NUL removed and lone surrogates replaced, so PostgreSQL accepts it."""
+    """The same JSON value with NUL removed, lone surrogates replaced and non-finite numbers (which
+    Python's json accepts and PostgreSQL's jsonb does not) made null."""
     if isinstance(value, str):
         return _UNSTORABLE.sub(lambda m: "" if m.group() == "\x00" else "\ufffd", value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, dict):
         return {storable(k): storable(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -101,5 +110,113 @@ def raise_for_status(response: httpx.Response, platform: str, limits: RateLimit 
 
 def transport_error(exc: httpx.HTTPError, platform: str) -> Retriable:
     """A timeout or connection failure, as a retriable error with no URL or headers in it."""
-    kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "could not be reached"
+    if isinstance(exc, httpx.TimeoutException):
+        kind = "timed out"
+    elif isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+        kind = "broke off its response"
+    else:
+        kind = "could not be reached"
     return Retriable(f"{platform} {kind} ({type(exc).__name__})")
+
+
+# --- the retry policy every connector uses --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry timeouts, connection errors and 500/502/503/504; never another 4xx.
+
+    Waits grow exponentially with full jitter (a random wait between 0 and base x 2^n, at most
+    max_wait), or follow Retry-After; a 429 whose reset is at most `near_reset` away is waited out.
+    A run's deadline bounds the whole: no wait that would pass it.
+    """
+
+    attempts: int = 4
+    base: float = 0.5
+    max_wait: float = 30.0
+    near_reset: float = 30.0
+
+
+DEFAULT_POLICY = RetryPolicy()
+
+
+class _TryAgain(Exception):
+    def __init__(self, response: httpx.Response, wait: float | None) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+        self.wait = wait
+
+
+def retry_after(response: httpx.Response, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date), if any."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
+
+
+def send(
+    client: httpx.Client,
+    method: str,
+    url: str,
+    *,
+    platform: str,
+    rate_limit_prefix: str | None = None,
+    deadline: float | None = None,
+    policy: RetryPolicy = DEFAULT_POLICY,
+    sleep: Callable[[float], None] = time.sleep,
+    **kwargs: Any,
+) -> httpx.Response:
+    """One request under the retry policy.
+
+    Returns the last response (the caller maps a 4xx, or a 5xx / 429 left after the retries, with
+    raise_for_status); raises Retriable when the platform could not be reached at all.
+    """
+
+    def attempt() -> httpx.Response:
+        try:
+            response = client.request(method, url, **kwargs)
+        except httpx.TransportError as exc:
+            raise transport_error(exc, platform) from None
+        if response.status_code in RETRIABLE_STATUS:
+            hint = retry_after(response)
+            if hint is not None and hint > policy.max_wait:
+                return response  # asked to come back later than a run may wait
+            raise _TryAgain(response, hint)
+        if response.status_code == 429 and rate_limit_prefix is not None:
+            limits = rate_limit(response.headers, rate_limit_prefix)
+            hint = retry_after(response)
+            if hint is None and limits and limits.reset_at:
+                hint = max((limits.reset_at - datetime.now(UTC)).total_seconds(), 0.0)
+            if hint is not None and hint <= policy.near_reset:
+                raise _TryAgain(response, hint + 1.0)
+        return response
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _TryAgain) and exc.wait is not None:
+            return exc.wait
+        return random.uniform(0, min(policy.max_wait, policy.base * 2 ** (state.attempt_number - 1)))
+
+    def past_deadline(state: tenacity.RetryCallState) -> bool:
+        return deadline is not None and time.monotonic() + (state.upcoming_sleep or 0.0) > deadline
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(policy.attempts) | past_deadline,
+        wait=wait,
+        retry=tenacity.retry_if_exception_type((Retriable, _TryAgain)),
+        sleep=sleep,
+        reraise=True,
+    )
+    try:
+        return retrying(attempt)
+    except _TryAgain as exc:
+        return exc.response

@@ -19,13 +19,15 @@ from slsync import db, oauth
 from slsync.config import Settings
 from slsync.connectors import connector_class
 from slsync.connectors.base import Connector, Context
-from slsync.errors import AuthError, ConnectorError, NotFound, RateLimited, Retriable, UsageError
+from slsync.errors import AuthError, ConnectorError, NotFound, OutOfTime, RateLimited, Retriable, UsageError
 from slsync.models import RateLimit, Source, SyncResult
 
 log = logging.getLogger("slsync.sync")
 
 BACKFILL = timedelta(days=7)
 MAX_BACKOFF_SECONDS = 24 * 3600
+# Runs that stopped early on purpose: they kept their pages and continue later; not failures.
+CUT_SHORT = frozenset({"rate_limited", "partial"})
 
 # Called after each saved page: (source, pages so far, mentions saved so far).
 PageCallback = Callable[[Source, int, int], None]
@@ -35,14 +37,24 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    trigger: str
+    # a `sync due` run: skip the source if another run synced it since it was claimed
+    require_due: bool = False
+    since: datetime | None = None
+    on_page: PageCallback | None = None
+    # time.monotonic() by which the command must be done
+    deadline: float | None = None
+
+
 @dataclass
 class BatchResult:
     results: list[SyncResult] = field(default_factory=list)
 
     @property
     def failed(self) -> list[SyncResult]:
-        # A rate-limited run kept what it saved and resumes after the reset: not a failure to alert on.
-        return [r for r in self.results if not r.success and not r.skipped and r.status != "rate_limited"]
+        return [r for r in self.results if not r.success and not r.skipped and r.status not in CUT_SHORT]
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -50,6 +62,7 @@ class BatchResult:
             "sources_failed": len(self.failed),
             "sources_skipped": sum(1 for r in self.results if r.skipped),
             "sources_rate_limited": sum(1 for r in self.results if r.status == "rate_limited"),
+            "sources_partial": sum(1 for r in self.results if r.status == "partial"),
             "total_mentions_saved": sum(r.mentions_saved for r in self.results),
             "results": [r.as_json() for r in self.results],
         }
@@ -61,27 +74,35 @@ def backoff_seconds(interval_minutes: int, failures: int, rng: random.Random | N
     return base * (rng or random).uniform(0.5, 1.0)
 
 
+def _deadline(settings: Settings) -> float:
+    return time.monotonic() + settings.time_budget_seconds
+
+
 def sync_source(
     settings: Settings, source_id: int, *, since: datetime | None = None, on_page: PageCallback | None = None
 ) -> SyncResult:
     """`sync source`: run one source now, whatever its schedule (rate limits still hold)."""
     if since is not None and since > utcnow():
         raise UsageError("--since is in the future")
+    options = RunOptions("manual", since=since, on_page=on_page, deadline=_deadline(settings))
     with db.connect(settings) as conn:
         source = db.get_source(conn, source_id)
         reach = connector_class(source.platform).max_lookback
         if since is not None and reach is not None and since < utcnow() - reach:
             raise UsageError(f"--since reaches back further than {source.platform} search allows ({reach.days} days)")
-        return run_source(conn, settings, source_id, trigger="manual", since=since, on_page=on_page)
+        return run_source(conn, settings, source_id, options)
 
 
-def sync_tenant(settings: Settings, tenant_id: int, *, on_page: PageCallback | None = None) -> BatchResult:
-    """`sync tenant`: every connected source of one tenant, and nothing of any other."""
+def sync_tenant(
+    settings: Settings, tenant_id: int, *, concurrency: int = 1, on_page: PageCallback | None = None
+) -> BatchResult:
+    """`sync tenant`: every source of one tenant, and nothing of any other."""
+    options = RunOptions("tenant", on_page=on_page, deadline=_deadline(settings))
     with db.connect(settings) as conn:
         ids = db.tenant_source_ids(conn, tenant_id)
         if not ids:
             raise NotFound(f"tenant {tenant_id} has no sources to sync")
-        return BatchResult([run_source(conn, settings, i, trigger="tenant", on_page=on_page) for i in ids])
+        return _run_many(conn, settings, ids, options, concurrency)
 
 
 def sync_due(settings: Settings, *, limit: int, concurrency: int, on_page: PageCallback | None = None) -> BatchResult:
@@ -90,19 +111,29 @@ def sync_due(settings: Settings, *, limit: int, concurrency: int, on_page: PageC
     The claim lives as long as this connection; workers each use their own connection, which holds
     the source's advisory lock while it works.
     """
+    options = RunOptions("due", require_due=True, on_page=on_page, deadline=_deadline(settings))
     with db.connect(settings) as conn:
         ids = db.claim_due(conn, limit)
         log.info("claimed %d due sources", len(ids), extra={"event": "claimed", "count": len(ids)})
-        if concurrency <= 1 or len(ids) <= 1:
-            results = [run_source(conn, settings, i, trigger="due", require_due=True, on_page=on_page) for i in ids]
-        else:
-            results = _run_pool(settings, ids, concurrency, on_page)
-        db.release_claims(conn)
+        try:
+            return _run_many(conn, settings, ids, options, concurrency)
+        finally:
+            if not conn.closed:
+                db.release_claims(conn)
+
+
+def _run_many(
+    conn: db.Connection, settings: Settings, ids: list[int], options: RunOptions, concurrency: int
+) -> BatchResult:
+    if concurrency <= 1 or len(ids) <= 1:
+        results = [run_source(conn, settings, source_id, options) for source_id in ids]
+    else:
+        results = _run_pool(settings, ids, options, concurrency)
     order = {source_id: n for n, source_id in enumerate(ids)}
     return BatchResult(sorted(results, key=lambda r: order[r.source_id]))
 
 
-def _run_pool(settings: Settings, ids: list[int], concurrency: int, on_page: PageCallback | None) -> list[SyncResult]:
+def _run_pool(settings: Settings, ids: list[int], options: RunOptions, concurrency: int) -> list[SyncResult]:
     work: queue.SimpleQueue[int] = queue.SimpleQueue()
     for source_id in ids:
         work.put(source_id)
@@ -118,7 +149,7 @@ def _run_pool(settings: Settings, ids: list[int], concurrency: int, on_page: Pag
                         source_id = work.get_nowait()
                     except queue.Empty:
                         return
-                    result = run_source(conn, settings, source_id, trigger="due", require_due=True, on_page=on_page)
+                    result = run_source(conn, settings, source_id, options)
                     with lock:
                         results.append(result)
         except BaseException as exc:  # surfaced in the main thread below
@@ -134,23 +165,16 @@ def _run_pool(settings: Settings, ids: list[int], concurrency: int, on_page: Pag
     return results
 
 
-def run_source(
-    conn: db.Connection,
-    settings: Settings,
-    source_id: int,
-    *,
-    trigger: str,
-    require_due: bool = False,
-    since: datetime | None = None,
-    on_page: PageCallback | None = None,
-) -> SyncResult:
+def run_source(conn: db.Connection, settings: Settings, source_id: int, options: RunOptions) -> SyncResult:
     """Sync one source on this connection, holding its lock for the whole run."""
+    if options.deadline is not None and time.monotonic() >= options.deadline:
+        if options.require_due:
+            db.release_claim(conn, source_id)
+        return _skipped(source_id, "out_of_time", f"source {source_id} waits for the next run (time budget spent)")
     if not db.try_lock_source(conn, source_id):
         return _skipped(source_id, "busy", f"source {source_id} is already being synced by another process")
     try:
-        return _run_locked(
-            conn, settings, source_id, trigger=trigger, require_due=require_due, since=since, on_page=on_page
-        )
+        return _run_locked(conn, settings, source_id, options)
     finally:
         if not conn.closed:
             db.unlock_source(conn, source_id)
@@ -161,22 +185,13 @@ def _skipped(source_id: int, status: str, message: str) -> SyncResult:
     return SyncResult(source_id=source_id, success=False, skipped=True, status=status, message=message)
 
 
-def _run_locked(
-    conn: db.Connection,
-    settings: Settings,
-    source_id: int,
-    *,
-    trigger: str,
-    require_due: bool,
-    since: datetime | None,
-    on_page: PageCallback | None,
-) -> SyncResult:
+def _run_locked(conn: db.Connection, settings: Settings, source_id: int, options: RunOptions) -> SyncResult:
     try:
         source = db.get_source(conn, source_id)
     except NotFound:
         return _skipped(source_id, "removed", f"source {source_id} was removed")
     # Checked again under the lock: another process may have synced it since it was claimed.
-    if require_due and not db.is_due(conn, source_id):
+    if options.require_due and not db.is_due(conn, source_id):
         db.release_claim(conn, source_id)
         return _skipped(source_id, "not_due", f"source {source_id} is not due any more")
     if source.status == "pending":
@@ -185,44 +200,45 @@ def _run_locked(
     if source.rate_limit_remaining == 0 and source.rate_limit_reset_at and source.rate_limit_reset_at > now:
         until = source.rate_limit_reset_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         db.release_claim(conn, source_id)
-        return _skipped(
-            source_id,
-            "rate_limited",
-            f"source {source_id} is rate limited until {until}; it may run after that",
-        )
+        message = f"source {source_id} is rate limited until {until}; it may run after that"
+        return _skipped(source_id, "rate_limited", message)
 
     connector_cls = connector_class(source.platform)
     context = Context(
-        now=utcnow, settings=settings, credentials=lambda: oauth.credentials_for(connector_cls, source, settings)
+        now=utcnow,
+        settings=settings,
+        credentials=lambda: oauth.credentials_for(connector_cls, source, settings, now=utcnow),
+        deadline=options.deadline,
     )
     try:
-        return _fetch_and_save(conn, connector_cls(source, context), source, trigger, since, on_page)
+        return _fetch_and_save(conn, connector_cls(source, context), source, options)
     finally:
         context.close()
 
 
-def _fetch_and_save(
-    conn: db.Connection,
-    connector: Connector,
-    source: Source,
-    trigger: str,
-    since: datetime | None,
-    on_page: PageCallback | None,
-) -> SyncResult:
+def _fetch_and_save(conn: db.Connection, connector: Connector, source: Source, options: RunOptions) -> SyncResult:
     # An explicit --since starts afresh; otherwise an interrupted run is continued where it stopped.
+    since = options.since
     resume = source.inflight_cursor if since is None else None
     if since is None and source.committed_cursor is None and not resume:
         since = utcnow() - BACKFILL
-    run_id = db.begin_run(conn, source, trigger)
+    run_id = db.begin_run(conn, source, options.trigger)
     started = time.monotonic()
     result = SyncResult(source_id=source.id, success=False, status="running")
     log.info(
         "sync started" + (" (resuming an interrupted run)" if resume else ""),
-        extra={"source": source.id, "event": "started", "trigger": trigger},
+        extra={"source": source.id, "event": "started", "trigger": options.trigger},
     )
     last_cursor = None
+    pages = connector.pages(source.committed_cursor, since=since, resume=resume)
     try:
-        for page in connector.pages(source.committed_cursor, since=since, resume=resume):
+        while True:
+            # Between pages, not inside one: what is saved stays consistent with the in-flight cursor.
+            if result.pages and options.deadline is not None and time.monotonic() >= options.deadline:
+                raise OutOfTime(f"stopped after {result.pages} pages: time budget spent; the next run continues")
+            page = next(pages, None)
+            if page is None:
+                break
             saved = db.save_page(conn, source, run_id, page)
             last_cursor = page.cursor
             result.pages += 1
@@ -230,8 +246,8 @@ def _fetch_and_save(
             result.mentions_saved += saved
             result.duplicates += len(page.mentions) - saved
             result.errors += page.errors
-            if on_page:
-                on_page(source, result.pages, result.mentions_saved)
+            if options.on_page:
+                options.on_page(source, result.pages, result.mentions_saved)
     except ConnectorError as exc:
         return _record_failure(conn, source, run_id, result, exc, started)
     except Exception as exc:
@@ -240,6 +256,8 @@ def _fetch_and_save(
         log.exception("sync crashed", extra={"source": source.id, "event": "crashed"})
         failure = ConnectorError(f"internal error: {type(exc).__name__}: {exc}")
         return _record_failure(conn, source, run_id, result, failure, started)
+    finally:
+        pages.close()
 
     result.success = True
     result.status = "active"
@@ -258,54 +276,47 @@ def _record_failure(
     conn: db.Connection, source: Source, run_id: int, result: SyncResult, exc: ConnectorError, started: float
 ) -> SyncResult:
     message = str(exc)
+    finish = {"conn": conn, "source": source, "run_id": run_id}
     if isinstance(exc, RateLimited):
         # Not a failure of the source: stop now, keep the pages and the in-flight cursor, come back after reset.
         reset_at = exc.reset_at or utcnow() + timedelta(minutes=15)
         retry_in = max((reset_at - utcnow()).total_seconds(), 0.0)
         db.finish_failure(
-            conn,
-            source,
-            run_id,
-            run_status="rate_limited",
-            message=message,
-            source_status=source.status,
-            retry_in_seconds=retry_in,
-            count_failure=False,
-            keep_inflight=True,
+            **finish, run_status="rate_limited", message=message, source_status=source.status,
+            retry_in_seconds=retry_in, count_failure=False, keep_inflight=True,
             rate_limit=RateLimit(remaining=0, reset_at=reset_at),
-        )
+        )  # fmt: skip
         result.status = "rate_limited"
+    elif isinstance(exc, OutOfTime):
+        # Not a failure either: due again at once, so the next cron run continues from the in-flight cursor.
+        db.finish_failure(
+            **finish, run_status="partial", message=message, source_status=source.status,
+            retry_in_seconds=0.0, count_failure=False, keep_inflight=True,
+        )  # fmt: skip
+        result.status = "partial"
     elif isinstance(exc, AuthError):
         message = f"{message}; {connector_class(source.platform).reconnect_advice(source.id)}"
         db.finish_failure(
-            conn,
-            source,
-            run_id,
-            run_status="failed",
-            message=message,
-            source_status="error",
-            retry_in_seconds=None,
-            count_failure=True,
-            keep_inflight=False,
-        )
+            **finish, run_status="failed", message=message, source_status="error",
+            retry_in_seconds=None, count_failure=True, keep_inflight=False,
+        )  # fmt: skip
         result.status = "error"
     else:
         retry_in = backoff_seconds(source.sync_interval_minutes, source.consecutive_failures + 1)
         db.finish_failure(
-            conn,
-            source,
-            run_id,
-            run_status="failed",
-            message=message,
-            source_status="failing",
-            retry_in_seconds=retry_in,
-            count_failure=True,
-            keep_inflight=isinstance(exc, Retriable),
-        )
+            **finish, run_status="failed", message=message, source_status="failing",
+            retry_in_seconds=retry_in, count_failure=True, keep_inflight=isinstance(exc, Retriable),
+        )  # fmt: skip
         result.status = "failing"
     result.message = message
     result.duration_ms = int((time.monotonic() - started) * 1000)
-    log.warning(message, extra={"source": source.id, "event": "failed", **_counts(result)})
+    cut_short = result.status in CUT_SHORT
+    event = result.status if cut_short else "failed"
+    log.log(
+        logging.INFO if cut_short else logging.WARNING,
+        message,
+        extra={"source": source.id, "event": event, **_counts(result)},
+    )
     return result
 
 

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -52,6 +53,9 @@ class Token:
 
 
 class TokenStore(Protocol):
+    # where the tokens are, for messages (a path or "the OS keyring"); never a token
+    where: str
+
     def get(self, source_id: int) -> Token | None: ...
     def put(self, source_id: int, token: Token) -> None: ...
     def delete(self, source_id: int) -> None: ...
@@ -62,6 +66,8 @@ def _key(source_id: int) -> str:
 
 
 class KeyringStore:
+    where = "the OS keyring"
+
     def __init__(self) -> None:
         import keyring
         from keyring.backends import fail
@@ -88,9 +94,21 @@ class KeyringStore:
             self._keyring.delete_password(KEYRING_SERVICE, _key(source_id))
 
 
+# fasteners' lock is an fcntl (POSIX record) lock, which excludes other processes but not other threads of
+# this one (`sync due --concurrency` refreshes tokens from several threads): pair it with a thread lock.
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
+
+
+def _thread_lock(path: Path) -> threading.Lock:
+    with _thread_locks_guard:
+        return _thread_locks.setdefault(str(path.resolve()), threading.Lock())
+
+
 class FileStore:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.where = str(path)
 
     def _read(self) -> dict[str, str]:
         try:
@@ -106,7 +124,7 @@ class FileStore:
         import fasteners
 
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with fasteners.InterProcessLock(str(self.path) + ".lock"):
+        with _thread_lock(self.path), fasteners.InterProcessLock(str(self.path) + ".lock"):
             tokens = self._read()
             if value is None:
                 tokens.pop(key, None)

@@ -79,7 +79,7 @@ CREATE TABLE sl_sync_runs (
     finished_at     timestamptz,
     -- 'abandoned': the process died mid-run; found and closed by the next run of the source
     status          text    NOT NULL DEFAULT 'running'
-                            CHECK (status IN ('running', 'success', 'failed', 'rate_limited', 'abandoned')),
+                            CHECK (status IN ('running', 'success', 'failed', 'rate_limited', 'partial', 'abandoned')),
     pages           integer NOT NULL DEFAULT 0,
     fetched         integer NOT NULL DEFAULT 0,
     saved           integer NOT NULL DEFAULT 0,

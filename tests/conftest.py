@@ -173,3 +173,36 @@ def stored_ids(conn: db.Connection, source_id: int) -> list[str]:
         "SELECT external_id FROM sl_mentions WHERE source_id = %s ORDER BY external_id", (source_id,)
     ).fetchall()
     return [r["external_id"] for r in rows]
+
+
+README_EXAMPLE = {
+    "keywords": ["acme", "acme coffee"],
+    "hashtags": ["acmecoffee"],
+    "mentions": ["acme"],
+    "exclude": ["jobs"],
+    "languages": ["en", "es"],
+}
+
+
+@pytest.fixture
+def x_api() -> Iterator[Any]:
+    from tests.fakes.x_api import XApi
+
+    api = XApi().start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture
+def x_cli(cli: Cli, x_api: Any) -> Cli:
+    cli.env.update({"SLSYNC_TWITTER_API_URL": x_api.url, "TWITTER_BEARER_TOKEN": "app-token"})
+    return cli
+
+
+def add_x_source(cli: Cli, name: str = "acme") -> int:
+    args = ["source", "add", "twitter", "--tenant", "1", "--name", name, "--json"]
+    for flag, key in (("--keyword", "keywords"), ("--hashtag", "hashtags"), ("--mention", "mentions"),
+                      ("--exclude", "exclude"), ("--language", "languages")):  # fmt: skip
+        for value in README_EXAMPLE[key]:
+            args += [flag, value]
+    return cli.ok(*args).json()["id"]

@@ -140,7 +140,7 @@ def test_mock_generates_mentions_and_is_refused_in_production(cli: Cli) -> None:
     ("args", "code", "words"),
     [
         (("source", "add", "nope", "--tenant", "1", "--name", "x", "--keyword", "k"), 2, "unknown platform"),
-        (("source", "add", "twitter", "--tenant", "1", "--name", "x", "--keyword", "k"), 2, "planned"),
+        (("source", "add", "reddit", "--tenant", "1", "--name", "x", "--keyword", "k"), 2, "planned"),
         (("source", "add", "mock", "--tenant", "1", "--name", "x"), 2, "at least one"),
         (("source", "add", "mock", "--tenant", "-1", "--name", "x", "--keyword", "k"), 2, "--tenant"),
         (
@@ -217,3 +217,16 @@ def test_json_logs_are_one_object_per_line_on_stderr(cli: Cli) -> None:
     assert {"started", "finished"} <= {line.get("event") for line in lines}
     finished = next(line for line in lines if line.get("event") == "finished")
     assert finished["source"] == source_id and finished["saved"] >= 1000 and "time" in finished
+
+
+def test_tenant_scoped_commands_never_show_or_touch_another_tenant(cli: Cli) -> None:
+    mine = add(cli, tenant=1, name="mine")
+    theirs = add(cli, tenant=2, name="theirs")
+    cli.ok("mock", str(theirs), "--count", "5")
+    cli.ok("sync", "tenant", "1")
+    status = cli.ok("status", "--tenant", "1", "--json").json()["sources"]
+    assert [s["source"]["id"] for s in status] == [mine]
+    assert cli("status", str(theirs), "--tenant", "1").returncode == 2  # not in that tenant
+    listed = cli.ok("source", "list", "--tenant", "2", "--json").json()["sources"]
+    assert [(s["id"], s["total_mentions"]) for s in listed] == [(theirs, 5)]
+    assert "theirs" not in cli.ok("status", "--tenant", "1").stdout

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,17 +13,10 @@ import pytest
 from slsync import db
 from slsync.connectors.twitter import MAX_QUERY_LENGTH, build_queries, normalize_page, snowflake_time
 from slsync.errors import UsageError
-from tests.conftest import Cli
+from tests.conftest import README_EXAMPLE, Cli, add_x_source
 from tests.fakes.x_api import XApi
 
 FIXTURES = Path(__file__).parent / "fixtures" / "real" / "twitter"
-README_EXAMPLE = {
-    "keywords": ["acme", "acme coffee"],
-    "hashtags": ["acmecoffee"],
-    "mentions": ["acme"],
-    "exclude": ["jobs"],
-    "languages": ["en", "es"],
-}
 
 
 def fixture(name: str) -> dict:
@@ -155,6 +147,17 @@ def test_the_other_recorded_posts() -> None:
         assert mention.author_handle is None and mention.likes_count is None and mention.language is None
 
 
+def test_counts_that_are_not_counts_become_null() -> None:
+    body = {
+        "data": [{"id": "123", "author_id": "1", "public_metrics": {"like_count": 2**70, "reply_count": -4,
+                                                                     "retweet_count": "7", "quote_count": True}}],
+        "includes": {"users": [{"id": "1", "public_metrics": {"followers_count": 1.5}}]},
+    }  # fmt: skip
+    [mention], errors = normalize_page(body)
+    assert errors == 0 and mention.likes_count is None and mention.comments_count is None
+    assert mention.shares_count == 7 and mention.author_followers is None
+
+
 def test_snowflake_time_matches_created_at() -> None:
     body = fixture("search_recent_kpop_expansions")
     for post in body["data"][:10]:
@@ -163,28 +166,6 @@ def test_snowflake_time_matches_created_at() -> None:
 
 
 # --- whole syncs against the stand-in -------------------------------------------------------------
-
-
-@pytest.fixture
-def x_api() -> Iterator[XApi]:
-    api = XApi().start()
-    yield api
-    api.stop()
-
-
-@pytest.fixture
-def x_cli(cli: Cli, x_api: XApi) -> Cli:
-    cli.env.update({"SLSYNC_TWITTER_API_URL": x_api.url, "TWITTER_BEARER_TOKEN": "app-token"})
-    return cli
-
-
-def add_x_source(cli: Cli) -> int:
-    args = ["source", "add", "twitter", "--tenant", "1", "--name", "acme", "--json"]
-    for flag, key in (("--keyword", "keywords"), ("--hashtag", "hashtags"), ("--mention", "mentions"),
-                      ("--exclude", "exclude"), ("--language", "languages")):  # fmt: skip
-        for value in README_EXAMPLE[key]:
-            args += [flag, value]
-    return cli.ok(*args).json()["id"]
 
 
 def test_three_pages_arrive_in_one_sync_and_the_next_sync_sends_since_id(x_cli: Cli, x_api: XApi, conn) -> None:

@@ -46,7 +46,10 @@ class OAuthApp:
     scopes: tuple[str, ...]
     # the registered callback (e.g. TWITTER_OAUTH_CALLBACK); None: http://127.0.0.1:PORT/callback
     redirect_uri: str | None = None
+    # the settings' names, for messages that tell an operator what to set
     client_id_setting: str = ""
+    client_secret_setting: str = ""
+    redirect_uri_setting: str = ""
 
 
 class Context:
@@ -57,9 +60,12 @@ class Context:
         now: Callable[[], datetime],
         settings: Settings | None = None,
         credentials: Callable[[], Credentials] | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.now = now
         self.settings = settings
+        # time.monotonic() by which the run must end; HTTP retries never wait past it
+        self.deadline = deadline
         self._credentials_factory = credentials
         self._credentials: Credentials | None = None
         self._http: httpx.Client | None = None
@@ -69,7 +75,7 @@ class Context:
         if self._http is None:
             from slsync import http
 
-            self._http = http.client()
+            self._http = http.client(timeout=self.settings.http_timeout_seconds if self.settings else 30.0)
         return self._http
 
     @property

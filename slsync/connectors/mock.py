@@ -193,17 +193,19 @@ class MockConnector(Connector):
         options = self.source.config.get("options") or {}
         term = search_term(self.source.config)
         now = self.context.now()
+        # A run cut short after its last page left a cursor as good as a committed one.
+        known = resume if since is None and resume and "newest_seq" in resume else cursor
         if since is None and resume and "next_seq" in resume:
             top, start, floor = int(resume["newest_seq"]), int(resume["next_seq"]), int(resume["floor_seq"])
         else:
             top = start = latest_seq(source_id, now)
             if since is not None:
                 floor = first_seq_since(source_id, since)
-            elif cursor and "newest_seq" in cursor:
-                floor = int(cursor["newest_seq"]) + 1
+            elif known and "newest_seq" in known:
+                floor = int(known["newest_seq"]) + 1
             else:
                 floor = first_seq_since(source_id, now - timedelta(days=7))
-        committed_newest = int(cursor["newest_seq"]) if cursor and "newest_seq" in cursor else None
+        committed_newest = int(known["newest_seq"]) if known and "newest_seq" in known else None
         newest = top if committed_newest is None else max(top, committed_newest)
         window_reset = now.replace(minute=now.minute - now.minute % 15, second=0, microsecond=0) + timedelta(minutes=15)
 

@@ -116,12 +116,11 @@ def snowflake_time(tweet_id: str) -> datetime:
 
 
 def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
+    """A count as X sends it; anything that is not a count PostgreSQL's bigint can hold becomes None."""
     if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
     return None
 
 
@@ -258,6 +257,8 @@ class TwitterConnector(Connector):
             scopes=SCOPES,
             redirect_uri=settings.twitter_oauth_callback,
             client_id_setting="TWITTER_CLIENT_ID",
+            client_secret_setting="TWITTER_CLIENT_SECRET",
+            redirect_uri_setting="TWITTER_OAUTH_CALLBACK",
         )
 
     @classmethod
@@ -353,10 +354,10 @@ class TwitterConnector(Connector):
         return body, limits
 
     def _get(self, url: str, params: dict[str, str], token: str) -> httpx.Response:
-        try:
-            return self.context.http.get(url, params=params, headers={"Authorization": f"Bearer {token}"})
-        except httpx.HTTPError as exc:
-            raise http.transport_error(exc, "X") from None
+        return http.send(
+            self.context.http, "GET", url, platform="X", rate_limit_prefix="x-rate-limit-",
+            deadline=self.context.deadline, params=params, headers={"Authorization": f"Bearer {token}"},
+        )  # fmt: skip
 
 
 def _iso(moment: datetime) -> str:

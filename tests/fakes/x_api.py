@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,6 +41,11 @@ class XApi:
     reset_at: datetime = field(default_factory=lambda: datetime.now(UTC) + timedelta(minutes=15))
     # answer 429 to the Nth search call (1-based) and after, until cleared
     fail_429_from_call: int | None = None
+    # scripted faults, one per search call until the list is empty: an HTTP status, or "invalid_json",
+    # "truncated" (the body stops half-way), "wrong_shape", ("slow", seconds) before a normal answer
+    faults: list[Any] = field(default_factory=list)
+    # the same fault on every call while set
+    fault_always: Any = None
     server: ThreadingHTTPServer | None = None
 
     @property
@@ -121,18 +127,34 @@ class XApi:
                 parts = urlsplit(self.path)
                 params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
                 auth = self.headers.get("Authorization")
-                if parts.path.endswith("/tweets/search/recent"):
+                search = parts.path.endswith("/tweets/search/recent")
+                fault = api.fault_always or (api.faults.pop(0) if search and api.faults else None)
+                if isinstance(fault, tuple) and fault[0] == "slow":
+                    time.sleep(fault[1])
+                    fault = None
+                if isinstance(fault, int):
+                    status, headers, body = fault, {}, {"title": "Injected", "detail": f"injected HTTP {fault}"}
+                elif search:
                     status, headers, body = api.search(params, auth)
                 else:
                     status, headers, body = 404, {}, {"title": "Not Found"}
                 api.requests.append(Request(parts.path, params, auth))
                 payload = json.dumps(body).encode()
+                if fault == "invalid_json":
+                    payload = b'{"data": [{"id": "1", "text": "unterminated'
+                elif fault == "wrong_shape":
+                    payload = b'{"result": "ok", "items": 3}'
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
+                if fault == "truncated":
+                    self.wfile.write(payload[: len(payload) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
                 self.wfile.write(payload)
 
             def log_message(self, *args: Any) -> None:
