@@ -98,6 +98,18 @@ def test_a_malformed_page_fails_the_run_with_a_clear_line_and_loses_nothing(
     next_run_stores_the_full_set(x_cli, x_api, conn, source_id)
 
 
+def test_a_record_that_cannot_be_normalized_is_skipped_and_counted_and_the_rest_is_saved(
+    x_cli: Cli, x_api: XApi, conn
+) -> None:
+    x_api.add_posts(30)
+    x_api.odd_records = ["not a post", {"text": "a post without an id"}, {"id": "12ab", "text": "a bad id"}]
+    source_id = add_x_source(x_cli)
+    result = x_cli.ok("sync", "source", str(source_id), "--json").json()
+    assert result["success"] and result["mentions_saved"] == 30 and result["errors"] == 3
+    run = conn.execute("SELECT errors, saved FROM sl_sync_runs").fetchone()
+    assert run == {"errors": 3, "saved": 30}
+
+
 def test_a_slow_answer_times_out_and_is_retried(x_cli: Cli, x_api: XApi, conn) -> None:
     x_api.add_posts(20)
     source_id = add_x_source(x_cli)
