@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -22,6 +23,9 @@ from psycopg.types.json import Jsonb
 from slsync.config import Settings
 from slsync.errors import DatabaseUnavailable, NotFound, UsageError
 from slsync.models import Mention, Page, RateLimit, Source
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
 
 # First key of every advisory lock slsync takes ('slsy'); the second is the source id (0: migrations).
 LOCK_NAMESPACE = 0x736C7379
@@ -59,6 +63,31 @@ def connect(settings: Settings, *, migrate_schema: bool = True) -> Connection:
     if migrate_schema:
         migrate(conn)
     return conn
+
+
+@contextmanager
+def pool(settings: Settings, size: int) -> Iterator[ConnectionPool[Connection]]:
+    """Connections for `size` parallel workers; one returned to the pool never keeps a source lock."""
+    from psycopg_pool import ConnectionPool, PoolTimeout
+
+    url = resolve_url(settings)
+    workers = ConnectionPool(
+        url, min_size=size, max_size=size, open=False, name="slsync-workers", reset=_release_locks,
+        kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": 10},
+    )  # fmt: skip
+    try:
+        workers.open(wait=True, timeout=30)
+    except PoolTimeout:
+        workers.close()
+        raise DatabaseUnavailable(f"cannot open {size} connections to PostgreSQL at {_where(url)}") from None
+    try:
+        yield workers
+    finally:
+        workers.close()
+
+
+def _release_locks(conn: Connection) -> None:
+    conn.execute("SELECT pg_advisory_unlock_all()")
 
 
 def _where(url: str) -> str:
@@ -269,7 +298,10 @@ def begin_run(conn: Connection, source: Source, trigger: str) -> int:
     return int(row["id"])
 
 
-_INSERT_MENTIONS = """
+# One statement, so one round trip and one implicit transaction: the page's mentions, the source's
+# counter, in-flight cursor and rate limit, and the run's counters. Measured faster than COPY into a
+# staging table at a page of 100 (benchmarks/save_path.py).
+_SAVE = """
 WITH page AS (
     SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(
         external_id text, url text, content text, author_name text, author_handle text,
@@ -286,8 +318,24 @@ WITH page AS (
     FROM page
     ON CONFLICT (tenant_id, platform, external_id) DO NOTHING
     RETURNING 1
+), counted AS (
+    SELECT count(*) AS saved FROM inserted
+), source AS (
+    UPDATE sl_sources SET
+        mentions_count = mentions_count + (SELECT saved FROM counted),
+        inflight_cursor = CASE WHEN %(is_page)s THEN %(cursor)s ELSE inflight_cursor END,
+        rate_limit_limit = CASE WHEN %(has_limits)s THEN %(limit)s ELSE rate_limit_limit END,
+        rate_limit_remaining = CASE WHEN %(has_limits)s THEN %(remaining)s ELSE rate_limit_remaining END,
+        rate_limit_reset_at = CASE WHEN %(has_limits)s THEN %(reset_at)s ELSE rate_limit_reset_at END,
+        updated_at = now()
+    WHERE id = %(source_id)s
+), run AS (
+    UPDATE sl_sync_runs SET pages = pages + 1, fetched = fetched + %(fetched)s,
+        saved = saved + (SELECT saved FROM counted),
+        duplicates = duplicates + %(fetched)s - (SELECT saved FROM counted), errors = errors + %(errors)s
+    WHERE id = %(run_id)s
 )
-SELECT count(*) AS saved FROM inserted
+SELECT saved FROM counted
 """
 
 
@@ -312,56 +360,40 @@ def _mention_row(m: Mention) -> dict[str, Any]:
     }
 
 
-def insert_mentions(conn: Connection, source: Source, mentions: Sequence[Mention]) -> int:
-    """Insert mentions for a source, skipping those already stored; returns how many were new.
-
-    Call inside a transaction; it also keeps the source's mention counter.
-    """
-    if not mentions:
-        return 0
+def _save(conn: Connection, source: Source, mentions: Sequence[Mention], page: Page | None, run_id: int | None) -> int:
     platforms = {m.platform for m in mentions}
-    if platforms != {source.platform}:
+    if platforms - {source.platform}:
         raise ValueError(f"mentions of {sorted(platforms)} cannot be saved for a {source.platform} source")
-    rows = json.dumps([_mention_row(m) for m in mentions], ensure_ascii=False, default=str)
+    limits = page.rate_limit if page else None
     row = conn.execute(
-        _INSERT_MENTIONS,
-        {"rows": rows, "tenant_id": source.tenant_id, "source_id": source.id, "platform": source.platform},
+        _SAVE,
+        {
+            "rows": json.dumps([_mention_row(m) for m in mentions], ensure_ascii=False, default=str),
+            "tenant_id": source.tenant_id,
+            "source_id": source.id,
+            "platform": source.platform,
+            "is_page": page is not None,
+            "cursor": Jsonb(dict(page.cursor)) if page else None,
+            "has_limits": limits is not None,
+            "limit": limits.limit if limits else None,
+            "remaining": limits.remaining if limits else None,
+            "reset_at": limits.reset_at if limits else None,
+            "run_id": run_id,
+            "fetched": len(mentions),
+            "errors": page.errors if page else 0,
+        },
     ).fetchone()
-    saved = int(row["saved"]) if row else 0
-    if saved:
-        conn.execute("UPDATE sl_sources SET mentions_count = mentions_count + %s WHERE id = %s", (saved, source.id))
-    return saved
+    return int(row["saved"]) if row else 0
+
+
+def insert_mentions(conn: Connection, source: Source, mentions: Sequence[Mention]) -> int:
+    """Insert mentions for a source, skipping those already stored; returns how many were new."""
+    return _save(conn, source, mentions, None, None)
 
 
 def save_page(conn: Connection, source: Source, run_id: int, page: Page) -> int:
-    """One transaction: the page's mentions, the in-flight cursor it reached, the run's counters."""
-    with conn.transaction():
-        saved = insert_mentions(conn, source, page.mentions)
-        limits = page.rate_limit
-        conn.execute(
-            """
-            UPDATE sl_sources SET inflight_cursor = %(cursor)s,
-                rate_limit_limit = CASE WHEN %(has_limits)s THEN %(limit)s ELSE rate_limit_limit END,
-                rate_limit_remaining = CASE WHEN %(has_limits)s THEN %(remaining)s ELSE rate_limit_remaining END,
-                rate_limit_reset_at = CASE WHEN %(has_limits)s THEN %(reset_at)s ELSE rate_limit_reset_at END,
-                updated_at = now()
-            WHERE id = %(id)s
-            """,
-            {
-                "cursor": Jsonb(dict(page.cursor)),
-                "has_limits": limits is not None,
-                "limit": limits.limit if limits else None,
-                "remaining": limits.remaining if limits else None,
-                "reset_at": limits.reset_at if limits else None,
-                "id": source.id,
-            },
-        )
-        conn.execute(
-            "UPDATE sl_sync_runs SET pages = pages + 1, fetched = fetched + %s, saved = saved + %s,"
-            " duplicates = duplicates + %s, errors = errors + %s WHERE id = %s",
-            (len(page.mentions), saved, len(page.mentions) - saved, page.errors, run_id),
-        )
-    return saved
+    """The page's mentions, the in-flight cursor it reached and the run's counters, atomically."""
+    return _save(conn, source, page.mentions, page, run_id)
 
 
 def finish_success(
@@ -478,17 +510,16 @@ def status_rows(
     return conn.execute(_STATUS, {"ns": LOCK_NAMESPACE, "id": source_id, "tenant": tenant_id}).fetchall()
 
 
-def count_mentions(conn: Connection, *, source_id: int) -> int:
-    row = conn.execute("SELECT count(*) AS n FROM sl_mentions WHERE source_id = %s", (source_id,)).fetchone()
-    return int(row["n"]) if row else 0
+def prune_runs(conn: Connection, *, keep_days: int, batch: int = 10_000) -> int:
+    """Delete up to `batch` finished runs older than keep_days; a bounded piece of work per cron run."""
+    return conn.execute(
+        "DELETE FROM sl_sync_runs WHERE id IN (SELECT id FROM sl_sync_runs"
+        " WHERE finished_at < now() - make_interval(days => %s) LIMIT %s)",
+        (keep_days, batch),
+    ).rowcount
 
 
 def db_now(conn: Connection) -> datetime:
     row = conn.execute("SELECT now() AS now").fetchone()
     assert row is not None
     return row["now"]
-
-
-def source_ids(conn: Connection, ids: Iterable[int]) -> list[int]:
-    rows = conn.execute("SELECT id FROM sl_sources WHERE id = ANY(%s) ORDER BY id", (list(ids),)).fetchall()
-    return [int(r["id"]) for r in rows]

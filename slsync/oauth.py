@@ -468,6 +468,7 @@ class OAuthSession:
     ) -> None:
         self._store = store
         self._source_id = source_id
+        self.key = f"{platform}:user:{source_id}"
         self._app = app
         self._token = token
         self._now = now
@@ -511,6 +512,8 @@ class StaticToken:
     def __init__(self, token: SecretStr, platform: str) -> None:
         self._token = token
         self._platform = platform
+        # every source on this app token shares its window; a digest names it without holding it
+        self.key = f"{platform}:app:{hashlib.sha256(token.get_secret_value().encode()).hexdigest()[:16]}"
 
     def access_token(self) -> str:
         return self._token.get_secret_value()

@@ -13,14 +13,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slsync import db, oauth
+from slsync.budget import RateBudgets
 from slsync.config import Settings
 from slsync.connectors import connector_class
 from slsync.connectors.base import Connector, Context
 from slsync.errors import AuthError, ConnectorError, NotFound, OutOfTime, RateLimited, Retriable, UsageError
 from slsync.models import RateLimit, Source, SyncResult
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
 
 log = logging.getLogger("slsync.sync")
 
@@ -46,6 +50,8 @@ class RunOptions:
     on_page: PageCallback | None = None
     # time.monotonic() by which the command must be done
     deadline: float | None = None
+    # rate-limit windows per credential, shared by all the command's workers
+    budgets: RateBudgets = field(default_factory=RateBudgets)
 
 
 @dataclass
@@ -116,10 +122,14 @@ def sync_due(settings: Settings, *, limit: int, concurrency: int, on_page: PageC
         ids = db.claim_due(conn, limit)
         log.info("claimed %d due sources", len(ids), extra={"event": "claimed", "count": len(ids)})
         try:
-            return _run_many(conn, settings, ids, options, concurrency)
+            batch = _run_many(conn, settings, ids, options, concurrency)
         finally:
             if not conn.closed:
                 db.release_claims(conn)
+        pruned = db.prune_runs(conn, keep_days=settings.run_log_days)
+        if pruned:
+            log.info("deleted %d old run records", pruned, extra={"event": "pruned", "count": pruned})
+        return batch
 
 
 def _run_many(
@@ -141,25 +151,28 @@ def _run_pool(settings: Settings, ids: list[int], options: RunOptions, concurren
     lock = threading.Lock()
     errors: list[BaseException] = []
 
-    def worker() -> None:
+    size = min(concurrency, len(ids))
+
+    def worker(connections: ConnectionPool[db.Connection]) -> None:
         try:
-            with db.connect(settings, migrate_schema=False) as conn:
-                while True:
-                    try:
-                        source_id = work.get_nowait()
-                    except queue.Empty:
-                        return
+            while True:
+                try:
+                    source_id = work.get_nowait()
+                except queue.Empty:
+                    return
+                with connections.connection() as conn:
                     result = run_source(conn, settings, source_id, options)
-                    with lock:
-                        results.append(result)
+                with lock:
+                    results.append(result)
         except BaseException as exc:  # surfaced in the main thread below
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, name=f"slsync-worker-{n}") for n in range(min(concurrency, len(ids)))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with db.pool(settings, size) as connections:
+        threads = [threading.Thread(target=worker, args=(connections,), name=f"slsync-worker-{n}") for n in range(size)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     if errors:
         raise errors[0]
     return results
@@ -209,6 +222,7 @@ def _run_locked(conn: db.Connection, settings: Settings, source_id: int, options
         settings=settings,
         credentials=lambda: oauth.credentials_for(connector_cls, source, settings, now=utcnow),
         deadline=options.deadline,
+        budgets=options.budgets,
     )
     try:
         return _fetch_and_save(conn, connector_cls(source, context), source, options)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from slsync.budget import RateBudgets
 from slsync.errors import UsageError
 from slsync.models import Page, Source
 
@@ -27,6 +28,9 @@ SEARCH_KEYS = ("keywords", "hashtags", "mentions", "exclude", "languages")
 
 class Credentials(Protocol):
     """A bearer token for API calls, refreshed behind the connector's back where the platform allows."""
+
+    # names the credential (never contains it): sources sharing a key share its rate-limit window
+    key: str
 
     def access_token(self) -> str:
         """A token valid now (refreshed first when it is about to expire)."""
@@ -61,9 +65,11 @@ class Context:
         settings: Settings | None = None,
         credentials: Callable[[], Credentials] | None = None,
         deadline: float | None = None,
+        budgets: RateBudgets | None = None,
     ) -> None:
         self.now = now
         self.settings = settings
+        self.budgets = budgets or RateBudgets(now)
         # time.monotonic() by which the run must end; HTTP retries never wait past it
         self.deadline = deadline
         self._credentials_factory = credentials

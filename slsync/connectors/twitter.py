@@ -339,10 +339,13 @@ class TwitterConnector(Connector):
         if token:
             params["next_token"] = token
         url = self.context.settings.twitter_api_url.rstrip("/") + "/tweets/search/recent"  # type: ignore[union-attr]
-        response = self._get(url, params, self.context.credentials.access_token())
-        if response.status_code == 401:
-            response = self._get(url, params, self.context.credentials.refresh())
-        limits = http.rate_limit(response.headers, "x-rate-limit-")
+        credentials = self.context.credentials
+        with self.context.budgets.call(credentials.key, "X"):
+            response = self._get(url, params, credentials.access_token())
+            if response.status_code == 401:
+                response = self._get(url, params, credentials.refresh())
+            limits = http.rate_limit(response.headers, "x-rate-limit-")
+            self.context.budgets.record(credentials.key, limits)
         http.raise_for_status(response, "X", limits)
         body = http.decode_json(response, "X")
         if not isinstance(body, dict) or not ("data" in body or "meta" in body):

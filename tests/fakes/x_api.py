@@ -28,6 +28,7 @@ class Request:
     path: str
     params: dict[str, str]
     authorization: str | None
+    status: int = 0
 
 
 @dataclass
@@ -142,7 +143,7 @@ class XApi:
                     status, headers, body = api.search(params, auth)
                 else:
                     status, headers, body = 404, {}, {"title": "Not Found"}
-                api.requests.append(Request(parts.path, params, auth))
+                api.requests.append(Request(parts.path, params, auth, status))
                 payload = json.dumps(body).encode()
                 if fault == "invalid_json":
                     payload = b'{"data": [{"id": "1", "text": "unterminated'
