@@ -11,6 +11,7 @@ import itertools
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -84,15 +85,33 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def revision() -> str:
+    """The slsync commit measured, and whether its code (slsync/, sql/) had uncommitted changes."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--", "slsync", "sql"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "slsync (not a git checkout)"
+    return f"slsync {head}" + (" + uncommitted changes" if dirty else "")
+
+
 def machine(url: str) -> str:
-    """One line naming the machine: cores, CPU, OS, Python, PostgreSQL."""
+    """One line naming the machine (cores, CPU, OS, Python, PostgreSQL) and the code measured."""
     with connect(url) as conn:
         row = conn.execute("SHOW server_version").fetchone()
     pg = row["server_version"] if row else "?"
     where = "SLSYNC_DATABASE_URL" if os.environ.get("SLSYNC_DATABASE_URL") else "embedded pgserver"
     return (
         f"machine: {os.cpu_count()} cores ({cpu_model()}), {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}, PostgreSQL {pg} ({where})"
+        f"Python {platform.python_version()}, PostgreSQL {pg} ({where}); {revision()}"
     )
 
 

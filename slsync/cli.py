@@ -12,8 +12,9 @@ import sys
 import time
 import traceback
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
@@ -94,8 +95,10 @@ source_app = typer.Typer(help="Add, list and remove sources (what to listen for,
 sync_app = typer.Typer(
     help="Sync sources now: one, one tenant's, or every due one (the cron job).", no_args_is_help=True
 )
+mentions_app = typer.Typer(help="Read and hand off the stored mentions.", no_args_is_help=True)
 app.add_typer(source_app, name="source")
 app.add_typer(sync_app, name="sync")
+app.add_typer(mentions_app, name="mentions")
 
 JsonFlag = typer.Option(False, "--json", help="Print exactly one JSON document on stdout.")
 
@@ -147,10 +150,10 @@ def _console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=200, no_color=True, soft_wrap=True, highlight=False)
 
 
-def _when(value: datetime | None) -> str:
+def _when(value: datetime | None, *, short: bool = False) -> str:
     if value is None:
         return "-"
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return value.astimezone(UTC).strftime("%m-%d %H:%M" if short else "%Y-%m-%d %H:%M:%S UTC")
 
 
 @contextmanager
@@ -377,6 +380,15 @@ def _result_line(r: SyncResult) -> str:
     return f"source {r.source_id}: {state}: {r.message}"
 
 
+def _analysis_line(report: dict[str, Any] | None) -> None:
+    if report is None:
+        return
+    if report["error"]:
+        print(f"analysis: {report['analyzed']} mentions labelled, then {report['error']} (the rest stay new)")
+    else:
+        print(f"analysis: {report['analyzed']} mentions labelled by {report['analyzer']}")
+
+
 def _report_batch(batch: BatchResult, as_json: bool) -> None:
     if as_json:
         emit_json(batch.as_json())
@@ -390,6 +402,7 @@ def _report_batch(batch: BatchResult, as_json: bool) -> None:
             f"{doc['sources_synced']} synced, {doc['sources_failed']} failed, {doc['sources_skipped']} skipped; "
             f"{doc['total_mentions_saved']} new mentions"
         )
+        _analysis_line(batch.analysis)
     if batch.failed:
         raise typer.Exit(1)
 
@@ -411,6 +424,7 @@ def sync_source_command(
         emit_json(result.as_json())
     else:
         print(_result_line(result) + f" ({result.duration_ms / 1000:.1f} s)")
+        _analysis_line(result.extra.get("analysis"))
     if not result.success:
         raise typer.Exit(1)
 
@@ -446,7 +460,7 @@ def sync_due_command(
 # --- status ---------------------------------------------------------------------------------------
 
 
-def _status_json(row: dict[str, Any]) -> dict[str, Any]:
+def _status_json(row: dict[str, Any], breakdown: dict[int, dict[str, int]]) -> dict[str, Any]:
     now = row["db_now"]
     started = row["run_started_at"]
     if row["syncing"] and started is not None:
@@ -479,8 +493,31 @@ def _status_json(row: dict[str, Any]) -> dict[str, Any]:
             "remaining": row["rate_limit_remaining"],
             "reset_at": row["rate_limit_reset_at"],
         },
-        "stats": {"total_mentions": row["mentions_count"]},
+        "stats": {"total_mentions": row["mentions_count"], "sentiment_7d": breakdown.get(row["id"], {})},
     }
+
+
+def _breakdown_short(counts: dict[str, int]) -> str:
+    """+positive -negative ~neutral, then what the analyzer could not judge or has not seen yet."""
+    if not counts:
+        return "-"
+    text = f"+{counts.get('positive', 0)} -{counts.get('negative', 0)} ~{counts.get('neutral', 0)}"
+    if counts.get("unknown"):
+        text += f" ?{counts['unknown']}"
+    if counts.get("pending"):
+        text += f" ({counts['pending']} new)"
+    return text
+
+
+def _breakdown_line(counts: dict[str, int]) -> str:
+    judged = sum(counts.get(k, 0) for k in ("positive", "negative", "neutral"))
+    if not judged:
+        return "nothing analysed yet"
+    labels = ("positive", "negative", "neutral")
+    parts = [f"{k} {counts.get(k, 0)} ({100 * counts.get(k, 0) / judged:.0f}%)" for k in labels]
+    others = (("unknown", "unknown"), ("pending", "not analysed yet"))
+    extra = [f"{counts[k]} {label}" for k, label in others if counts.get(k)]
+    return ", ".join(parts) + (f"; {', '.join(extra)}" if extra else "")
 
 
 def _status_table(docs: list[dict[str, Any]]) -> Any:
@@ -492,18 +529,23 @@ def _status_table(docs: list[dict[str, Any]]) -> Any:
         "platform",
         "name",
         "status",
-        "last sync",
+        "last sync (UTC)",
         "next due",
         "every",
         "mentions",
+        "7-day sentiment",
         "rate limit",
         "syncing",
         "error",
     )
     for doc in docs:
         s, run, limit = doc["source"], doc["sync"], doc["rate_limit"]
-        rate = "-" if limit["remaining"] is None else f"{limit['remaining']} left, reset {_when(limit['reset_at'])}"
-        syncing = f"since {_when(run['started_at'])}" if run["syncing"] else "no"
+        rate = (
+            "-"
+            if limit["remaining"] is None
+            else f"{limit['remaining']} left until {_when(limit['reset_at'], short=True)}"
+        )
+        syncing = f"since {_when(run['started_at'], short=True)}" if run["syncing"] else "no"
         error = s["error_message"] or ""
         if s["consecutive_failures"]:
             error = f"{s['consecutive_failures']} failures: {error}"
@@ -513,10 +555,11 @@ def _status_table(docs: list[dict[str, Any]]) -> Any:
             s["platform"],
             s["name"],
             s["status"],
-            _when(s["last_sync_at"]),
-            _when(s["next_sync_at"]),
+            _when(s["last_sync_at"], short=True),
+            _when(s["next_sync_at"], short=True),
             f"{s['sync_interval_minutes']} min",
             f"{doc['stats']['total_mentions']:,}",
+            _breakdown_short(doc["stats"]["sentiment_7d"]),
             rate,
             syncing,
             error,
@@ -537,7 +580,8 @@ def status(
         if source_id is not None:
             db.get_source(conn, source_id, tenant_id=tenant)
         rows = db.status_rows(conn, source_id=source_id, tenant_id=tenant)
-    docs = [_status_json(row) for row in rows]
+        breakdown = db.sentiment_breakdown(conn, [row["id"] for row in rows])
+    docs = [_status_json(row, breakdown) for row in rows]
     if as_json:
         if source_id is not None:
             emit_json(docs[0])
@@ -557,6 +601,124 @@ def status(
         print("no sources yet; add one: slsync source add mock --tenant 1 --name demo --keyword 'your brand'")
         return
     _console().print(_status_table(docs))
+
+
+# --- analysis and mentions ------------------------------------------------------------------------
+
+
+@app.command()
+def analyze(
+    tenant: Optional[int] = typer.Option(None, "--tenant", min=0, help="Only this tenant's mentions."),  # noqa: UP045
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Most mentions to label in this run."),  # noqa: UP045
+    as_json: bool = JsonFlag,
+) -> None:
+    """Label new mentions with sentiment and intent (the analyzer named by SLSYNC_ANALYZER).
+
+    Several may run at once: each takes batches the others have not locked. Prints
+    {"analyzer", "analyzed", "remaining", "error"} with --json. Exit 0, 1 if the analyzer failed, 2 bad input.
+    """
+    from slsync import analysis, db
+
+    settings = _settings()
+    with db.connect(settings) as conn:
+        report = analysis.analyze_backlog(conn, settings.analyzer, tenant_id=tenant, limit=limit)
+        remaining = db.count_new_mentions(conn, tenant_id=tenant)
+    if as_json:
+        emit_json({**report.as_json(), "remaining": remaining})
+    else:
+        _analysis_line(report.as_json())
+        print(f"{remaining} mentions not analysed yet" if remaining else "no mentions left to analyse")
+    if report.error:
+        raise typer.Exit(1)
+
+
+def _mention_filters(tenant: int | None, source: int | None, since: str | None) -> dict[str, Any]:
+    return {"tenant_id": tenant, "source_id": source, "since": _parse_since(since)}
+
+
+TenantFilter = typer.Option(None, "--tenant", min=0, help="Only this tenant's mentions.")
+SourceFilter = typer.Option(None, "--source", min=1, help="Only this source's mentions.")
+SinceFilter = typer.Option(None, "--since", help="Only mentions published on or after this date.")
+
+
+@mentions_app.command("list")
+def mentions_list(
+    tenant: Optional[int] = TenantFilter,  # noqa: UP045
+    source: Optional[int] = SourceFilter,  # noqa: UP045
+    since: Optional[str] = SinceFilter,  # noqa: UP045
+    limit: int = typer.Option(20, "--limit", min=1, max=10_000, help="How many, newest first."),
+    as_json: bool = JsonFlag,
+) -> None:
+    """Show the newest mentions with their sentiment and intent. {"mentions": [...]} with --json. Exit 0."""
+    from slsync import db
+
+    with db.connect(_settings()) as conn:
+        rows = list(db.stream_mentions(conn, limit=limit, newest_first=True, **_mention_filters(tenant, source, since)))
+    if as_json:
+        emit_json({"mentions": rows})
+        return
+    from rich.table import Table
+
+    table = Table("published", "platform", "author", "sentiment", "intent", "content")
+    for row in rows:
+        author = f"@{row['author_handle']}" if row["author_handle"] else (row["author_name"] or "-")
+        sentiment = row["sentiment"] or ("new" if row["status"] == "new" else "-")
+        content = " ".join((row["content"] or "").split())
+        table.add_row(
+            _when(row["published_at"]), row["platform"], author, sentiment, row["intent"] or "-", content[:120]
+        )
+    _console().print(table)
+
+
+@mentions_app.command("export")
+def mentions_export(
+    format: str = typer.Option("jsonl", "--format", help="jsonl (one JSON object a line) or csv."),  # noqa: A002
+    tenant: Optional[int] = TenantFilter,  # noqa: UP045
+    source: Optional[int] = SourceFilter,  # noqa: UP045
+    since: Optional[str] = SinceFilter,  # noqa: UP045
+    output: Optional[Path] = typer.Option(None, "--output", help="Write to this file instead of stdout."),  # noqa: UP045
+) -> None:
+    """Write mentions, oldest first, as JSON lines or CSV; streamed, so any number of rows needs little memory.
+
+    Exit 0, or 2 on bad input.
+    """
+    if format not in ("jsonl", "csv"):
+        raise UsageError(f"--format {format!r}: expected jsonl or csv")
+    from slsync import db
+
+    filters = _mention_filters(tenant, source, since)
+    with db.connect(_settings()) as conn:
+        target = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
+        # closed before the connection: its transaction must end first, also when the reader goes away
+        with closing(db.stream_mentions(conn, **filters)) as rows:
+            try:
+                count = _write_mentions(rows, format, target, db.MENTION_COLUMNS)
+            finally:
+                if output:
+                    target.close()
+    if output:
+        print(f"wrote {count} mentions to {output}", file=sys.stderr)
+
+
+def _write_mentions(rows: Iterator[dict[str, Any]], format: str, target: Any, columns: Sequence[str]) -> int:  # noqa: A002
+    import csv
+
+    count = 0
+    if format == "csv":
+        writer = csv.DictWriter(target, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            row = {k: (_json_default(v) if isinstance(v, datetime) else v) for k, v in row.items()}
+            if row.get("media_urls") is not None:
+                row["media_urls"] = " ".join(row["media_urls"])
+            writer.writerow(row)
+            count += 1
+    else:
+        for row in rows:
+            target.write(json.dumps(row, default=_json_default, ensure_ascii=False) + "\n")
+            count += 1
+    target.flush()
+    return count
 
 
 # --- development data -----------------------------------------------------------------------------
@@ -598,7 +760,7 @@ DEMO_SOURCE = "Demo: Acme Coffee"
 def demo() -> None:
     """Create a demo tenant (0) with a mock source if absent, sync it, and print the status table."""
     _refuse_in_production("demo")
-    from slsync import db, sync
+    from slsync import analysis, db, sync
     from slsync.connectors.mock import MockConnector
 
     settings = _settings()
@@ -626,8 +788,13 @@ def demo() -> None:
             )
             result = sync.run_source(conn, settings, source_id, options)
         print(_result_line(result))
+        _analysis_line(analysis.analyze_backlog(conn, settings.analyzer, tenant_id=DEMO_TENANT).as_json())
         rows = db.status_rows(conn, tenant_id=DEMO_TENANT)
-    _console().print(_status_table([_status_json(row) for row in rows]))
+        breakdown = db.sentiment_breakdown(conn, [row["id"] for row in rows])
+    docs = [_status_json(row, breakdown) for row in rows]
+    _console().print(_status_table(docs))
+    for doc in docs:
+        print(f"sentiment of the last 7 days, {doc['source']['name']}: {_breakdown_line(doc['stats']['sentiment_7d'])}")
     print(f"next: slsync status {source_id} --json   |   slsync sync due   |   slsync source add --help")
     if not result.success:
         raise typer.Exit(1)

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     time_budget_seconds: int = Field(600, ge=10, le=3600)
     # How long one HTTP request may take before it counts as a timeout (and is retried).
     http_timeout_seconds: float = Field(30.0, gt=0, le=300)
+    # The analyzer that labels new mentions: an entry point of the group slsync.analyzers.
+    analyzer: str = "builtin"
     # Finished runs older than this are deleted from sl_sync_runs by `sync due`.
     run_log_days: int = Field(90, ge=1, le=3650)
 

@@ -523,3 +523,85 @@ def db_now(conn: Connection) -> datetime:
     row = conn.execute("SELECT now() AS now").fetchone()
     assert row is not None
     return row["now"]
+
+
+# --- analysis and reading mentions ------------------------------------------------------------------
+
+
+def claim_new_mentions(
+    conn: Connection, *, limit: int, tenant_id: int | None = None, source_ids: Sequence[int] | None = None
+) -> list[dict[str, Any]]:
+    """Lock up to `limit` unanalysed mentions for this transaction; other analyzers skip them."""
+    return conn.execute(
+        "SELECT id, content, language FROM sl_mentions WHERE status = 'new'"
+        " AND (%(tenant)s::bigint IS NULL OR tenant_id = %(tenant)s)"
+        " AND (%(sources)s::integer[] IS NULL OR source_id = ANY(%(sources)s))"
+        " ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
+        {"tenant": tenant_id, "sources": list(source_ids) if source_ids is not None else None, "limit": limit},
+    ).fetchall()
+
+
+def store_analyses(conn: Connection, labelled: Sequence[tuple[int, str, float | None, str]], analyzer: str) -> int:
+    """(id, sentiment, score, intent) for claimed mentions; they become `processed`."""
+    rows = json.dumps([{"id": i, "sentiment": s, "score": sc, "intent": it} for i, s, sc, it in labelled])
+    return conn.execute(
+        "UPDATE sl_mentions m SET status = 'processed', sentiment = r.sentiment, sentiment_score = r.score,"
+        " intent = r.intent, analyzer = %s, analyzed_at = now()"
+        " FROM jsonb_to_recordset(%s::jsonb) AS r(id bigint, sentiment text, score real, intent text)"
+        " WHERE m.id = r.id AND m.status = 'new'",
+        (analyzer, rows),
+    ).rowcount
+
+
+def count_new_mentions(conn: Connection, *, tenant_id: int | None = None) -> int:
+    row = conn.execute(
+        "SELECT count(*) AS n FROM sl_mentions WHERE status = 'new' AND (%(t)s::bigint IS NULL OR tenant_id = %(t)s)",
+        {"t": tenant_id},
+    ).fetchone()
+    return int(row["n"]) if row else 0
+
+
+def sentiment_breakdown(conn: Connection, source_ids: Sequence[int], *, days: int = 7) -> dict[int, dict[str, int]]:
+    """Per source, how many mentions published in the last `days` are positive, negative, ... or not yet analysed."""
+    rows = conn.execute(
+        "SELECT source_id, CASE WHEN status = 'new' THEN 'pending' ELSE sentiment END AS label, count(*) AS n"
+        " FROM sl_mentions WHERE source_id = ANY(%s) AND published_at > now() - make_interval(days => %s)"
+        " GROUP BY 1, 2",
+        (list(source_ids), days),
+    ).fetchall()
+    breakdown: dict[int, dict[str, int]] = {}
+    for row in rows:
+        breakdown.setdefault(row["source_id"], {})[row["label"] or "unknown"] = int(row["n"])
+    return breakdown
+
+
+MENTION_COLUMNS = (
+    "id", "tenant_id", "source_id", "platform", "external_id", "url", "published_at", "author_name",
+    "author_handle", "author_followers", "author_verified", "content", "language", "likes_count",
+    "comments_count", "shares_count", "media_type", "media_urls", "location", "status", "sentiment",
+    "sentiment_score", "intent", "fetched_at",
+)  # fmt: skip
+
+
+def stream_mentions(
+    conn: Connection,
+    *,
+    tenant_id: int | None = None,
+    source_id: int | None = None,
+    since: datetime | None = None,
+    limit: int | None = None,
+    newest_first: bool = False,
+) -> Iterator[dict[str, Any]]:
+    """Mentions through a server-side cursor: a million rows pass through a few thousand at a time."""
+    order = "published_at DESC, id DESC" if newest_first else "published_at, id"
+    with conn.transaction(), conn.cursor(name="slsync_mentions") as cursor:
+        cursor.itersize = 2000
+        cursor.execute(
+            f"SELECT {', '.join(MENTION_COLUMNS)} FROM sl_mentions"
+            " WHERE (%(tenant)s::bigint IS NULL OR tenant_id = %(tenant)s)"
+            " AND (%(source)s::integer IS NULL OR source_id = %(source)s)"
+            " AND (%(since)s::timestamptz IS NULL OR published_at >= %(since)s)"
+            f" ORDER BY {order} LIMIT %(limit)s",
+            {"tenant": tenant_id, "source": source_id, "since": since, "limit": limit},
+        )
+        yield from cursor

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from slsync import db, oauth
+from slsync import analysis, db, oauth
 from slsync.budget import RateBudgets
 from slsync.config import Settings
 from slsync.connectors import connector_class
@@ -57,6 +57,8 @@ class RunOptions:
 @dataclass
 class BatchResult:
     results: list[SyncResult] = field(default_factory=list)
+    # what the post-sync analysis did with the new mentions
+    analysis: dict[str, Any] | None = None
 
     @property
     def failed(self) -> list[SyncResult]:
@@ -71,6 +73,7 @@ class BatchResult:
             "sources_partial": sum(1 for r in self.results if r.status == "partial"),
             "total_mentions_saved": sum(r.mentions_saved for r in self.results),
             "results": [r.as_json() for r in self.results],
+            "analysis": self.analysis,
         }
 
 
@@ -96,7 +99,11 @@ def sync_source(
         reach = connector_class(source.platform).max_lookback
         if since is not None and reach is not None and since < utcnow() - reach:
             raise UsageError(f"--since reaches back further than {source.platform} search allows ({reach.days} days)")
-        return run_source(conn, settings, source_id, options)
+        result = run_source(conn, settings, source_id, options)
+        report = _analyze_new(conn, settings, [result], options)
+        if report is not None:
+            result.extra["analysis"] = report
+        return result
 
 
 def sync_tenant(
@@ -140,7 +147,22 @@ def _run_many(
     else:
         results = _run_pool(settings, ids, options, concurrency)
     order = {source_id: n for n, source_id in enumerate(ids)}
-    return BatchResult(sorted(results, key=lambda r: order[r.source_id]))
+    results.sort(key=lambda r: order[r.source_id])
+    return BatchResult(results, _analyze_new(conn, settings, results, options))
+
+
+def _analyze_new(
+    conn: db.Connection, settings: Settings, results: list[SyncResult], options: RunOptions
+) -> dict[str, Any] | None:
+    """The post-sync step: label the mentions these runs saved, within the command's time budget.
+
+    A failing analyzer is reported and leaves the mentions `new`; it never fails the sync.
+    """
+    source_ids = [r.source_id for r in results if r.mentions_saved]
+    if not source_ids:
+        return None
+    report = analysis.analyze_backlog(conn, settings.analyzer, source_ids=source_ids, deadline=options.deadline)
+    return report.as_json()
 
 
 def _run_pool(settings: Settings, ids: list[int], options: RunOptions, concurrency: int) -> list[SyncResult]:

@@ -19,6 +19,7 @@ def test_demo_runs_on_the_embedded_database_and_its_data_survives(tmp_path: Path
     cli = embedded_cli(tmp_path)
     first = cli.ok("demo")
     assert "Demo: Acme Coffee" in first.stdout and "mentions" in first.stdout
+    assert "sentiment of the last 7 days, Demo: Acme Coffee: positive" in first.stdout
     assert "saved 10" in first.stdout  # the 7-day backfill: about 1,008 posts
     assert first.stderr == ""  # no third-party warnings on a user's terminal or in cron mail
     pgdata = tmp_path / "data" / "pgdata"

@@ -88,8 +88,9 @@ def test_a_malformed_page_fails_the_run_with_a_clear_line_and_loses_nothing(
     x_api.faults = [None] + [fault] * http.DEFAULT_POLICY.attempts  # page 1 is fine, page 2 is broken
     failed = x_cli("sync", "source", str(source_id))
     assert failed.returncode == 1
-    [line] = failed.stdout.strip().splitlines()
+    line, analysed = failed.stdout.strip().splitlines()  # the run's line; then the saved page was analysed
     assert words in line and "FAILED" in line and "Traceback" not in failed.stderr
+    assert analysed == "analysis: 100 mentions labelled by builtin"
     assert len(stored_x_ids(conn, source_id)) == 100  # the first page stays saved
     source = db.get_source(conn, source_id)
     assert source.committed_cursor is None  # and the cursor did not move

@@ -1,0 +1,216 @@
+"""Sentiment and intent for new mentions, by a pluggable analyzer.
+
+The built-in analyzer works offline: sentiment from the VADER lexicon (English only), intent from
+the transparent rules below. It labels `unknown` what it cannot judge (other languages) rather than
+guess. Teams plug in their own analyzer as an entry point of the group `slsync.analyzers` and pick
+it with SLSYNC_ANALYZER.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Protocol
+
+from slsync import db
+from slsync.errors import UsageError
+
+log = logging.getLogger("slsync.analysis")
+
+SENTIMENTS = ("positive", "negative", "neutral", "unknown")
+INTENTS = ("question", "complaint", "praise", "purchase_intent", "support_request", "other", "unknown")
+ENTRY_POINT_GROUP = "slsync.analyzers"
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """What an analyzer sees of a mention."""
+
+    id: int
+    content: str | None
+    language: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    sentiment: str
+    sentiment_score: float | None
+    intent: str
+
+
+class Analyzer(Protocol):
+    """Labels a batch of mentions; one Analysis per Text, in order. Raising leaves them all `new`."""
+
+    name: str
+
+    def analyze(self, texts: Sequence[Text]) -> list[Analysis]: ...
+
+
+# --- the built-in analyzer --------------------------------------------------------------------------
+
+UNKNOWN = Analysis("unknown", None, "unknown")
+# VADER's own thresholds on its compound score
+POSITIVE_AT, NEGATIVE_AT = 0.05, -0.05
+
+# Intent rules, tried in this order; the first that matches wins. Kept as plain phrases so that anyone
+# can read why a mention got its label.
+SUPPORT = re.compile(
+    r"\b(need help|please help|help me|can you help|can anyone help|how do i|how can i|can'?t log ?in|"
+    r"cannot log ?in|not working|doesn'?t work|won'?t (work|load|open)|any update on my (ticket|case|order)|"
+    r"dm me|contact support)\b",
+    re.IGNORECASE,
+)
+COMPLAINT = re.compile(
+    r"\b(refund|broken|crash\w*|terrible|awful|worst|disappoint\w*|frustrat\w*|still waiting|hung up|"
+    r"not happy|unacceptable|rip ?off|overpriced|scam|never again)\b",
+    re.IGNORECASE,
+)
+PURCHASE = re.compile(
+    r"\b(where (can|do) i (buy|get|order)|where to buy|want to buy|going to buy|thinking (of|about) buying|"
+    r"how much (is|does|are)|available in|in stock|can i order|take my money|ordering one)\b",
+    re.IGNORECASE,
+)
+PRAISE = re.compile(
+    r"\b(lov(e|ing|ed)|great|best|excellent|amazing|impressed|recommend\w*|shout-?out|awesome|fantastic|"
+    r"thank(s| you))\b",
+    re.IGNORECASE,
+)
+QUESTION = re.compile(r"\?\s*$|^\s*(who|what|when|where|why|how|is|are|does|do|can|has|have|anyone)\b", re.IGNORECASE)
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+def judges_language(content: str, language: str | None) -> bool:
+    """English, said by the platform, or (when it said nothing) text written almost only in ASCII letters."""
+    if language:
+        return language.lower().split("-")[0] == "en"
+    letters = _LETTER.findall(content)
+    return bool(letters) and sum(ch.isascii() for ch in letters) / len(letters) >= 0.9
+
+
+def intent_of(content: str, sentiment: str) -> str:
+    if SUPPORT.search(content):
+        return "support_request"
+    if COMPLAINT.search(content) and sentiment != "positive":
+        return "complaint"
+    if PURCHASE.search(content):
+        return "purchase_intent"
+    if PRAISE.search(content) and sentiment == "positive":
+        return "praise"
+    if QUESTION.search(content):
+        return "question"
+    return "other"
+
+
+class LexiconAnalyzer:
+    """The built-in analyzer: VADER sentiment and rule-based intent, for English text only."""
+
+    name = "builtin"
+
+    def __init__(self) -> None:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        self._vader = SentimentIntensityAnalyzer()
+
+    def analyze(self, texts: Sequence[Text]) -> list[Analysis]:
+        return [self._one(t) for t in texts]
+
+    def _one(self, text: Text) -> Analysis:
+        content = (text.content or "").strip()
+        if not content or not judges_language(content, text.language):
+            return UNKNOWN
+        score = round(float(self._vader.polarity_scores(content)["compound"]), 4)
+        sentiment = "positive" if score >= POSITIVE_AT else "negative" if score <= NEGATIVE_AT else "neutral"
+        return Analysis(sentiment, score, intent_of(content, sentiment))
+
+
+# --- choosing one -----------------------------------------------------------------------------------
+
+
+def load(name: str) -> Analyzer:
+    """The analyzer registered under `name` in the entry-point group slsync.analyzers."""
+    found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    if name == LexiconAnalyzer.name and name not in found:
+        return LexiconAnalyzer()  # a source checkout run without installing still has the built-in
+    if name not in found:
+        known = ", ".join(sorted(found)) or "none"
+        raise UsageError(f"no analyzer named {name!r} (SLSYNC_ANALYZER; installed: {known})")
+    factory = found[name].load()
+    analyzer = factory()
+    if not callable(getattr(analyzer, "analyze", None)):
+        raise UsageError(f"the analyzer {name!r} has no analyze(texts) method")
+    return analyzer
+
+
+def check(results: Sequence[Analysis], texts: Sequence[Text], name: str) -> None:
+    """A plug-in's answer, checked before anything is stored."""
+    if len(results) != len(texts):
+        raise ValueError(f"analyzer {name!r} returned {len(results)} results for {len(texts)} mentions")
+    for result in results:
+        if result.sentiment not in SENTIMENTS or result.intent not in INTENTS:
+            raise ValueError(f"analyzer {name!r} returned labels outside {SENTIMENTS} / {INTENTS}: {result}")
+
+
+# --- working through the backlog --------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    analyzer: str
+    analyzed: int = 0
+    error: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return {"analyzer": self.analyzer, "analyzed": self.analyzed, "error": self.error}
+
+
+def analyze_backlog(
+    conn: db.Connection,
+    analyzer_name: str,
+    *,
+    tenant_id: int | None = None,
+    source_ids: Sequence[int] | None = None,
+    limit: int | None = None,
+    deadline: float | None = None,
+    batch: int = 500,
+) -> Report:
+    """Label `new` mentions batch by batch, each batch one transaction over rows locked SKIP LOCKED.
+
+    Several analyzers may run at once without double work; a crash or a failing analyzer rolls its
+    batch back, so no mention is left half-done and the rest stay `new` for the next run.
+    """
+    report = Report(analyzer_name)
+    try:
+        analyzer = load(analyzer_name)
+    except UsageError as exc:
+        report.error = str(exc)
+        log.warning("analysis skipped: %s", exc, extra={"event": "analysis_failed"})
+        return report
+    while limit is None or report.analyzed < limit:
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        size = batch if limit is None else min(batch, limit - report.analyzed)
+        try:
+            with conn.transaction():
+                rows = db.claim_new_mentions(conn, limit=size, tenant_id=tenant_id, source_ids=source_ids)
+                if not rows:
+                    break
+                texts = [Text(r["id"], r["content"], r["language"]) for r in rows]
+                results = analyzer.analyze(texts)
+                check(results, texts, analyzer_name)
+                labelled = [
+                    (t.id, r.sentiment, r.sentiment_score, r.intent) for t, r in zip(texts, results, strict=True)
+                ]
+                db.store_analyses(conn, labelled, analyzer_name)
+        except Exception as exc:
+            if conn.closed or conn.broken:
+                raise
+            report.error = f"analyzer {analyzer_name!r} failed: {type(exc).__name__}: {exc}"
+            log.warning("%s; the mentions stay new", report.error, extra={"event": "analysis_failed"})
+            break
+        report.analyzed += len(rows)
+    log.info("analyzed %d mentions", report.analyzed, extra={"event": "analyzed", "count": report.analyzed})
+    return report
