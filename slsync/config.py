@@ -41,12 +41,41 @@ class Settings(BaseSettings):
     twitter_authorize_url: str = "https://x.com/i/oauth2/authorize"
     twitter_token_url: str = "https://api.x.com/2/oauth2/token"
 
+    # Reddit: app-only OAuth (client credentials); a unique user agent is required by Reddit.
+    reddit_client_id: str | None = Field(None, validation_alias=AliasChoices("REDDIT_CLIENT_ID"))
+    reddit_client_secret: SecretStr | None = Field(None, validation_alias=AliasChoices("REDDIT_CLIENT_SECRET"))
+    reddit_user_agent: str | None = Field(None, validation_alias=AliasChoices("REDDIT_USER_AGENT"))
+    reddit_api_url: str = "https://oauth.reddit.com"
+    reddit_token_url: str = "https://www.reddit.com/api/v1/access_token"
+
+    # YouTube Data API v3: an API key, and its daily quota in units (10,000 unless Google granted more).
+    youtube_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("YOUTUBE_API_KEY"))
+    youtube_api_url: str = "https://www.googleapis.com/youtube/v3"
+    youtube_daily_quota: int = Field(10_000, ge=1)
+
+    # Bluesky: an app password for an account; sessions are created and refreshed as needed.
+    bluesky_handle: str | None = Field(None, validation_alias=AliasChoices("BLUESKY_HANDLE"))
+    bluesky_app_password: SecretStr | None = Field(None, validation_alias=AliasChoices("BLUESKY_APP_PASSWORD"))
+    bluesky_api_url: str = "https://bsky.social/xrpc"
+
+    # Mastodon: each source names its instance; this, when set, replaces every instance (tests, proxies).
+    mastodon_access_token: SecretStr | None = Field(None, validation_alias=AliasChoices("MASTODON_ACCESS_TOKEN"))
+    mastodon_api_url: str | None = None
+
     @field_validator(
         "database_url",
         "twitter_client_id",
         "twitter_client_secret",
         "twitter_bearer_token",
         "twitter_oauth_callback",
+        "reddit_client_id",
+        "reddit_client_secret",
+        "reddit_user_agent",
+        "youtube_api_key",
+        "bluesky_handle",
+        "bluesky_app_password",
+        "mastodon_access_token",
+        "mastodon_api_url",
         mode="before",
     )
     @classmethod

@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import date, datetime
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -605,3 +605,35 @@ def stream_mentions(
             {"tenant": tenant_id, "source": source_id, "since": since, "limit": limit},
         )
         yield from cursor
+
+
+# --- daily quotas -----------------------------------------------------------------------------------
+
+
+def spend_quota(conn: Connection, key: str, day: date, units: int, daily_limit: int) -> int | None:
+    """Take `units` from the credential's quota for `day` if they fit; the units left, or None if not."""
+    if units > daily_limit:
+        return None
+    row = conn.execute(
+        "INSERT INTO sl_quota_ledger AS q (credential_key, quota_day, units_used, daily_limit)"
+        " VALUES (%(key)s, %(day)s, %(units)s, %(limit)s)"
+        " ON CONFLICT (credential_key, quota_day) DO UPDATE"
+        " SET units_used = q.units_used + %(units)s, daily_limit = %(limit)s, updated_at = now()"
+        " WHERE q.units_used + %(units)s <= %(limit)s"
+        " RETURNING %(limit)s - units_used AS remaining",
+        {"key": key, "day": day, "units": units, "limit": daily_limit},
+    ).fetchone()
+    if row is None or row["remaining"] < 0:
+        return None
+    return int(row["remaining"])
+
+
+def exhaust_quota(conn: Connection, key: str, day: date, daily_limit: int) -> None:
+    """The platform said the quota is spent (e.g. another client used it): believe it until the day ends."""
+    conn.execute(
+        "INSERT INTO sl_quota_ledger AS q (credential_key, quota_day, units_used, daily_limit)"
+        " VALUES (%(key)s, %(day)s, %(limit)s, %(limit)s)"
+        " ON CONFLICT (credential_key, quota_day) DO UPDATE SET units_used = greatest(q.units_used, %(limit)s),"
+        " updated_at = now()",
+        {"key": key, "day": day, "limit": daily_limit},
+    )

@@ -537,9 +537,9 @@ def credentials_for(
         if token is None:
             raise AuthError(f"no {_title(source.platform)} user token for source {source.id} in {store.where}")
         return OAuthSession(store, source.id, app, token, now, platform=_title(source.platform))
-    token_value = connector.app_token(settings)
-    if token_value is not None:
-        return StaticToken(token_value, source.platform)
+    credentials = connector.app_credentials(source, settings)
+    if credentials is not None:
+        return credentials
     raise AuthError(f"no {source.platform} credentials for source {source.id}")
 
 

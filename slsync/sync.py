@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from slsync import analysis, db, oauth
@@ -200,6 +200,19 @@ def _run_pool(settings: Settings, ids: list[int], options: RunOptions, concurren
     return results
 
 
+class QuotaLedger:
+    """The connectors' view of sl_quota_ledger, on the connection of the run."""
+
+    def __init__(self, conn: db.Connection) -> None:
+        self._conn = conn
+
+    def spend(self, key: str, units: int, daily_limit: int, day: date) -> int | None:
+        return db.spend_quota(self._conn, key, day, units, daily_limit)
+
+    def exhaust(self, key: str, daily_limit: int, day: date) -> None:
+        db.exhaust_quota(self._conn, key, day, daily_limit)
+
+
 def run_source(conn: db.Connection, settings: Settings, source_id: int, options: RunOptions) -> SyncResult:
     """Sync one source on this connection, holding its lock for the whole run."""
     if options.deadline is not None and time.monotonic() >= options.deadline:
@@ -245,6 +258,7 @@ def _run_locked(conn: db.Connection, settings: Settings, source_id: int, options
         credentials=lambda: oauth.credentials_for(connector_cls, source, settings, now=utcnow),
         deadline=options.deadline,
         budgets=options.budgets,
+        quota=QuotaLedger(conn),
     )
     try:
         return _fetch_and_save(conn, connector_cls(source, context), source, options)

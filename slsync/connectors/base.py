@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from slsync.budget import RateBudgets
@@ -24,6 +24,16 @@ if TYPE_CHECKING:
     from slsync.config import Settings
 
 SEARCH_KEYS = ("keywords", "hashtags", "mentions", "exclude", "languages")
+
+
+class Quota(Protocol):
+    """A daily quota in units per credential, shared through the database by every process."""
+
+    def spend(self, key: str, units: int, daily_limit: int, day: date) -> int | None:
+        """Take units if they fit today; the units left, or None (then make no call)."""
+
+    def exhaust(self, key: str, daily_limit: int, day: date) -> None:
+        """The platform said the quota is spent: no more calls with this credential until the day ends."""
 
 
 class Credentials(Protocol):
@@ -66,15 +76,23 @@ class Context:
         credentials: Callable[[], Credentials] | None = None,
         deadline: float | None = None,
         budgets: RateBudgets | None = None,
+        quota: Quota | None = None,
     ) -> None:
         self.now = now
         self.settings = settings
         self.budgets = budgets or RateBudgets(now)
+        self._quota = quota
         # time.monotonic() by which the run must end; HTTP retries never wait past it
         self.deadline = deadline
         self._credentials_factory = credentials
         self._credentials: Credentials | None = None
         self._http: httpx.Client | None = None
+
+    @property
+    def quota(self) -> Quota:
+        if self._quota is None:
+            raise RuntimeError("this run was given no quota ledger")
+        return self._quota
 
     @property
     def http(self) -> httpx.Client:
@@ -120,6 +138,20 @@ class Connector(ABC):
     def app_token(cls, settings: Settings) -> SecretStr | None:
         """An app-only token used by sources that were not connected, when the settings have one."""
         return None
+
+    @classmethod
+    def app_credentials(cls, source: Source, settings: Settings) -> Credentials | None:
+        """Credentials for a source that was not connected: by default the static app token, if any.
+
+        A platform whose app credentials are obtained at run time (a client-credentials grant, a
+        session) returns its own Credentials; None means the source cannot authenticate.
+        """
+        token = cls.app_token(settings)
+        if token is None:
+            return None
+        from slsync.oauth import StaticToken
+
+        return StaticToken(token, cls.platform)
 
     @classmethod
     def reconnect_advice(cls, source_id: int) -> str:

@@ -217,8 +217,9 @@ def normalize_tweet(
     )
 
 
-def normalize_page(body: Mapping[str, Any]) -> tuple[list[Mention], int]:
+def normalize_page(body: Any) -> tuple[list[Mention], int]:
     """The page's posts as mentions, and how many records or partial errors it carried."""
+    body = _dict(body)
     includes = _dict(body.get("includes"))
     users = _by_key(includes.get("users"), "id")
     media = _by_key(includes.get("media"), "media_key")

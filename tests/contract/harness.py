@@ -1,0 +1,75 @@
+"""What every connector's test harness provides to the contract suite (tests/contract/test_contract.py).
+
+A harness runs a loopback stand-in of its platform's API (nothing leaves 127.0.0.1), tells slsync
+where it is, and can publish posts, fail calls and signal a rate limit or quota on demand. Each
+platform has one module `h_<platform>.py` here with a module-level `HARNESS` class.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, ClassVar
+
+from slsync import db
+from slsync.models import Mention
+
+
+class Harness(ABC):
+    platform: ClassVar[str]
+    # posts per page the stand-in serves (slsync asks for its maximum; the stand-in may serve fewer)
+    page_size: ClassVar[int]
+    # True when every answer carries rate-limit or quota information that `status` shows
+    reports_limits: ClassVar[bool] = True
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        # set by the suite once the source exists
+        self.conn: db.Connection | None = None
+        self.source_id: int | None = None
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    @abstractmethod
+    def env(self) -> dict[str, str]:
+        """Settings that point slsync at the stand-in: API (and token) URLs and credentials."""
+
+    @abstractmethod
+    def add_args(self) -> list[str]:
+        """What follows `slsync source add PLATFORM --tenant 1 --name contract`: search terms, options."""
+
+    @abstractmethod
+    def publish(self, count: int) -> None:
+        """`count` new posts that the source's search finds, newer than everything before."""
+
+    @abstractmethod
+    def api_calls(self) -> int:
+        """Content calls made so far (search / list endpoints; not token or session calls)."""
+
+    @abstractmethod
+    def fail(self, status: int, times: int) -> None:
+        """The next `times` content calls answer HTTP `status`."""
+
+    @abstractmethod
+    def limit(self, reset_in: timedelta) -> None:
+        """The next content call gets the platform's rate-limit or quota signal, lifting after `reset_in`."""
+
+    @abstractmethod
+    def clear(self) -> None:
+        """No more failures or limits."""
+
+    def normalize_page(self, body: Any) -> tuple[list[Mention], int] | None:
+        """The connector's pure normalizer of one response body; None for a platform without payloads."""
+        return None
+
+    def recorded_pages(self) -> list[Any]:
+        """Real recorded response bodies for this platform (tests/fixtures/real)."""
+        return []
+
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "real"

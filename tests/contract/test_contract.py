@@ -1,0 +1,143 @@
+"""One contract for every registered connector: paging, cursor, tolerant normalization, rate-limit
+parsing and error classification, through the real CLI against each platform's loopback stand-in."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from slsync import db, http
+from slsync.connectors import PLATFORMS
+from tests import contract
+from tests.conftest import Cli
+from tests.contract.harness import Harness
+
+
+def _harnesses() -> dict[str, type[Harness]]:
+    found = {}
+    for module in pkgutil.iter_modules(contract.__path__):
+        if module.name.startswith("h_"):
+            harness = importlib.import_module(f"tests.contract.{module.name}").HARNESS
+            found[harness.platform] = harness
+    return found
+
+
+HARNESSES = _harnesses()
+ACTIVE = sorted(name for name, p in PLATFORMS.items() if p.state == "active")
+
+
+def test_every_active_platform_has_a_harness() -> None:
+    assert sorted(HARNESSES) == ACTIVE
+
+
+@pytest.fixture(params=ACTIVE)
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    instance = HARNESSES[request.param](tmp_path)
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def run(cli: Cli, conn: db.Connection, harness: Harness) -> Cli:
+    cli.env.update(harness.env())
+    harness.conn = conn
+    doc = cli.ok(
+        "source", "add", harness.platform, "--tenant", "1", "--name", "contract", *harness.add_args(), "--json"
+    ).json()
+    harness.source_id = doc["id"]
+    return cli
+
+
+def sync(cli: Cli, harness: Harness) -> tuple[int, dict]:
+    result = cli("sync", "source", str(harness.source_id), "--json")
+    return result.returncode, json.loads(result.stdout) if result.stdout.strip() else {}
+
+
+def test_pages_then_only_what_is_new(run: Cli, harness: Harness, conn: db.Connection) -> None:
+    harness.publish(harness.page_size + 20)
+    code, first = sync(run, harness)
+    assert code == 0 and first["success"], first
+    assert first["pages"] >= 2 and first["mentions_saved"] == first["mentions_fetched"] > harness.page_size
+    source = db.get_source(conn, harness.source_id)
+    assert source.committed_cursor is not None and source.inflight_cursor is None
+    assert source.mentions_count == first["mentions_saved"]
+
+    harness.publish(3)
+    code, second = sync(run, harness)
+    assert code == 0 and second["mentions_saved"] == 3, second
+    assert second["mentions_fetched"] <= harness.page_size  # an incremental sync, not a new backfill
+    code, third = sync(run, harness)
+    assert code == 0 and third["mentions_saved"] == 0
+    if harness.reports_limits:
+        limits = run.ok("status", str(harness.source_id), "--json").json()["rate_limit"]
+        assert limits["remaining"] is not None and limits["reset_at"] is not None
+
+
+def test_errors_are_classified(run: Cli, harness: Harness, conn: db.Connection) -> None:
+    harness.publish(5)
+    harness.fail(500, times=10)
+    code, failed = sync(run, harness)
+    assert code == 1 and failed["status"] == "failing", failed
+    source = db.get_source(conn, harness.source_id)
+    assert source.committed_cursor is None and source.consecutive_failures == 1
+
+    harness.clear()
+    harness.fail(401, times=10)
+    code, refused = sync(run, harness)
+    assert code == 1 and refused["status"] == "error", refused
+    assert db.get_source(conn, harness.source_id).status == "error"
+
+    harness.clear()
+    code, healed = sync(run, harness)  # a manual sync after the fix brings the source back
+    assert code == 0 and healed["success"] and healed["mentions_saved"] >= 5
+    assert db.get_source(conn, harness.source_id).status == "active"
+
+
+def test_the_rate_limit_or_quota_signal_is_respected(run: Cli, harness: Harness, conn: db.Connection) -> None:
+    harness.publish(5)
+    harness.limit(timedelta(minutes=10))
+    code, limited = sync(run, harness)
+    assert code == 1 and limited["status"] == "rate_limited", limited
+    calls = harness.api_calls()
+    again = run("sync", "source", str(harness.source_id))
+    assert again.returncode == 1 and "rate limited until" in again.stdout
+    assert run.ok("sync", "due", "--json").json()["results"] == []
+    assert harness.api_calls() == calls  # nothing called the platform before the reset
+    assert db.get_source(conn, harness.source_id).consecutive_failures == 0
+
+
+def test_recorded_payloads_normalize(harness: Harness) -> None:
+    for body in harness.recorded_pages():
+        mentions, _ = harness.normalize_page(body)  # type: ignore[misc]
+        assert mentions, "a recorded page gave no mentions"
+        for mention in mentions:
+            assert mention.platform == harness.platform and mention.external_id and mention.published_at.tzinfo
+
+
+json_value = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text()),
+    lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=10), inner, max_size=5)),
+    max_leaves=25,
+)
+
+
+@pytest.mark.parametrize("platform", ACTIVE)
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=json_value)
+def test_normalizers_tolerate_any_json(platform: str, tmp_path_factory: pytest.TempPathFactory, body: object) -> None:
+    harness = HARNESSES[platform](tmp_path_factory.getbasetemp())
+    received = http.storable(body)
+    result = harness.normalize_page(received)
+    if result is None:
+        return
+    mentions, errors = result
+    assert errors >= 0 and all(m.platform == platform for m in mentions)
