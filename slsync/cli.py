@@ -760,7 +760,7 @@ DEMO_SOURCE = "Demo: Acme Coffee"
 def demo() -> None:
     """Create a demo tenant (0) with a mock source if absent, sync it, and print the status table."""
     _refuse_in_production("demo")
-    from slsync import analysis, db, sync
+    from slsync import db, sync
     from slsync.connectors.mock import MockConnector
 
     settings = _settings()
@@ -786,9 +786,9 @@ def demo() -> None:
             options = sync.RunOptions(
                 "manual", on_page=on_page, deadline=time.monotonic() + settings.time_budget_seconds
             )
-            result = sync.run_source(conn, settings, source_id, options)
+            result = sync.run_source(conn, settings, source_id, options)  # analyses what it saved
         print(_result_line(result))
-        _analysis_line(analysis.analyze_backlog(conn, settings.analyzer, tenant_id=DEMO_TENANT).as_json())
+        _analysis_line(result.extra.get("analysis"))
         rows = db.status_rows(conn, tenant_id=DEMO_TENANT)
         breakdown = db.sentiment_breakdown(conn, [row["id"] for row in rows])
     docs = [_status_json(row, breakdown) for row in rows]

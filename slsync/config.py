@@ -60,6 +60,8 @@ class Settings(BaseSettings):
 
     # Mastodon: each source names its instance; this, when set, replaces every instance (tests, proxies).
     mastodon_access_token: SecretStr | None = Field(None, validation_alias=AliasChoices("MASTODON_ACCESS_TOKEN"))
+    # the instance that issued the token: it is sent to that instance's sources and to no other server
+    mastodon_token_instance: str | None = Field(None, validation_alias=AliasChoices("MASTODON_TOKEN_INSTANCE"))
     mastodon_api_url: str | None = None
 
     @field_validator(
@@ -75,6 +77,7 @@ class Settings(BaseSettings):
         "bluesky_handle",
         "bluesky_app_password",
         "mastodon_access_token",
+        "mastodon_token_instance",
         "mastodon_api_url",
         mode="before",
     )

@@ -62,6 +62,11 @@ def decode_json(response: httpx.Response, platform: str) -> Any:
         ) from None
 
 
+def header_limits(prefix: str) -> Callable[[Mapping[str, str]], RateLimit | None]:
+    """A reader of `<prefix>limit`, `-remaining` and `-reset` (epoch seconds), for send(read_limits=...)."""
+    return lambda headers: rate_limit(headers, prefix)
+
+
 def rate_limit(headers: Mapping[str, str], prefix: str) -> RateLimit | None:
     """Read `<prefix>limit`, `<prefix>remaining` and `<prefix>reset` (epoch seconds)."""
 
@@ -169,7 +174,7 @@ def send(
     url: str,
     *,
     platform: str,
-    rate_limit_prefix: str | None = None,
+    read_limits: Callable[[httpx.Headers], RateLimit | None] | None = None,
     deadline: float | None = None,
     policy: RetryPolicy = DEFAULT_POLICY,
     sleep: Callable[[float], None] = time.sleep,
@@ -191,8 +196,8 @@ def send(
             if hint is not None and hint > policy.max_wait:
                 return response  # asked to come back later than a run may wait
             raise _TryAgain(response, hint)
-        if response.status_code == 429 and rate_limit_prefix is not None:
-            limits = rate_limit(response.headers, rate_limit_prefix)
+        if response.status_code == 429 and read_limits is not None:
+            limits = read_limits(response.headers)
             hint = retry_after(response)
             if hint is None and limits and limits.reset_at:
                 hint = max((limits.reset_at - datetime.now(UTC)).total_seconds(), 0.0)

@@ -10,7 +10,8 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from slsync.errors import AuthError, ConnectorError, NotFound, OutOfTime, RateLi
 from slsync.models import RateLimit, Source, SyncResult
 
 if TYPE_CHECKING:
+    import httpx
     from psycopg_pool import ConnectionPool
 
 log = logging.getLogger("slsync.sync")
@@ -52,6 +54,8 @@ class RunOptions:
     deadline: float | None = None
     # rate-limit windows per credential, shared by all the command's workers
     budgets: RateBudgets = field(default_factory=RateBudgets)
+    # one HTTP client for the command (thread-safe, keeps connections alive across sources)
+    http: httpx.Client | None = None
 
 
 @dataclass
@@ -83,8 +87,13 @@ def backoff_seconds(interval_minutes: int, failures: int, rng: random.Random | N
     return base * (rng or random).uniform(0.5, 1.0)
 
 
-def _deadline(settings: Settings) -> float:
-    return time.monotonic() + settings.time_budget_seconds
+@contextmanager
+def _command(settings: Settings, trigger: str, **options: Any) -> Iterator[RunOptions]:
+    """What the runs of one command share: its deadline, rate-limit budgets and HTTP client."""
+    from slsync import http
+
+    with http.client(timeout=settings.http_timeout_seconds) as client:
+        yield RunOptions(trigger, deadline=time.monotonic() + settings.time_budget_seconds, http=client, **options)
 
 
 def sync_source(
@@ -93,25 +102,22 @@ def sync_source(
     """`sync source`: run one source now, whatever its schedule (rate limits still hold)."""
     if since is not None and since > utcnow():
         raise UsageError("--since is in the future")
-    options = RunOptions("manual", since=since, on_page=on_page, deadline=_deadline(settings))
-    with db.connect(settings) as conn:
+    with (
+        db.connect(settings, for_sync=True) as conn,
+        _command(settings, "manual", since=since, on_page=on_page) as options,
+    ):
         source = db.get_source(conn, source_id)
         reach = connector_class(source.platform).max_lookback
         if since is not None and reach is not None and since < utcnow() - reach:
             raise UsageError(f"--since reaches back further than {source.platform} search allows ({reach.days} days)")
-        result = run_source(conn, settings, source_id, options)
-        report = _analyze_new(conn, settings, [result], options)
-        if report is not None:
-            result.extra["analysis"] = report
-        return result
+        return run_source(conn, settings, source_id, options)
 
 
 def sync_tenant(
     settings: Settings, tenant_id: int, *, concurrency: int = 1, on_page: PageCallback | None = None
 ) -> BatchResult:
     """`sync tenant`: every source of one tenant, and nothing of any other."""
-    options = RunOptions("tenant", on_page=on_page, deadline=_deadline(settings))
-    with db.connect(settings) as conn:
+    with db.connect(settings, for_sync=True) as conn, _command(settings, "tenant", on_page=on_page) as options:
         ids = db.tenant_source_ids(conn, tenant_id)
         if not ids:
             raise NotFound(f"tenant {tenant_id} has no sources to sync")
@@ -124,8 +130,10 @@ def sync_due(settings: Settings, *, limit: int, concurrency: int, on_page: PageC
     The claim lives as long as this connection; workers each use their own connection, which holds
     the source's advisory lock while it works.
     """
-    options = RunOptions("due", require_due=True, on_page=on_page, deadline=_deadline(settings))
-    with db.connect(settings) as conn:
+    with (
+        db.connect(settings, for_sync=True) as conn,
+        _command(settings, "due", require_due=True, on_page=on_page) as options,
+    ):
         ids = db.claim_due(conn, limit)
         log.info("claimed %d due sources", len(ids), extra={"event": "claimed", "count": len(ids)})
         try:
@@ -148,21 +156,16 @@ def _run_many(
         results = _run_pool(settings, ids, options, concurrency)
     order = {source_id: n for n, source_id in enumerate(ids)}
     results.sort(key=lambda r: order[r.source_id])
-    return BatchResult(results, _analyze_new(conn, settings, results, options))
-
-
-def _analyze_new(
-    conn: db.Connection, settings: Settings, results: list[SyncResult], options: RunOptions
-) -> dict[str, Any] | None:
-    """The post-sync step: label the mentions these runs saved, within the command's time budget.
-
-    A failing analyzer is reported and leaves the mentions `new`; it never fails the sync.
-    """
-    source_ids = [r.source_id for r in results if r.mentions_saved]
-    if not source_ids:
-        return None
-    report = analysis.analyze_backlog(conn, settings.analyzer, source_ids=source_ids, deadline=options.deadline)
-    return report.as_json()
+    reports = [r.extra["analysis"] for r in results if "analysis" in r.extra]
+    summary = None
+    if reports:
+        errors = [r["error"] for r in reports if r["error"]]
+        summary = {
+            "analyzer": reports[0]["analyzer"],
+            "analyzed": sum(r["analyzed"] for r in reports),
+            "error": errors[0] if errors else None,
+        }
+    return BatchResult(results, summary)
 
 
 def _run_pool(settings: Settings, ids: list[int], options: RunOptions, concurrency: int) -> list[SyncResult]:
@@ -222,10 +225,16 @@ def run_source(conn: db.Connection, settings: Settings, source_id: int, options:
     if not db.try_lock_source(conn, source_id):
         return _skipped(source_id, "busy", f"source {source_id} is already being synced by another process")
     try:
-        return _run_locked(conn, settings, source_id, options)
+        result = _run_locked(conn, settings, source_id, options)
     finally:
         if not conn.closed:
             db.unlock_source(conn, source_id)
+    if result.mentions_saved:
+        # The post-sync step, in the worker that saved them: labelling overlaps other workers' waits on
+        # the network. A failing analyzer is reported and leaves the mentions `new`; the sync stands.
+        report = analysis.analyze_backlog(conn, settings.analyzer, source_ids=[source_id], deadline=options.deadline)
+        result.extra["analysis"] = report.as_json()
+    return result
 
 
 def _skipped(source_id: int, status: str, message: str) -> SyncResult:
@@ -259,6 +268,7 @@ def _run_locked(conn: db.Connection, settings: Settings, source_id: int, options
         deadline=options.deadline,
         budgets=options.budgets,
         quota=QuotaLedger(conn),
+        http=options.http,
     )
     try:
         return _fetch_and_save(conn, connector_cls(source, context), source, options)

@@ -5,4 +5,5 @@ ALTER TABLE sl_mentions
     ADD COLUMN analyzer text,
     ADD CONSTRAINT sl_mentions_status_check CHECK (status IN ('new', 'processed'));
 
-CREATE INDEX sl_mentions_new_idx ON sl_mentions (tenant_id, id) WHERE status = 'new';
+-- by id alone: it serves the backlog in order whatever the filter (tenant, sources or none)
+CREATE INDEX sl_mentions_new_idx ON sl_mentions (id) WHERE status = 'new';

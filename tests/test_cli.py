@@ -140,7 +140,7 @@ def test_mock_generates_mentions_and_is_refused_in_production(cli: Cli) -> None:
     ("args", "code", "words"),
     [
         (("source", "add", "nope", "--tenant", "1", "--name", "x", "--keyword", "k"), 2, "unknown platform"),
-        (("source", "add", "reddit", "--tenant", "1", "--name", "x", "--keyword", "k"), 2, "planned"),
+        (("source", "add", "tiktok", "--tenant", "1", "--name", "x", "--keyword", "k"), 2, "planned"),
         (("source", "add", "mock", "--tenant", "1", "--name", "x"), 2, "at least one"),
         (("source", "add", "mock", "--tenant", "-1", "--name", "x", "--keyword", "k"), 2, "--tenant"),
         (

@@ -19,6 +19,7 @@ from tests.conftest import Cli, Clock, add_mock_source, add_x_source, stored_ids
 from tests.fakes.x_api import XApi
 
 ALL = 250
+X_LIMITS = http.header_limits("x-rate-limit-")
 
 
 def stored_x_ids(conn: db.Connection, source_id: int) -> list[str]:
@@ -133,7 +134,7 @@ def test_retry_after_is_honoured_and_a_near_reset_429_is_waited_out() -> None:
         return answers[len(calls) - 1]
 
     with httpx.Client(transport=httpx.MockTransport(handler)) as client:
-        response = http.send(client, "GET", "http://127.0.0.1/x", platform="X", rate_limit_prefix="x-rate-limit-",
+        response = http.send(client, "GET", "http://127.0.0.1/x", platform="X", read_limits=X_LIMITS,
                              sleep=waits.append)  # fmt: skip
     assert response.status_code == 200 and len(calls) == 3
     assert waits[0] == 7 and 3 <= waits[1] <= 7
@@ -145,7 +146,7 @@ def test_a_far_reset_and_a_long_retry_after_are_not_waited() -> None:
     for answer in (far, long):
         waits: list[float] = []
         with httpx.Client(transport=httpx.MockTransport(lambda r, a=answer: a)) as client:
-            response = http.send(client, "GET", "http://127.0.0.1/x", platform="X", rate_limit_prefix="x-rate-limit-",
+            response = http.send(client, "GET", "http://127.0.0.1/x", platform="X", read_limits=X_LIMITS,
                                  sleep=waits.append)  # fmt: skip
         assert response.status_code == answer.status_code and waits == []
 

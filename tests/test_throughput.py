@@ -112,4 +112,4 @@ def test_sync_due_prunes_old_run_records_in_bounded_batches(conn, settings) -> N
         "SELECT min(started_at) > now() - interval '31 days' AS recent, count(*) AS n FROM sl_sync_runs"
     )
     assert left.fetchone() == {"recent": True, "n": 29}
-    assert db.prune_runs(conn, keep_days=1, batch=5) == 5
+    assert db.prune_runs(conn, keep_days=1, batch=5, batches=2) == 10  # bounded: 2 statements of 5

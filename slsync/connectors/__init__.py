@@ -32,11 +32,13 @@ PLATFORMS: dict[str, Platform] = {
         Platform("facebook", "Facebook"),
         Platform("instagram", "Instagram"),
         Platform("linkedin", "LinkedIn"),
-        Platform("youtube", "YouTube"),
+        Platform("youtube", "YouTube", "slsync.connectors.youtube:YouTubeConnector", "videos and comments"),
         Platform("tiktok", "TikTok"),
-        Platform("reddit", "Reddit"),
-        Platform("bluesky", "Bluesky"),
-        Platform("mastodon", "Mastodon"),
+        Platform("reddit", "Reddit", "slsync.connectors.reddit:RedditConnector", "posts, newest first"),
+        Platform("bluesky", "Bluesky", "slsync.connectors.bluesky:BlueskyConnector", "post search"),
+        Platform(
+            "mastodon", "Mastodon", "slsync.connectors.mastodon:MastodonConnector", "hashtags; search with a token"
+        ),
         Platform(
             "mock",
             "Mock",

@@ -77,6 +77,7 @@ class Context:
         deadline: float | None = None,
         budgets: RateBudgets | None = None,
         quota: Quota | None = None,
+        http: httpx.Client | None = None,
     ) -> None:
         self.now = now
         self.settings = settings
@@ -86,7 +87,9 @@ class Context:
         self.deadline = deadline
         self._credentials_factory = credentials
         self._credentials: Credentials | None = None
-        self._http: httpx.Client | None = None
+        # a client lent by the command is shared by its workers (and closed by it); else one of our own
+        self._http = http
+        self._own_http = http is None
 
     @property
     def quota(self) -> Quota:
@@ -112,7 +115,7 @@ class Context:
         return self._credentials
 
     def close(self) -> None:
-        if self._http is not None:
+        if self._own_http and self._http is not None:
             self._http.close()
 
 

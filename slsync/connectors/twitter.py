@@ -359,7 +359,7 @@ class TwitterConnector(Connector):
 
     def _get(self, url: str, params: dict[str, str], token: str) -> httpx.Response:
         return http.send(
-            self.context.http, "GET", url, platform="X", rate_limit_prefix="x-rate-limit-",
+            self.context.http, "GET", url, platform="X", read_limits=http.header_limits("x-rate-limit-"),
             deadline=self.context.deadline, params=params, headers={"Authorization": f"Bearer {token}"},
         )  # fmt: skip
 

@@ -1,0 +1,608 @@
+"""Mastodon: hashtag timelines (public) and full-text status search (with a token), on one instance per source.
+
+Each hashtag is read from the instance's public hashtag timeline, newest first, paged down with
+`max_id` to the `since_id` the last run committed. Each keyword is a full-text search
+(`/api/v2/search?type=statuses`), which Mastodon answers only to a signed-in account; search pages
+are reached with `offset` down to the newest status the last run stored. Every hashtag and keyword
+keeps its own bound in the cursor, like X's queries, and the unique key absorbs a status that two of
+them both find. The external id is the status `uri`, the same on every instance, so a post seen
+through two instances is one mention.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+import httpx
+
+from slsync import http
+from slsync.connectors.base import Connector
+from slsync.errors import AuthError, Fatal, RateLimited, UsageError
+from slsync.models import Mention, Page, RateLimit
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from slsync.config import Settings
+    from slsync.models import Source
+
+log = logging.getLogger("slsync.mastodon")
+
+PLATFORM = "Mastodon"
+PAGE_SIZE = 40  # the most Mastodon serves per page, for timelines and search alike
+MAX_STREAMS = 10  # hashtags + keywords per source: each is at least one call per sync
+RATE_LIMIT_PREFIX = "x-ratelimit-"
+# The first sync's reach when the engine gives none (it normally passes 7 days).
+BACKFILL = timedelta(days=7)
+# Search filters on when a post was written, but Mastodon numbers statuses when they arrive: a post
+# that reaches the instance late would fall below a bound set at the newest arrival. The bound is set
+# this much earlier; paging still stops at the newest status stored, so the margin costs no calls.
+SEARCH_OVERLAP = timedelta(days=1)
+# Elasticsearch's default result window: offsets past it are refused by the instance.
+MAX_SEARCH_OFFSET = 10_000
+# Mastodon ids are snowflakes: milliseconds since the Unix epoch, shifted left by 16 bits.
+SNOWFLAKE_SHIFT = 16
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+MEDIA_TYPES = {"image": "image", "video": "video", "gifv": "video"}
+
+_WORD = re.compile(r"^\w+$")
+_HOST = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+_LINK = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]*)*)")
+_REL = re.compile(r"""rel\s*=\s*(?:"([^"]*)"|([^\s;,"]+))""", re.IGNORECASE)
+_BLANK_LINES = re.compile(r"\n{3,}")
+_TAG_RE = re.compile(r"<[^>]*>")
+
+
+# --- options and the search parameters ------------------------------------------------------------
+
+
+def parse_instance(value: str) -> str:
+    """`--option instance=URL`: the instance's origin, https (http only on this machine, for tests)."""
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{value!r} is not a URL such as https://mastodon.social") from None
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"{value!r} is not a URL such as https://mastodon.social")
+    if parts.username or parts.password or parts.query or parts.fragment or parts.path not in ("", "/"):
+        raise ValueError(f"{value!r}: give only the instance's address, such as https://mastodon.social")
+    host = parts.hostname.lower()
+    if parts.scheme == "http" and host not in LOOPBACK_HOSTS:
+        raise ValueError(f"{value!r} must use https (http only for 127.0.0.1 or localhost)")
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    else:
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"{value!r} has an invalid host name") from None
+        if not _HOST.match(host):
+            raise ValueError(f"{value!r} has an invalid host name")
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def parse_flag(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, not {value!r}")
+
+
+def _term(word: str, *, negate: bool = False) -> str:
+    """A search term as Mastodon's query syntax reads it: one word bare, anything else as a phrase."""
+    if '"' in word:
+        raise UsageError(f"Mastodon search cannot look for a term with a double quote in it: {word!r}")
+    body = word if _WORD.match(word) else f'"{word}"'
+    return f"-{body}" if negate else body
+
+
+def search_query(keyword: str, config: Mapping[str, Any]) -> str:
+    """The `q` of one keyword's search: the term, each exclusion as -term, and one language: filter.
+
+    Mastodon ANDs the terms of a query and its `language:` filters, so each keyword is its own query,
+    and several languages cannot be asked for at once: with more than one, languages are filtered
+    here, after the answer.
+    """
+    parts = [_term(keyword)]
+    parts += [_term(word, negate=True) for word in config.get("exclude") or []]
+    languages = config.get("languages") or []
+    if len(languages) == 1:
+        parts.append(f"language:{languages[0]}")
+    return " ".join(parts)
+
+
+def build_streams(config: Mapping[str, Any]) -> list[str]:
+    """The calls a source needs, each named as its cursor key: `tag:NAME` or `search:QUERY`."""
+    if config.get("mentions"):
+        raise UsageError(
+            "Mastodon cannot search for posts that mention an account; use --hashtag, "
+            "or --keyword (full-text search, with an access token)"
+        )
+    for word in config.get("exclude") or []:
+        _term(word, negate=True)
+    streams = []
+    for tag in config.get("hashtags") or []:
+        if not _WORD.match(tag) or not any(ch.isalpha() for ch in tag):
+            raise UsageError(f"not a Mastodon hashtag (letters, digits and _, at least one letter): #{tag}")
+        streams.append(f"tag:{tag.lower()}")
+    streams += [f"search:{search_query(keyword, config)}" for keyword in config.get("keywords") or []]
+    streams = list(dict.fromkeys(streams))  # hashtags differing only in case are one timeline
+    if not streams:
+        raise UsageError("a Mastodon source needs at least one --hashtag or --keyword")
+    if len(streams) > MAX_STREAMS:
+        raise UsageError(
+            f"{len(streams)} hashtags and keywords need {len(streams)} Mastodon calls per sync; "
+            f"at most {MAX_STREAMS} per source, split them over several sources"
+        )
+    return streams
+
+
+def _exclusions(config: Mapping[str, Any]) -> list[re.Pattern[str]]:
+    return [re.compile(rf"(?<!\w){re.escape(w)}(?!\w)", re.IGNORECASE) for w in config.get("exclude") or []]
+
+
+def wanted(mention: Mention, exclusions: list[re.Pattern[str]], languages: set[str]) -> bool:
+    """The filters Mastodon cannot apply itself: exclusions on hashtag timelines, several languages."""
+    if languages and (mention.language or "").split("-")[0].lower() not in languages:
+        return False
+    text = mention.content or ""
+    return not any(pattern.search(text) for pattern in exclusions)
+
+
+# --- rate limits, links, ids ----------------------------------------------------------------------
+
+
+def parse_reset(value: str | None) -> datetime | None:
+    """X-RateLimit-Reset: an ISO 8601 timestamp on Mastodon ("2020-09-08T13:25:00.019685Z"); epoch
+    seconds are accepted too, for proxies that rewrite it."""
+    if not value or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = None
+    if seconds is not None:
+        if not 0 < seconds < 253402300800:  # before year 10000
+            return None
+        return datetime.fromtimestamp(seconds, UTC)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def rate_limit(headers: Mapping[str, str]) -> RateLimit | None:
+    """X-RateLimit-Limit / -Remaining / -Reset; http.rate_limit reads the reset as epoch seconds only."""
+
+    def number(name: str) -> int | None:
+        try:
+            return int(float(headers[RATE_LIMIT_PREFIX + name]))
+        except (KeyError, ValueError, OverflowError):
+            return None
+
+    limit, remaining = number("limit"), number("remaining")
+    reset_at = parse_reset(headers.get(RATE_LIMIT_PREFIX + "reset"))
+    if limit is None and remaining is None and reset_at is None:
+        return None
+    return RateLimit(limit=limit, remaining=remaining, reset_at=reset_at)
+
+
+def parse_links(header: str | None) -> dict[str, str]:
+    """An RFC 8288 Link header as {rel: url}; Mastodon pages timelines with rel="next" / "prev"."""
+    links: dict[str, str] = {}
+    for match in _LINK.finditer(header or ""):
+        rel = _REL.search(match.group(2))
+        if rel:
+            for name in (rel.group(1) or rel.group(2) or "").lower().split():
+                links.setdefault(name, match.group(1).strip())
+    return links
+
+
+def next_max_id(header: str | None) -> str | None:
+    """The max_id of the rel="next" link. Only it is taken: Mastodon's next link drops since_id."""
+    url = parse_links(header).get("next")
+    if not url:
+        return None
+    values = parse_qs(urlsplit(url).query).get("max_id") or []
+    return values[0] if values and values[0].isdigit() else None
+
+
+def snowflake_at(moment: datetime) -> str:
+    """The smallest Mastodon id of a status numbered at `moment`."""
+    return str(max(int(moment.timestamp() * 1000), 0) << SNOWFLAKE_SHIFT)
+
+
+def snowflake_time(status_id: str) -> datetime:
+    return datetime.fromtimestamp((int(status_id) >> SNOWFLAKE_SHIFT) / 1000, UTC)
+
+
+# --- normalizing ----------------------------------------------------------------------------------
+
+
+class _Text(HTMLParser):
+    """Readable text of a status: tags dropped, <br> and </p> as line breaks, entities unescaped."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "br":
+            self.parts.append("\n")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "p":
+            self.parts.append("\n\n")
+
+    def handle_data(self, data: str) -> None:
+        self.parts.append(data)
+
+
+def html_text(value: Any) -> str | None:
+    """Mastodon's HTML as plain text; links keep their full address (Mastodon hides part of it)."""
+    if not isinstance(value, str) or not value:
+        return None
+    parser = _Text()
+    try:
+        parser.feed(value)
+        parser.close()
+        text = "".join(parser.parts)
+    except (ValueError, AssertionError, IndexError):  # markup html.parser gives up on
+        text = _TAG_RE.sub("", value)
+    lines = "\n".join(line.rstrip() for line in text.replace("\r\n", "\n").split("\n"))
+    return _BLANK_LINES.sub("\n\n", lines).strip() or None
+
+
+def _int(value: Any) -> int | None:
+    """A count as Mastodon sends it; anything that is not a count PostgreSQL's bigint can hold is None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    return None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _id(value: Any) -> int | None:
+    """A status id as a number (Mastodon sends ids as strings of digits)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19 and int(value) < 2**63:
+        return int(value)
+    return None
+
+
+def _published(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError("a status without created_at")
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _handle(account: Mapping[str, Any], instance_host: str | None) -> str | None:
+    """acct carries @domain for remote accounts only; a local one gets the instance's host."""
+    acct = _text(account.get("acct"))
+    if acct is None or "@" in acct:
+        return acct
+    host = instance_host
+    if host is None and isinstance(account.get("url"), str):
+        try:
+            host = urlsplit(account["url"]).netloc or None
+        except ValueError:
+            host = None
+    return f"{acct}@{host}" if host else acct
+
+
+def normalize_status(status: Mapping[str, Any], instance_host: str | None = None) -> Mention:
+    """One status; a boost is stored as the post it boosts. Raises ValueError when it has no uri or time."""
+    post = status.get("reblog") if isinstance(status.get("reblog"), dict) else status
+    uri = _text(post.get("uri"))
+    if uri is None:
+        raise ValueError("a status without a uri")
+    published = _published(post.get("created_at"))
+    account = _dict(post.get("account"))
+
+    body, warning = html_text(post.get("content")), _text(post.get("spoiler_text"))
+    content = f"{warning}\n\n{body}" if warning and body else warning or body
+
+    attached = [a for a in _list(post.get("media_attachments")) if isinstance(a, dict) and a.get("type") in MEDIA_TYPES]
+    card_url = _text(_dict(post.get("card")).get("url"))
+    if attached:
+        kinds = {MEDIA_TYPES[a["type"]] for a in attached}
+        media_type = "video" if "video" in kinds else "image"
+        media_urls = tuple(
+            url
+            for a in attached
+            if (url := _text(a.get("url")) or _text(a.get("remote_url")) or _text(a.get("preview_url")))
+        )
+    elif card_url:
+        media_type, media_urls = "link", (card_url,)
+    else:
+        media_type, media_urls = "text", ()
+
+    return Mention(
+        platform="mastodon",
+        external_id=uri,
+        published_at=published,
+        url=_text(post.get("url")),
+        content=content,
+        author_name=_text(account.get("display_name")),
+        author_handle=_handle(account, instance_host),
+        author_followers=_int(account.get("followers_count")),
+        author_verified=None,  # Mastodon has no verified accounts (verified profile links are not that)
+        likes_count=_int(post.get("favourites_count")),
+        comments_count=_int(post.get("replies_count")),
+        shares_count=_int(post.get("reblogs_count")),
+        media_type=media_type,
+        media_urls=media_urls,
+        location=None,
+        language=_text(post.get("language")),
+        raw=dict(status),  # the HTML content as sent, and for a boost the boost around the post
+    )
+
+
+def normalize_page(body: Any, instance_host: str | None = None) -> tuple[list[Mention], int]:
+    """A hashtag timeline (a list of statuses) or a search answer (`statuses` beside accounts and
+    hashtags) as mentions, and how many statuses could not be normalized."""
+    statuses = body.get("statuses") if isinstance(body, dict) else body
+    mentions: list[Mention] = []
+    seen: set[str] = set()
+    errors = 0
+    for status in _list(statuses):
+        try:
+            if not isinstance(status, dict):
+                raise ValueError("a status that is not an object")
+            mention = normalize_status(status, instance_host)
+        except (ValueError, TypeError, OverflowError) as exc:
+            errors += 1
+            log.warning(
+                "skipped a status Mastodon sent that cannot be stored: %s", exc, extra={"event": "skipped_record"}
+            )
+            continue
+        if mention.external_id not in seen:  # a post and a boost of it on one page
+            seen.add(mention.external_id)
+            mentions.append(mention)
+    return mentions, errors
+
+
+# --- credentials ----------------------------------------------------------------------------------
+
+
+class MastodonCredentials:
+    """An optional access token. Without one, hashtag timelines are read anonymously, and the
+    instance counts calls per IP address: the key names the instance (and the token, by digest)."""
+
+    def __init__(self, instance_host: str, token: SecretStr | None) -> None:
+        self._token = token
+        self.key = f"mastodon:{instance_host}"
+        if token is not None:
+            self.key += f":token:{hashlib.sha256(token.get_secret_value().encode()).hexdigest()[:16]}"
+
+    def access_token(self) -> str:
+        return self._token.get_secret_value() if self._token is not None else ""
+
+    def refresh(self) -> str:
+        if self._token is None:
+            raise AuthError("Mastodon answers this only to a signed-in account (no access token is set)")
+        raise AuthError("Mastodon refused the access token")
+
+
+def _instance_host(source: Source) -> str:
+    instance = _dict(source.config.get("options")).get("instance")
+    return urlsplit(instance).netloc if isinstance(instance, str) else "unknown"
+
+
+# --- the connector --------------------------------------------------------------------------------
+
+
+class MastodonConnector(Connector):
+    platform = "mastodon"
+    connection_type = "app"
+    options = {"instance": parse_instance, "anonymous": parse_flag}
+
+    @classmethod
+    def app_credentials(cls, source: Source, settings: Settings) -> MastodonCredentials:
+        anonymous = bool(_dict(source.config.get("options")).get("anonymous"))
+        host = _instance_host(source)
+        token = None if anonymous else settings.mastodon_access_token
+        # A token belongs to the instance that issued it: never hand it to another instance's server.
+        owner = urlsplit(settings.mastodon_token_instance or "").netloc.lower()
+        if token is not None and owner != host.lower():
+            token = None
+        return MastodonCredentials(host, token)
+
+    @classmethod
+    def reconnect_advice(cls, source_id: int) -> str:
+        return (
+            "set MASTODON_ACCESS_TOKEN to an access token of the source's instance (scopes read:statuses "
+            f"read:search), then: slsync sync source {source_id}"
+        )
+
+    @classmethod
+    def build_config(cls, search: Mapping[str, list[str]], options: Mapping[str, str]) -> dict[str, Any]:
+        config = super().build_config(search, options)
+        if "instance" not in config["options"]:
+            raise UsageError("a Mastodon source needs its instance: --option instance=https://mastodon.social")
+        build_streams(config)  # refuse at `source add` what Mastodon cannot be asked
+        if config["options"].get("anonymous") and config.get("keywords"):
+            raise UsageError("Mastodon keyword search needs an access token; drop anonymous=true or the keywords")
+        return config
+
+    def pages(
+        self,
+        cursor: Mapping[str, Any] | None,
+        *,
+        since: datetime | None,
+        resume: Mapping[str, Any] | None,
+    ) -> Iterator[Page]:
+        config = self.source.config
+        streams = build_streams(config)
+        credentials = self.context.credentials
+        if not credentials.access_token() and any(s.startswith("search:") for s in streams):
+            raise AuthError(
+                "Mastodon keyword search needs an access token of this instance: MASTODON_ACCESS_TOKEN is not set,"
+                " or MASTODON_TOKEN_INSTANCE names another instance"
+            )
+        now = self.context.now()
+        exclusions, languages = _exclusions(config), set(config.get("languages") or [])
+        newest: dict[str, str] = {
+            k: v for k, v in _dict((resume or cursor or {}).get("newest")).items() if _id(v) is not None
+        }
+        active = _dict((resume or {}).get("active"))
+        if active.get("stream") in streams:  # continue the interrupted stream first
+            streams.remove(active["stream"])
+            streams.insert(0, active["stream"])
+        else:
+            active = {}
+
+        for number, stream in enumerate(streams):
+            last_stream = number == len(streams) - 1
+            state = dict(active) if active and active["stream"] == stream else self._start(stream, newest, since, now)
+            active = {}
+            while True:
+                if stream.startswith("tag:"):
+                    body, limits, more = self._tag_page(stream.removeprefix("tag:"), state)
+                else:
+                    body, limits, more = self._search_page(stream.removeprefix("search:"), state)
+                mentions, errors = normalize_page(body, _instance_host(self.source))
+                kept = tuple(m for m in mentions if wanted(m, exclusions, languages))
+                found = _id(state.get("newest_id"))
+                if not more and found and found > (_id(newest.get(stream)) or 0):
+                    newest[stream] = str(found)
+                page_state: dict[str, Any] = {"newest": dict(newest)}
+                if more:
+                    page_state["active"] = dict(state)
+                yield Page(mentions=kept, cursor=page_state, rate_limit=limits, errors=errors)
+                reset_at = _spent_until(limits, self.context.now())
+                if reset_at and (more or not last_stream):  # calls are left to make and the window is spent
+                    raise RateLimited(f"Mastodon rate limit used up until {reset_at:%Y-%m-%d %H:%M:%S} UTC", reset_at)
+                if not more:
+                    break
+
+    def _start(self, stream: str, newest: Mapping[str, str], since: datetime | None, now: datetime) -> dict[str, Any]:
+        """Where a stream starts: above the committed newest id, or at `since` (first sync, --since)."""
+        stored = None if since is not None else newest.get(stream)
+        floor = since or now - BACKFILL
+        if stream.startswith("tag:"):
+            return {"stream": stream, "since_id": stored or snowflake_at(floor), "max_id": None, "newest_id": None}
+        if stored:  # arrival order stops the paging at `stored`; the time bound only trims the search
+            floor = snowflake_time(stored) - SEARCH_OVERLAP
+        return {"stream": stream, "min_id": snowflake_at(floor), "stop_id": stored, "offset": 0, "newest_id": None}
+
+    def _tag_page(self, tag: str, state: dict[str, Any]) -> tuple[list[Any], RateLimit | None, bool]:
+        """One page of the hashtag timeline; `state` moves to the next page. Returns (statuses, limits, more)."""
+        params = {"limit": str(PAGE_SIZE), "since_id": state["since_id"]}
+        if state.get("max_id"):
+            params["max_id"] = state["max_id"]
+        response, limits = self._get(f"/api/v1/timelines/tag/{quote(tag, safe='')}", params)
+        if response.status_code == 404 and "error" in _dict(_json_or_none(response)):
+            log.info("the instance does not know #%s yet", tag, extra={"event": "unknown_hashtag"})
+            return [], limits, False  # older Mastodon answers 404 for a hashtag nobody used yet
+        self._raise_for_status(response, limits)
+        body = http.decode_json(response, PLATFORM)
+        if not isinstance(body, list):
+            raise Fatal(f"Mastodon sent an unexpected response: {_reason(body) or 'not a list of statuses'}")
+        ids = [i for s in body if (i := _id(_dict(s).get("id"))) is not None]
+        if ids:
+            state["newest_id"] = str(max([*ids, _id(state.get("newest_id")) or 0]))
+        following = _id(next_max_id(response.headers.get("link"))) or (min(ids) if ids else None)
+        more = len(body) >= PAGE_SIZE and following is not None and following > int(state["since_id"])
+        if more and state.get("max_id") and following >= int(state["max_id"]):
+            raise Fatal("Mastodon sent a next page that does not move back; stopped to avoid a loop")
+        state["max_id"] = str(following) if more else None
+        return body, limits, more
+
+    def _search_page(self, query: str, state: dict[str, Any]) -> tuple[dict[str, Any], RateLimit | None, bool]:
+        """One page of full-text search, newest first; paged by offset until empty or at the stored newest."""
+        params = {
+            "q": query,
+            "type": "statuses",
+            "resolve": "false",
+            "limit": str(PAGE_SIZE),
+            "min_id": state["min_id"],
+        }
+        if state.get("offset"):
+            params["offset"] = str(state["offset"])
+        response, limits = self._get("/api/v2/search", params)
+        self._raise_for_status(response, limits)
+        body = http.decode_json(response, PLATFORM)
+        if not isinstance(body, dict) or not isinstance(body.get("statuses", []), list):
+            raise Fatal(f"Mastodon sent an unexpected response: {_reason(body) or 'no list of statuses'}")
+        statuses = body.get("statuses", [])
+        ids = [i for s in statuses if (i := _id(_dict(s).get("id"))) is not None]
+        if ids:
+            state["newest_id"] = str(max([*ids, _id(state.get("newest_id")) or 0]))
+        stop = _id(state.get("stop_id"))
+        reached = stop is not None and any(i <= stop for i in ids)
+        state["offset"] = int(state.get("offset") or 0) + PAGE_SIZE
+        more = bool(statuses) and not reached and state["offset"] < MAX_SEARCH_OFFSET
+        return body, limits, more
+
+    def _get(self, path: str, params: dict[str, str]) -> tuple[httpx.Response, RateLimit | None]:
+        settings = self.context.settings
+        instance = _dict(self.source.config.get("options")).get("instance")
+        base = (settings.mastodon_api_url if settings and settings.mastodon_api_url else instance) or ""
+        credentials = self.context.credentials
+        token = credentials.access_token()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        with self.context.budgets.call(credentials.key, PLATFORM):
+            response = http.send(
+                self.context.http, "GET", base.rstrip("/") + path, platform=PLATFORM,
+                read_limits=rate_limit, deadline=self.context.deadline, params=params, headers=headers,
+            )  # fmt: skip
+            limits = rate_limit(response.headers)
+            self.context.budgets.record(credentials.key, limits)
+        return response, limits
+
+    def _raise_for_status(self, response: httpx.Response, limits: RateLimit | None) -> None:
+        status = response.status_code
+        if self.context.credentials.access_token():
+            if status == 403:  # a token without the read:search / read:statuses scope, or a disabled account
+                raise AuthError(f"Mastodon refused the access token (HTTP 403: {http.platform_message(response)})")
+        elif status in (401, 422):
+            # 422 "This method requires an authenticated user": the instance disabled public timelines
+            raise AuthError(
+                f"Mastodon answers this only to a signed-in account (HTTP {status}: {http.platform_message(response)})"
+            )
+        http.raise_for_status(response, PLATFORM, limits)
+
+
+def _spent_until(limits: RateLimit | None, now: datetime) -> datetime | None:
+    """The reset time when the window has no call left, else None."""
+    if limits is None or limits.remaining != 0 or limits.reset_at is None or limits.reset_at <= now:
+        return None
+    return limits.reset_at
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return http.decode_json(response, PLATFORM)
+    except Fatal:
+        return None
+
+
+def _reason(body: Any) -> str | None:
+    error = _dict(body).get("error")
+    return error[:200] if isinstance(error, str) else None

@@ -1,0 +1,592 @@
+"""Reddit: post search, newest first, paged with `after` back to what the last run stored.
+
+Reddit's search has no "since" parameter, so a run pages the newest-first listing and stops at a
+boundary: the newest post the last run stored, less an overlap (search indexes posts with a delay,
+so a post can turn up after a newer one was already seen), or `since` on a first sync. Listings end
+near 1,000 items, whatever the boundary.
+
+Authentication is app-only OAuth (client credentials): the token is fetched on first use and again
+before it expires or after a 401. Reddit requires a unique User-Agent on every call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from slsync import http
+from slsync.connectors.base import Connector
+from slsync.errors import AuthError, Fatal, RateLimited, UsageError
+from slsync.models import Mention, Page, RateLimit
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from slsync.config import Settings
+    from slsync.models import Source
+
+log = logging.getLogger("slsync.reddit")
+
+PLATFORM = "Reddit"
+PAGE_SIZE = 100
+MAX_QUERY_LENGTH = 512
+# Listings end near 1,000 items (10 pages); more pages than this means the listing is looping.
+MAX_PAGES = 15
+MAX_SUBREDDITS = 100
+# Search indexes posts with a delay: each run re-reads this much before the newest stored post.
+DEFAULT_OVERLAP_MINUTES = 10
+MAX_OVERLAP_MINUTES = 24 * 60
+# Renew the app token this long before it expires, so a page fetched right after still gets through.
+TOKEN_MARGIN = timedelta(minutes=2)
+SEARCH_PARAMS = {"sort": "new", "limit": str(PAGE_SIZE), "raw_json": "1", "type": "link"}
+SITE = "https://www.reddit.com"
+USER_AGENT_EXAMPLE = "linux:com.example.brandwatch:v1.0 (by /u/yourname)"
+
+_WORD = re.compile(r"^\w+$")
+_USERNAME = re.compile(r"^[A-Za-z0-9_-]{3,20}$")
+_SUBREDDIT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]{1,20}$")
+_OPERATORS = {"AND", "OR", "NOT"}
+_FULLNAME = re.compile(r"^t[0-9]_[0-9a-z]{1,13}$")
+_BASE36 = re.compile(r"^[0-9a-z]{1,13}$")
+_IMAGE_FILE = re.compile(r"\.(jpe?g|png|gif|webp)$", re.IGNORECASE)
+_REMOVED = {"[removed]", "[deleted]"}
+
+
+# --- options and the query ------------------------------------------------------------------------
+
+
+def parse_subreddits(value: str) -> list[str]:
+    """`--option subreddits=a,b`: names without r/, each at most once."""
+    names: list[str] = []
+    for part in value.split(","):
+        name = part.strip().removeprefix("/").removeprefix("r/").strip("/")
+        if not name:
+            continue
+        if not _SUBREDDIT.match(name):
+            raise ValueError(f"not a subreddit name: {part.strip()!r}")
+        if name.lower() not in (n.lower() for n in names):
+            names.append(name)
+    if not names:
+        raise ValueError("expected subreddit names separated by commas, such as subreddits=coffee,espresso")
+    if len(names) > MAX_SUBREDDITS:
+        raise ValueError(f"at most {MAX_SUBREDDITS} subreddits per source")
+    return names
+
+
+def parse_overlap(value: str) -> int:
+    """`--option overlap_minutes=N`: how far before the newest stored post each run re-reads."""
+    try:
+        minutes = int(value)
+    except ValueError:
+        raise ValueError(f"expected whole minutes, not {value!r}") from None
+    if not 0 <= minutes <= MAX_OVERLAP_MINUTES:
+        raise ValueError(f"expected 0 to {MAX_OVERLAP_MINUTES} minutes")
+    return minutes
+
+
+def _phrase(term: str) -> str:
+    """A keyword as Reddit search reads it: one word bare, anything else as an exact phrase."""
+    if '"' in term or "\\" in term:
+        raise UsageError(f"Reddit cannot search for a term with a double quote or backslash in it: {term!r}")
+    if _WORD.match(term) and term.upper() not in _OPERATORS:
+        return term
+    return f'"{term}"'
+
+
+def _username(name: str) -> str:
+    name = name.removeprefix("/").removeprefix("u/")
+    if not _USERNAME.match(name):
+        raise UsageError(f"not a Reddit username (3-20 letters, digits, _ or -): {name!r}")
+    return name
+
+
+def build_query(config: Mapping[str, Any]) -> str:
+    """The Reddit search query for a source's search parameters.
+
+    Keywords and hashtags (as plain words: Reddit has no hashtags) and mentions (`author:name`, posts
+    by that account) are OR-ed; each exclusion becomes `NOT term`. Languages cannot be expressed.
+    """
+    if config.get("languages"):
+        raise UsageError(
+            "Reddit search cannot filter by language (Reddit does not record one); add the source without --language"
+        )
+    terms: list[str] = []
+    for keyword in config.get("keywords") or []:
+        terms.append(_phrase(keyword))
+    for tag in config.get("hashtags") or []:
+        if not _WORD.match(tag) or tag.upper() in _OPERATORS:
+            raise UsageError(f"not a hashtag Reddit can search for as a word: #{tag}")
+        terms.append(tag)
+    for handle in config.get("mentions") or []:
+        terms.append(f"author:{_username(handle)}")
+    terms = list(dict.fromkeys(terms))  # a hashtag that is also a keyword is searched once
+    if not terms:
+        raise UsageError("a Reddit source needs at least one --keyword, --hashtag or --mention")
+    head = terms[0] if len(terms) == 1 else "(" + " OR ".join(terms) + ")"
+    query = " ".join([head, *(f"NOT {_phrase(word)}" for word in config.get("exclude") or [])])
+    if len(query) > MAX_QUERY_LENGTH:
+        raise UsageError(
+            f"this search is {len(query)} characters; Reddit allows {MAX_QUERY_LENGTH}: split it over several sources"
+        )
+    return query
+
+
+def search_path(config: Mapping[str, Any]) -> str:
+    """`/search`, or `/r/a+b/search` (with restrict_sr) when the source lists subreddits."""
+    subreddits = _dict(config.get("options")).get("subreddits") or []
+    return f"/r/{'+'.join(subreddits)}/search" if subreddits else "/search"
+
+
+# --- normalizing ----------------------------------------------------------------------------------
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _int(value: Any) -> int | None:
+    """A count PostgreSQL's bigint can hold; Reddit sends ints, a negative score is not a count of likes."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    return None
+
+
+def _published(data: Mapping[str, Any]) -> datetime:
+    created = data.get("created_utc")
+    if isinstance(created, bool) or not isinstance(created, int | float) or not math.isfinite(created):
+        raise ValueError("a post without created_utc")
+    try:
+        return datetime.fromtimestamp(created, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"a post with an impossible created_utc: {created!r}") from None
+
+
+def _fullname(kind: str, data: Mapping[str, Any]) -> str:
+    name = data.get("name")
+    if isinstance(name, str) and _FULLNAME.match(name) and name.startswith(kind + "_"):
+        return name
+    base36 = data.get("id")
+    if isinstance(base36, str) and _BASE36.match(base36):
+        return f"{kind}_{base36}"
+    raise ValueError(f"a {kind} without a fullname")
+
+
+def _permalink(data: Mapping[str, Any]) -> str | None:
+    link = data.get("permalink")
+    if not isinstance(link, str) or not link.startswith("/") or link.startswith("//"):
+        return None
+    return SITE + link.split("?", 1)[0].split("#", 1)[0]  # search adds ?ref=search_posts
+
+
+def _author(data: Mapping[str, Any]) -> str | None:
+    author = _text(data.get("author"))
+    return None if author is None or author in _REMOVED else author
+
+
+def _gallery(data: Mapping[str, Any]) -> tuple[str, ...]:
+    metadata = _dict(data.get("media_metadata"))
+    order = [_dict(item).get("media_id") for item in _list(_dict(data.get("gallery_data")).get("items"))]
+    urls = []
+    for key in [k for k in order if isinstance(k, str)] or list(metadata):
+        source = _dict(_dict(metadata.get(key)).get("s"))
+        url = _text(source.get("u")) or _text(source.get("gif")) or _text(source.get("mp4"))
+        if url:
+            urls.append(url)
+    return tuple(urls)
+
+
+def _media(data: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """media_type and media_urls of a post, from post_hint, is_video, is_gallery and the link itself."""
+    hint = _text(data.get("post_hint"))
+    url = _text(data.get("url"))
+    domain = (_text(data.get("domain")) or "").lower()
+    if data.get("is_video") is True or hint in ("hosted:video", "rich:video") or domain == "v.redd.it":
+        video = _dict(_dict(data.get("secure_media") or data.get("media")).get("reddit_video"))
+        fallback = _text(video.get("fallback_url"))
+        return "video", tuple(u for u in (fallback or url,) if u)
+    if data.get("is_gallery") is True:
+        return "image", _gallery(data) or tuple(u for u in (url,) if u)
+    if hint == "image" or domain == "i.redd.it" or (url and _IMAGE_FILE.search(url.split("?", 1)[0])):
+        return "image", tuple(u for u in (url,) if u)
+    if data.get("is_self") is True or hint == "self" or url is None:
+        return "text", ()
+    if url.startswith(SITE) and f"/comments/{data.get('id')}/" in url:
+        return "text", ()  # a self post's url is its own page
+    return "link", (url,)
+
+
+def normalize_post(kind: str, data: Mapping[str, Any]) -> Mention:
+    """One post (t3) or comment (t1); raises ValueError on a record without a fullname or a time."""
+    external_id = _fullname(kind, data)
+    published = _published(data)
+    author = _author(data)
+    score = _int(data.get("score"))
+    if kind == "t3":
+        title = _text(data.get("title"))
+        body = _text(data.get("selftext"))
+        body = None if body in _REMOVED else body
+        content = f"{title}\n\n{body}" if title and body else title or body
+        media_type, media_urls = _media(data)
+        comments = _int(data.get("num_comments"))
+    else:
+        body = _text(data.get("body"))
+        content = None if body in _REMOVED else body
+        media_type, media_urls = "text", ()
+        comments = None  # a comment's num_comments counts its post's comments, not its replies
+    return Mention(
+        platform="reddit",
+        external_id=external_id,
+        published_at=published,
+        url=_permalink(data),
+        content=content,
+        author_name=None,  # Reddit listings carry usernames only
+        author_handle=author,
+        likes_count=score,
+        comments_count=comments,
+        shares_count=None,
+        media_type=media_type,
+        media_urls=media_urls,
+        language=None,  # Reddit records no language
+        raw={"kind": kind, "data": dict(data)},
+    )
+
+
+def normalize_page(body: Any) -> tuple[list[Mention], int]:
+    """A listing's posts and comments as mentions, and how many of its records were skipped."""
+    mentions, errors = [], 0
+    for child in _list(_dict(_dict(body).get("data")).get("children")):
+        try:
+            if not isinstance(child, dict) or not isinstance(child.get("data"), dict):
+                raise ValueError("a listing item that is not a thing")
+            kind = child.get("kind")
+            if kind not in ("t3", "t1"):
+                raise ValueError(f"a listing item of kind {str(kind)[:10]!r}, not a post or comment")
+            mentions.append(normalize_post(kind, child["data"]))
+        except (ValueError, TypeError, OverflowError) as exc:
+            errors += 1
+            log.warning(
+                "skipped a record Reddit sent that cannot be stored: %s", exc, extra={"event": "skipped_record"}
+            )
+    return mentions, errors
+
+
+# --- rate limits ----------------------------------------------------------------------------------
+
+
+def _number(headers: Mapping[str, str], name: str) -> float | None:
+    try:
+        value = float(headers[name])
+    except (KeyError, ValueError):
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def rate_limit(headers: Mapping[str, str], now: datetime) -> RateLimit | None:
+    """X-Ratelimit-Used / -Remaining (a float) / -Reset (SECONDS until the window ends, not a time)."""
+    used = _number(headers, "x-ratelimit-used")
+    remaining = _number(headers, "x-ratelimit-remaining")
+    reset = _number(headers, "x-ratelimit-reset")
+    if used is None and remaining is None and reset is None:
+        return None
+    # Windows are 10 minutes; a reset further away than a day is not Reddit's seconds-until-reset.
+    reset_at = _after(now, reset) if reset is not None and reset <= 86400 else None
+    return RateLimit(
+        limit=round(used + remaining) if used is not None and remaining is not None else None,
+        remaining=math.floor(remaining) if remaining is not None else None,
+        reset_at=reset_at,
+    )
+
+
+def _after(now: datetime, seconds: float) -> datetime:
+    """now + seconds, rounded up to a whole second (so a reset is never placed early)."""
+    return datetime.fromtimestamp(math.ceil(now.timestamp() + seconds), UTC)
+
+
+# --- credentials ----------------------------------------------------------------------------------
+
+
+def require_user_agent(settings: Settings) -> str:
+    agent = (settings.reddit_user_agent or "").strip()
+    if not agent:
+        raise AuthError(
+            "REDDIT_USER_AGENT is not set: Reddit requires a unique user agent on every call, "
+            f"such as {USER_AGENT_EXAMPLE!r}"
+        )
+    return agent
+
+
+class RedditAppCredentials:
+    """An app-only token from the client-credentials grant, fetched on first use and renewed before it
+    expires (or after a 401). Nothing here logs or raises a message holding the secret or a token."""
+
+    def __init__(
+        self,
+        client_id: str,
+        client_secret: SecretStr,
+        settings: Settings,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._client_id = client_id
+        self._secret = client_secret
+        self._settings = settings
+        self._now = now
+        self._token: str | None = None
+        self._expires_at: datetime | None = None
+        self._lock = threading.Lock()
+        # every source on this app shares its rate-limit window; a digest names it without holding it
+        self.key = f"reddit:app:{hashlib.sha256(client_id.encode()).hexdigest()[:16]}"
+
+    def access_token(self) -> str:
+        with self._lock:
+            expiring = self._expires_at is not None and self._expires_at - TOKEN_MARGIN <= self._now()
+            if self._token is None or expiring:
+                self._fetch()
+            assert self._token is not None
+            return self._token
+
+    def refresh(self) -> str:
+        with self._lock:
+            self._fetch()
+            assert self._token is not None
+            return self._token
+
+    def _fetch(self) -> None:
+        agent = require_user_agent(self._settings)
+        url = self._settings.reddit_token_url
+        requested_at = self._now()
+        with http.client(timeout=self._settings.http_timeout_seconds) as client:
+            response = http.send(
+                client, "POST", url, platform=f"{PLATFORM} token endpoint",
+                data={"grant_type": "client_credentials"},
+                auth=(self._client_id, self._secret.get_secret_value()),
+                headers={"User-Agent": agent, "Accept": "application/json"},
+            )  # fmt: skip
+        status = response.status_code
+        check = "check REDDIT_CLIENT_ID and REDDIT_CLIENT_SECRET"
+        if status in (401, 403):
+            reason = http.platform_message(response)
+            raise AuthError(f"{PLATFORM} refused the app's client credentials (HTTP {status}: {reason}); {check}")
+        http.raise_for_status(response, f"{PLATFORM} token endpoint")
+        doc = http.decode_json(response, f"{PLATFORM} token endpoint")
+        if not isinstance(doc, dict):
+            raise Fatal(f"{PLATFORM} token endpoint answered with something that is not a token object")
+        if doc.get("error") is not None:  # Reddit answers some refusals with 200 and an error field
+            reason = str(doc.get("error"))[:80]
+            raise AuthError(f"{PLATFORM} refused the client-credentials grant ({reason}); {check}")
+        token = doc.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise Fatal(f"{PLATFORM} token endpoint answered without an access token")
+        expires_in = doc.get("expires_in")
+        lifetime = int(expires_in) if _is_number(expires_in) and 0 < expires_in < 10**8 else None
+        self._token = token
+        self._expires_at = requested_at + timedelta(seconds=lifetime) if lifetime else None
+        log.info("fetched a Reddit app token", extra={"event": "token_fetched"})
+
+
+# --- the connector --------------------------------------------------------------------------------
+
+
+class RedditConnector(Connector):
+    platform = "reddit"
+    connection_type = "app"
+    options = {"subreddits": parse_subreddits, "overlap_minutes": parse_overlap}
+    # search reaches as far back as its ~1,000-item listings go; no fixed window
+    max_lookback = None
+
+    @classmethod
+    def app_credentials(cls, source: Source, settings: Settings) -> RedditAppCredentials | None:
+        if not settings.reddit_client_id or settings.reddit_client_secret is None:
+            return None
+        return RedditAppCredentials(settings.reddit_client_id, settings.reddit_client_secret, settings)
+
+    @classmethod
+    def reconnect_advice(cls, source_id: int) -> str:
+        return (
+            "set REDDIT_CLIENT_ID, REDDIT_CLIENT_SECRET and REDDIT_USER_AGENT (a Reddit app of type script), "
+            f"then: slsync sync source {source_id}"
+        )
+
+    @classmethod
+    def build_config(cls, search: Mapping[str, list[str]], options: Mapping[str, str]) -> dict[str, Any]:
+        config = super().build_config(search, options)
+        build_query(config)  # refuse at `source add` what Reddit cannot be asked
+        return config
+
+    def pages(
+        self,
+        cursor: Mapping[str, Any] | None,
+        *,
+        since: datetime | None,
+        resume: Mapping[str, Any] | None,
+    ) -> Iterator[Page]:
+        settings = self.context.settings
+        assert settings is not None
+        self._agent = require_user_agent(settings)  # before any call, token calls included
+        now = self.context.now()
+        query, path = build_query(self.source.config), search_path(self.source.config)
+        overlap = _dict(self.source.config.get("options")).get("overlap_minutes", DEFAULT_OVERLAP_MINUTES)
+        overlap = overlap if isinstance(overlap, int) and not isinstance(overlap, bool) else DEFAULT_OVERLAP_MINUTES
+        committed = _dict(cursor)
+        newest = _mark(committed.get("newest"))
+        active = _dict(_dict(resume).get("active"))
+        if (
+            active.get("query") != query
+            or active.get("path") != path
+            or not isinstance(active.get("after"), str)
+            or not _is_number(active.get("boundary"))
+        ):
+            active = {}  # nothing to resume, or a listing of another query
+
+        if active:
+            boundary, after = float(active["boundary"]), active["after"]
+            run_newest = _mark(active.get("newest"))
+        else:
+            boundary, after, run_newest = _boundary(committed, since, overlap, now), None, None
+        resumed = bool(active)
+        seen_any = False  # a resumed listing that comes back empty at once is restarted from the top
+        for number in range(1, MAX_PAGES + 1):
+            body, limits = self._search(path, query, after)
+            mentions, errors = normalize_page(body)
+            listing = _dict(body.get("data"))
+            kept = [m for m in mentions if m.published_at.timestamp() >= boundary]
+            reached = len(kept) < len(mentions)
+            for mention in kept:
+                run_newest = _newer(run_newest, mention)
+            next_after = _text(listing.get("after"))
+            if next_after == after:
+                next_after = None  # a listing that points at itself ends here
+            if resumed and not seen_any and not mentions and next_after is None:
+                # the post the listing was to continue after is gone (deleted, removed): start again at the top
+                log.info("the interrupted listing is gone; reading it again from the top", extra={"event": "restart"})
+                resumed, after = False, None
+                continue
+            seen_any = seen_any or bool(mentions)
+            more = bool(next_after) and not reached and number < MAX_PAGES
+            if not more:
+                if not reached and number >= 10:
+                    log.warning(
+                        "Reddit's listing ended before %s: posts older than its last one may be missed "
+                        "(Reddit lists about 1,000 items; sync this source more often or narrow its search)",
+                        f"{datetime.fromtimestamp(boundary, UTC):%Y-%m-%d %H:%M:%S} UTC",
+                        extra={"event": "listing_exhausted"},
+                    )
+                final = {"newest": _newer(newest, run_newest), "floor": boundary}
+                yield Page(mentions=tuple(kept), cursor=final, rate_limit=limits, errors=errors)
+                return
+            assert next_after is not None
+            after = next_after
+            state = _state(newest, boundary, run_newest, query, path, after)
+            yield Page(mentions=tuple(kept), cursor=state, rate_limit=limits, errors=errors)
+            if limits and limits.remaining == 0 and limits.reset_at and limits.reset_at > self.context.now():
+                until = f"{limits.reset_at:%Y-%m-%d %H:%M:%S} UTC"
+                raise RateLimited(f"{PLATFORM} rate limit used up until {until}", limits.reset_at)
+
+    def _search(self, path: str, query: str, after: str | None) -> tuple[dict[str, Any], RateLimit | None]:
+        params = {"q": query, **SEARCH_PARAMS}
+        if path != "/search":
+            params["restrict_sr"] = "1"
+        if after:
+            params["after"] = after
+        url = self.context.settings.reddit_api_url.rstrip("/") + path  # type: ignore[union-attr]
+        credentials = self.context.credentials
+        with self.context.budgets.call(credentials.key, PLATFORM):
+            response = self._get(url, params, credentials.access_token())
+            if response.status_code == 401:
+                response = self._get(url, params, credentials.refresh())
+            limits = rate_limit(response.headers, self.context.now())
+            self.context.budgets.record(credentials.key, limits)
+        if response.status_code == 429 and (limits is None or limits.reset_at is None):
+            wait = http.retry_after(response, self.context.now())
+            if wait is not None:
+                limits = RateLimit(remaining=0, reset_at=_after(self.context.now(), min(wait, 86400)))
+        if 300 <= response.status_code < 400:
+            where = "a subreddit in subreddits= may not exist" if path != "/search" else "the API URL may be wrong"
+            raise Fatal(f"{PLATFORM} redirected the search (HTTP {response.status_code}): {where}")
+        http.raise_for_status(response, PLATFORM, limits)
+        body = http.decode_json(response, PLATFORM)
+        data = _dict(body).get("data") if isinstance(body, dict) else None
+        if not isinstance(data, dict) or not isinstance(data.get("children"), list):
+            reason = _dict(body).get("message") or _dict(body).get("error") if isinstance(body, dict) else None
+            raise Fatal(f"{PLATFORM} sent an unexpected response: {str(reason)[:100] if reason else 'not a listing'}")
+        return body, limits
+
+    def _get(self, url: str, params: dict[str, str], token: str) -> httpx.Response:
+        # Reddit's -reset is seconds from now, not an epoch time: its own reader
+        return http.send(
+            self.context.http, "GET", url, platform=PLATFORM, deadline=self.context.deadline, params=params,
+            read_limits=lambda headers: rate_limit(headers, self.context.now()),
+            headers={"Authorization": f"Bearer {token}", "User-Agent": self._agent},
+        )  # fmt: skip
+
+
+def _mark(value: Any) -> dict[str, Any] | None:
+    """A cursor's {"id", "created_utc"} mark of a post, or None when there is none (or it is not one)."""
+    value = _dict(value)
+    if isinstance(value.get("id"), str) and _is_number(value.get("created_utc")):
+        return {"id": value["id"], "created_utc": float(value["created_utc"])}
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _boundary(committed: Mapping[str, Any], since: datetime | None, overlap: int, now: datetime) -> float:
+    """Where this run stops paging back: `since`, else the newest stored post less the overlap."""
+    if since is not None:
+        return since.timestamp()
+    newest = _mark(committed.get("newest")) or {}
+    floor = float(committed["floor"]) if _is_number(committed.get("floor")) else None
+    created = newest.get("created_utc")
+    if _is_number(created):
+        # a post dated in the future (a skewed clock) must not hide everything posted until then
+        bound = min(float(created), now.timestamp()) - overlap * 60
+        return max(bound, floor) if floor is not None else bound
+    if floor is not None:
+        return floor
+    return (now - timedelta(days=7)).timestamp()  # a cursor this connector did not write
+
+
+def _newer(current: Mapping[str, Any] | None, candidate: Mention | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The newer of two {"id", "created_utc"} marks (a mention counts as its mark)."""
+    if isinstance(candidate, Mention):
+        candidate = {"id": candidate.external_id, "created_utc": candidate.published_at.timestamp()}
+    if not candidate:
+        return dict(current) if current else None
+    if not current or float(candidate["created_utc"]) > float(current["created_utc"]):
+        return dict(candidate)
+    return dict(current)
+
+
+def _state(
+    newest: Mapping[str, Any] | None,
+    boundary: float,
+    run_newest: Mapping[str, Any] | None,
+    query: str,
+    path: str,
+    after: str,
+) -> dict[str, Any]:
+    """The in-flight cursor: the committed mark unchanged, and where this run's listing goes on."""
+    state: dict[str, Any] = {"newest": dict(newest) if newest else None}
+    if after:
+        state["active"] = {
+            "query": query, "path": path, "after": after, "boundary": boundary,
+            "newest": dict(run_newest) if run_newest else None,
+        }  # fmt: skip
+    return state

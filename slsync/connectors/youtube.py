@@ -1,0 +1,643 @@
+"""YouTube Data API v3: videos that mention the brand, and comments on the videos and channels a source
+watches, under a daily quota counted in units per API key.
+
+Two kinds of work, each a "stream" with its own bound in the cursor:
+
+- search.list (100 units a call) for videos, newest first, from `publishedAfter` = the newest
+  `publishedAt` seen; the boundary video comes back and the unique key absorbs it.
+- commentThreads.list (1 unit a call) per watched video or channel and per search term, newest
+  first (order=time), paged down to the newest comment time the cursor holds.
+
+Every call first takes its units from the quota ledger shared through the database (the quota
+day ends at midnight Pacific time); a call that does not fit is not made. The API key travels in the
+X-Goog-Api-Key header, never in a URL, so no log line, error or proxy log can carry it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import httpx
+
+from slsync import http
+from slsync.connectors.base import Connector
+from slsync.errors import AuthError, Fatal, RateLimited, UsageError
+from slsync.models import Mention, Page, RateLimit
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from slsync.config import Settings
+    from slsync.connectors.base import Credentials
+    from slsync.models import Source
+
+log = logging.getLogger("slsync.youtube")
+
+PLATFORM = "YouTube"
+# Quota costs in units (developers.google.com/youtube/v3/determine_quota_cost).
+SEARCH_COST = 100
+COMMENTS_COST = 1
+SEARCH_PAGE_SIZE = 50
+COMMENTS_PAGE_SIZE = 100
+BACKFILL = timedelta(days=7)
+# One stream per watched video or channel and search term: each costs at least one call a run.
+MAX_COMMENT_STREAMS = 50
+# The quota day: "Daily quotas reset at midnight Pacific Time."
+QUOTA_ZONE = "America/Los_Angeles"
+# A per-minute limit (not the daily quota): come back after this long unless told otherwise.
+SHORT_LIMIT = timedelta(minutes=1)
+
+# Error reasons ({"error": {"errors": [{"reason"}], "details": [{"reason"}]}}), by what they mean for a run.
+QUOTA_REASONS = frozenset({"quotaExceeded", "dailyLimitExceeded", "dailyLimitExceededUnreg"})
+# Per-minute limits (Google's "Queries per minute"); RATE_LIMIT_EXCEEDED is the ErrorInfo reason for any quota
+# metric, so alone it is read as the short one: the daily quota always says quotaExceeded in errors[].
+SHORT_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded", "RATE_LIMIT_EXCEEDED"})
+KEY_REASONS = frozenset({
+    "keyInvalid", "keyExpired", "accessNotConfigured", "ipRefererBlocked", "forbidden", "authError",
+    "unauthorized", "API_KEY_INVALID", "API_KEY_EXPIRED", "SERVICE_DISABLED", "API_KEY_SERVICE_BLOCKED",
+    "API_KEY_HTTP_REFERRER_BLOCKED", "API_KEY_IP_ADDRESS_BLOCKED", "API_KEY_ANDROID_APP_BLOCKED",
+    "API_KEY_IOS_APP_BLOCKED",
+})  # fmt: skip
+# A watched video or channel that cannot be read (comments off, deleted, private): skip it, not the source.
+GONE_REASONS = frozenset({"commentsDisabled", "videoNotFound", "channelNotFound", "commentThreadNotFound"})
+
+_VIDEO_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
+_CHANNEL_ID = re.compile(r"^UC[A-Za-z0-9_-]{22}$")
+_RECORD_ID = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+_WORD = re.compile(r"^\w+$")
+_LANGUAGE = re.compile(r"^[a-z]{2}$")
+_TAG = re.compile(r"<[^>]*>")
+_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+_HANDLE_PATH = re.compile(r"^/@([^/]+)/?$")
+THUMBNAILS = ("maxres", "standard", "high", "medium", "default")
+
+
+# --- options and the query ------------------------------------------------------------------------
+
+
+def _ids(pattern: re.Pattern[str], what: str) -> Callable[[str], list[str]]:
+    def parse(value: str) -> list[str]:
+        ids = []
+        for part in value.split(","):
+            part = part.strip()
+            if not pattern.match(part):
+                raise ValueError(f"{part!r} is not a {what}")
+            if part not in ids:
+                ids.append(part)
+        return ids
+
+    return parse
+
+
+def _flag(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("yes", "true", "on", "1"):
+        return True
+    if lowered in ("no", "false", "off", "0"):
+        return False
+    raise ValueError(f"expected yes or no, not {value!r}")
+
+
+def _phrase(term: str) -> str:
+    """A keyword as YouTube's q reads it: one word bare, anything else as an exact phrase in quotes."""
+    if '"' in term or "|" in term:
+        raise UsageError(f"YouTube cannot search for a term with a double quote or | in it: {term!r}")
+    if term.startswith("-"):
+        raise UsageError(f"YouTube would read a leading - as an exclusion: {term!r}")
+    return term if _WORD.match(term) else f'"{term}"'
+
+
+def build_query(config: Mapping[str, Any]) -> str:
+    """The q of search.list: terms OR-ed with |, then the exclusions (boating|"sail boat" -fishing)."""
+    if config.get("mentions"):
+        raise UsageError(
+            "YouTube search cannot look for @mentions: search for the name with --keyword, "
+            "or watch a channel's comments with --option channels=UC..."
+        )
+    terms = [_phrase(k) for k in config.get("keywords") or []]
+    for tag in config.get("hashtags") or []:
+        if not _WORD.match(tag):
+            raise UsageError(f"not a hashtag YouTube can search for: #{tag}")
+        terms.append(f"#{tag}")
+    if not terms:
+        raise UsageError("a YouTube source needs at least one --keyword or --hashtag")
+    exclusions = [f"-{_phrase(word)}" for word in config.get("exclude") or []]
+    return " ".join(["|".join(terms), *exclusions])
+
+
+def relevance_language(config: Mapping[str, Any]) -> str | None:
+    """search.list takes one relevanceLanguage (a preference, not a filter); more cannot be asked."""
+    languages = list(config.get("languages") or [])
+    if len(languages) > 1:
+        raise UsageError(
+            "YouTube search can prefer only one language (relevanceLanguage); use one --language per source"
+        )
+    if languages and not _LANGUAGE.match(languages[0]):
+        raise UsageError(f"YouTube's relevanceLanguage takes a two-letter ISO 639-1 code, not {languages[0]!r}")
+    return languages[0] if languages else None
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One kind of call with its fixed parameters; its bound lives in the cursor under `name`."""
+
+    name: str
+    path: str
+    cost: int
+    params: dict[str, str]
+    # comments only: words whose presence drops a comment (search.list applies -exclusions itself)
+    exclude: tuple[str, ...] = field(default=())
+
+    @property
+    def is_search(self) -> bool:
+        return self.path == "/search"
+
+
+def build_streams(config: Mapping[str, Any]) -> list[Stream]:
+    """The calls a source's sync makes: cheap comment streams first, then the 100-unit video search."""
+    query = build_query(config)
+    language = relevance_language(config)
+    options = config.get("options") or {}
+    terms = [*(config.get("keywords") or []), *(f"#{t}" for t in config.get("hashtags") or [])]
+    exclude = tuple(config.get("exclude") or [])
+    streams = []
+    targets = [("videoId", v) for v in options.get("videos") or []]
+    targets += [("allThreadsRelatedToChannelId", c) for c in options.get("channels") or []]
+    for param, target in targets:
+        for term in terms:
+            params = {
+                "part": "snippet", param: target, "searchTerms": term, "order": "time",
+                "maxResults": str(COMMENTS_PAGE_SIZE), "textFormat": "plainText",
+            }  # fmt: skip
+            kind = "video" if param == "videoId" else "channel"
+            streams.append(
+                Stream(f"comments:{kind}:{target}:{term}", "/commentThreads", COMMENTS_COST, params, exclude)
+            )
+    if len(streams) > MAX_COMMENT_STREAMS:
+        raise UsageError(
+            f"these videos, channels and terms make {len(streams)} comment searches per sync "
+            f"(at most {MAX_COMMENT_STREAMS}); split them over several sources"
+        )
+    if options.get("video_search", True):
+        params = {
+            "part": "snippet", "q": query, "type": "video", "order": "date", "maxResults": str(SEARCH_PAGE_SIZE),
+        }  # fmt: skip
+        if language:
+            params["relevanceLanguage"] = language
+        streams.append(Stream("search", "/search", SEARCH_COST, params))
+    if not streams:
+        raise UsageError("with video_search=no a YouTube source needs --option videos=... or --option channels=...")
+    return streams
+
+
+# --- the quota day --------------------------------------------------------------------------------
+
+
+def quota_day(moment: datetime) -> tuple[date, datetime]:
+    """The Pacific date whose quota a call made at `moment` spends, and when that day ends (in UTC)."""
+    try:
+        zone = ZoneInfo(QUOTA_ZONE)
+    except ZoneInfoNotFoundError:
+        raise Fatal(
+            f"the time zone database has no {QUOTA_ZONE} (YouTube's quota day); install the tzdata package"
+        ) from None
+    local = moment.astimezone(zone)
+    midnight = datetime.combine(local.date() + timedelta(days=1), clock(0), tzinfo=zone)
+    return local.date(), midnight.astimezone(UTC)
+
+
+def _utc(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+# --- normalizing ----------------------------------------------------------------------------------
+
+
+def _int(value: Any) -> int | None:
+    """A count as YouTube sends it (a number, or a string of digits); anything else becomes None."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    return None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _unescaped(value: Any) -> str | None:
+    """search.list sends titles and descriptions HTML-escaped (World&#39;s, &amp;): store readable text."""
+    text = _text(value)
+    return html.unescape(text) if text else None
+
+
+def _plain(value: Any) -> str | None:
+    """textDisplay is HTML (links, <br>): readable text, for when textOriginal is missing."""
+    text = _text(value)
+    if text is None:
+        return None
+    return _text(html.unescape(_TAG.sub("", _BREAK.sub("\n", text))))
+
+
+def _record_id(value: Any) -> str:
+    if not isinstance(value, str) or not _RECORD_ID.match(value):
+        raise ValueError("a record without a usable id")
+    return value
+
+
+def parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _published(snippet: Mapping[str, Any]) -> datetime:
+    published = parse_time(snippet.get("publishedAt"))
+    if published is None:
+        raise ValueError("a record without a valid publishedAt")
+    return published
+
+
+def _handle(channel_url: Any) -> str | None:
+    """The author's @handle from a channel URL such as https://www.youtube.com/@acme (without the @)."""
+    url = _text(channel_url)
+    if url is None:
+        return None
+    try:
+        match = _HANDLE_PATH.match(urlsplit(url).path)
+    except ValueError:
+        return None
+    return match.group(1) if match else None
+
+
+def normalize_video(item: Mapping[str, Any]) -> Mention:
+    """A search result: the video's title and description are the mention; search.list has no statistics."""
+    video_id = _record_id(_dict(item.get("id")).get("videoId"))
+    snippet = _dict(item.get("snippet"))
+    title, description = _unescaped(snippet.get("title")), _unescaped(snippet.get("description"))
+    content = "\n\n".join(part for part in (title, description) if part) or None
+    thumbnails = _dict(snippet.get("thumbnails"))
+    thumbnail = next((url for name in THUMBNAILS if (url := _text(_dict(thumbnails.get(name)).get("url")))), None)
+    return Mention(
+        platform="youtube",
+        external_id=video_id,
+        published_at=_published(snippet),
+        url=f"https://www.youtube.com/watch?v={video_id}",
+        content=content,
+        author_name=_unescaped(snippet.get("channelTitle")),
+        media_type="video",
+        media_urls=(thumbnail,) if thumbnail else (),
+        raw=dict(item),
+    )
+
+
+def normalize_comment(comment: Mapping[str, Any], *, video_id: Any = None, replies: Any = None) -> Mention:
+    """A comment (top-level or a reply); its URL opens the video at the comment (&lc=)."""
+    comment_id = _record_id(comment.get("id"))
+    snippet = _dict(comment.get("snippet"))
+    video = _text(snippet.get("videoId")) or _text(video_id)
+    return Mention(
+        platform="youtube",
+        external_id=comment_id,
+        published_at=_published(snippet),
+        url=f"https://www.youtube.com/watch?v={video}&lc={comment_id}" if video and _VIDEO_ID.match(video) else None,
+        content=_text(snippet.get("textOriginal")) or _plain(snippet.get("textDisplay")),
+        author_name=_text(snippet.get("authorDisplayName")),
+        author_handle=_handle(snippet.get("authorChannelUrl")),
+        likes_count=_int(snippet.get("likeCount")),
+        comments_count=_int(replies),
+        media_type="text",
+        media_urls=(),
+        raw=dict(comment),
+    )
+
+
+def normalize_thread(item: Mapping[str, Any]) -> Mention:
+    """A comment thread: its top-level comment, with the thread's reply count as comments_count."""
+    snippet = _dict(item.get("snippet"))
+    top = _dict(snippet.get("topLevelComment"))
+    if "id" not in top and "id" in item:
+        top = {**top, "id": item.get("id")}
+    mention = normalize_comment(top, video_id=snippet.get("videoId"), replies=snippet.get("totalReplyCount"))
+    return replace(mention, raw=dict(item))
+
+
+def normalize_item(item: Any) -> Mention:
+    if not isinstance(item, dict):
+        raise ValueError("an item that is not an object")
+    kind = item.get("kind")
+    if kind == "youtube#searchResult" or (kind is None and isinstance(item.get("id"), dict)):
+        return normalize_video(item)
+    if kind == "youtube#commentThread" or (kind is None and "topLevelComment" in _dict(item.get("snippet"))):
+        return normalize_thread(item)
+    if kind in ("youtube#comment", None):
+        return normalize_comment(item)
+    raise ValueError(f"an item of an unexpected kind ({str(kind)[:40]})")
+
+
+def normalize_page(body: Any) -> tuple[list[Mention], int]:
+    """The page's videos or comments as mentions, and how many items could not be normalized.
+
+    Reads search.list (search results), commentThreads.list (threads: the top-level comment) and
+    comments.list (replies, kind youtube#comment) pages.
+    """
+    mentions, errors = [], 0
+    for item in _list(_dict(body).get("items")):
+        try:
+            mentions.append(normalize_item(item))
+        except (ValueError, TypeError, OverflowError) as exc:
+            errors += 1
+            log.warning(
+                "skipped an item YouTube sent that cannot be stored: %s", exc, extra={"event": "skipped_record"}
+            )
+    return mentions, errors
+
+
+def _excluded(text: str | None, words: tuple[str, ...]) -> bool:
+    if not text or not words:
+        return False
+    lowered = text.casefold()
+    return any(re.search(rf"(?<!\w){re.escape(w.casefold())}(?!\w)", lowered) for w in words)
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiError:
+    """What a Google error body says: {"error": {"code", "message", "status", "errors": [...], "details": [...]}}."""
+
+    reasons: frozenset[str]
+    # errors[].domain: youtube.commentThread and the like name a resource, usageLimits / global the key
+    domains: frozenset[str]
+    message: str
+
+
+def read_error(response: httpx.Response) -> ApiError:
+    try:
+        error = _dict(_dict(http.decode_json(response, PLATFORM)).get("error"))
+    except Fatal:
+        error = {}
+    reasons = {r for e in _list(error.get("errors")) if isinstance(r := _dict(e).get("reason"), str)}
+    reasons |= {r for d in _list(error.get("details")) if isinstance(r := _dict(d).get("reason"), str)}
+    domains = {d for e in _list(error.get("errors")) if isinstance(d := _dict(e).get("domain"), str)}
+    message = error.get("message") if isinstance(error.get("message"), str) else ""
+    message = " ".join(html.unescape(_TAG.sub("", message)).split())[:200]
+    return ApiError(
+        frozenset(reasons), frozenset(domains), message or response.reason_phrase or f"HTTP {response.status_code}"
+    )
+
+
+class _Gone(Exception):
+    """A watched video or channel YouTube will not list comments of; the stream is skipped this run."""
+
+
+class _StaleToken(Exception):
+    """YouTube no longer knows a page token (a run resumed the next day): page again from the bound."""
+
+
+# --- credentials ----------------------------------------------------------------------------------
+
+
+class ApiKey:
+    """A YouTube Data API key: nothing to refresh; its digest names its quota in the ledger."""
+
+    def __init__(self, secret: SecretStr) -> None:
+        self._secret = secret
+        digest = hashlib.sha256(secret.get_secret_value().encode()).hexdigest()[:16]
+        self.key = f"youtube:key:{digest}"
+
+    def access_token(self) -> str:
+        return self._secret.get_secret_value()
+
+    def refresh(self) -> str:
+        raise AuthError("YouTube refused the API key")
+
+
+# --- the connector --------------------------------------------------------------------------------
+
+
+class YouTubeConnector(Connector):
+    platform = "youtube"
+    connection_type = "app"
+    options = {
+        "channels": _ids(_CHANNEL_ID, "YouTube channel id (UC and 22 letters, digits, - or _)"),
+        "videos": _ids(_VIDEO_ID, "YouTube video id (11 letters, digits, - or _)"),
+        "video_search": _flag,
+    }
+
+    @classmethod
+    def app_token(cls, settings: Settings) -> SecretStr | None:
+        return settings.youtube_api_key
+
+    @classmethod
+    def app_credentials(cls, source: Source, settings: Settings) -> Credentials | None:
+        secret = settings.youtube_api_key
+        return ApiKey(secret) if secret is not None else None
+
+    @classmethod
+    def reconnect_advice(cls, source_id: int) -> str:
+        return (
+            "set YOUTUBE_API_KEY to a valid key of a Google Cloud project with the YouTube Data API v3 enabled, "
+            f"then: slsync sync source {source_id}"
+        )
+
+    @classmethod
+    def build_config(cls, search: Mapping[str, list[str]], options: Mapping[str, str]) -> dict[str, Any]:
+        config = super().build_config(search, options)
+        build_streams(config)  # refuse at `source add` what YouTube cannot be asked
+        return config
+
+    def pages(
+        self,
+        cursor: Mapping[str, Any] | None,
+        *,
+        since: datetime | None,
+        resume: Mapping[str, Any] | None,
+    ) -> Iterator[Page]:
+        now = self.context.now()
+        streams = build_streams(self.source.config)
+        bounds: dict[str, str] = {
+            name: after
+            for name, value in _dict((resume or cursor or {}).get("streams")).items()
+            if isinstance(after := _dict(value).get("after"), str) and parse_time(after)
+        }
+        active = _dict((resume or {}).get("active"))
+        names = [s.name for s in streams]
+        if active.get("stream") in names and parse_time(active.get("after")):
+            streams.insert(0, streams.pop(names.index(active["stream"])))  # continue the interrupted stream
+        else:
+            active = {}
+
+        for stream in streams:
+            if active and stream.name == active["stream"]:
+                bound = parse_time(active["after"]) or now - BACKFILL
+                token, newest = _text(active.get("page_token")), parse_time(active.get("newest"))
+            else:
+                bound = since or parse_time(bounds.get(stream.name)) or now - BACKFILL
+                token, newest = None, None
+            restarted = False
+            while True:
+                try:
+                    body, limits = self._call(stream, bound, token)
+                except _StaleToken:
+                    if restarted:
+                        raise Fatal(f"YouTube refused the page tokens of {stream.name} (invalidPageToken)") from None
+                    log.info("%s: YouTube no longer knows the page token; paging again", stream.name)
+                    token, restarted = None, True
+                    continue
+                except _Gone as gone:
+                    yield Page(mentions=(), cursor={"streams": _streams(bounds)}, rate_limit=gone.args[1], errors=1)
+                    break
+                mentions, errors = normalize_page(body)
+                token = _text(body.get("nextPageToken"))
+                if not stream.is_search:
+                    # newest first: a page that reaches past the bound is the last one needed
+                    if mentions and mentions[-1].published_at < bound:
+                        token = None
+                    mentions = [
+                        m for m in mentions if m.published_at >= bound and not _excluded(m.content, stream.exclude)
+                    ]
+                for mention in mentions:
+                    if newest is None or mention.published_at > newest:
+                        newest = mention.published_at
+                state: dict[str, Any] = {"streams": _streams(bounds)}
+                if token:
+                    state["active"] = {
+                        "stream": stream.name, "page_token": token, "after": _iso(bound),
+                        "newest": _iso(newest) if newest else None,
+                    }  # fmt: skip
+                else:
+                    known = parse_time(bounds.get(stream.name))
+                    reached = max((t for t in (known, newest) if t is not None), default=bound)
+                    bounds[stream.name] = _iso(reached)
+                    state["streams"] = _streams(bounds)
+                yield Page(mentions=tuple(mentions), cursor=state, rate_limit=limits, errors=errors)
+                if not token:
+                    break
+            active = {}
+
+    # --- one call ---------------------------------------------------------------------------------
+
+    def _call(self, stream: Stream, bound: datetime, token: str | None) -> tuple[dict[str, Any], RateLimit]:
+        params = dict(stream.params)
+        if stream.is_search:
+            # whole seconds, rounded down: a video published in the bound's second is asked for again
+            params["publishedAfter"] = _iso(bound)
+        if token:
+            params["pageToken"] = token
+        settings = self.context.settings
+        assert settings is not None
+        url = settings.youtube_api_url.rstrip("/") + stream.path
+        credentials = self.context.credentials
+        daily = settings.youtube_daily_quota
+        limits: list[RateLimit] = []
+
+        def charge() -> None:
+            """Units for one attempt, before it is made (Google charges for every request it receives)."""
+            limits.append(self._spend(credentials.key, stream.cost, daily, stream))
+
+        def retry_after(seconds: float) -> None:
+            charge()  # a retry is another request: it needs its units first
+            time.sleep(seconds)
+
+        with self.context.budgets.call(credentials.key, PLATFORM):
+            charge()
+            response = http.send(
+                self.context.http, "GET", url, platform=PLATFORM, deadline=self.context.deadline, sleep=retry_after,
+                params=params, headers={"X-Goog-Api-Key": credentials.access_token()},
+            )  # fmt: skip
+            self.context.budgets.record(credentials.key, limits[-1])
+        self._raise_for_error(response, stream, credentials, daily, limits[-1], paged=token is not None)
+        body = http.decode_json(response, PLATFORM)
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("items", []), list)
+            or not ("items" in body or "kind" in body or "pageInfo" in body)
+        ):
+            raise Fatal(f"YouTube sent an unexpected response to {stream.path.strip('/')}: no list of items")
+        return body, limits[-1]
+
+    def _spend(self, key: str, units: int, daily: int, stream: Stream) -> RateLimit:
+        day, reset_at = quota_day(self.context.now())
+        remaining = self.context.quota.spend(key, units, daily, day)
+        if remaining is None:
+            what = "a video search" if stream.is_search else "a comment search"
+            raise RateLimited(
+                f"YouTube daily quota spent until {_utc(reset_at)} ({what} costs {units} of {daily} units a day)",
+                reset_at,
+            )
+        return RateLimit(limit=daily, remaining=remaining, reset_at=reset_at)
+
+    def _raise_for_error(
+        self,
+        response: httpx.Response,
+        stream: Stream,
+        credentials: Credentials,
+        daily: int,
+        limits: RateLimit,
+        *,
+        paged: bool,
+    ) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        if status in (400, 403, 404):
+            error = read_error(response)
+            # defence in depth: Google's messages do not echo the key, and must never carry it onward
+            message = error.message.replace(credentials.access_token(), "[key]")
+            detail = f"HTTP {status} {', '.join(sorted(error.reasons)) or 'no reason'}: {message}"
+            if error.reasons & QUOTA_REASONS:
+                day, reset_at = quota_day(self.context.now())
+                self.context.quota.exhaust(credentials.key, daily, day)
+                raise RateLimited(f"YouTube daily quota spent until {_utc(reset_at)} ({detail})", reset_at)
+            if error.reasons & SHORT_LIMIT_REASONS:
+                wait = http.retry_after(response)
+                reset_at = self.context.now() + (timedelta(seconds=wait) if wait else SHORT_LIMIT)
+                raise RateLimited(f"YouTube rate limit reached until {_utc(reset_at)} ({detail})", reset_at)
+            about_resource = any(d.startswith("youtube.comment") for d in error.domains) and "API key" not in message
+            if not stream.is_search and (error.reasons & GONE_REASONS or (status == 403 and about_resource)):
+                log.warning(
+                    "skipped %s this run: YouTube will not list its comments (%s)",
+                    stream.name, detail, extra={"event": "stream_skipped"},
+                )  # fmt: skip
+                raise _Gone(detail, limits)
+            if paged and "invalidPageToken" in error.reasons:
+                raise _StaleToken(detail)
+            if error.reasons & KEY_REASONS or "API key" in message:
+                raise AuthError(f"YouTube refused the API key ({detail})")
+            raise Fatal(f"YouTube refused the request ({detail})")
+        http.raise_for_status(response, PLATFORM)
+
+
+def _streams(bounds: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """The cursor's part that outlives a run: per stream, the newest publishedAt it has reached."""
+    return {name: {"after": after} for name, after in bounds.items()}
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
