@@ -71,8 +71,8 @@ def fresh_database(admin_url: str, prefix: str = "bench") -> Iterator[str]:
 
 
 def connect(url: str) -> db.Connection:
-    """A connection configured like slsync's own (autocommit, dict rows)."""
-    return psycopg.connect(url, autocommit=True, row_factory=dict_row)
+    """A connection configured like the ones slsync syncs on (autocommit, dict rows, db.SYNC_OPTIONS)."""
+    return psycopg.connect(url, autocommit=True, row_factory=dict_row, options=db.SYNC_OPTIONS)
 
 
 def cpu_model() -> str:

@@ -120,6 +120,9 @@ class XApi:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as a real API answers
+            # headers and body leave in two writes: with Nagle's algorithm on, the body would wait for
+            # the client's delayed ACK (~40 ms a response on Linux), a stall no real API adds
+            disable_nagle_algorithm = True
 
             def do_GET(self) -> None:  # noqa: N802
                 with api._lock:

@@ -326,7 +326,20 @@ def main() -> None:
                 (f"sentiment_breakdown(all {args.sources:,})", lambda c: db.sentiment_breakdown(c, all_ids), False),
             ]
         if hasattr(db, "claim_new_mentions"):
-            checks.append(("claim_new_mentions(limit 500)", lambda c: db.claim_new_mentions(c, limit=500), False))
+            synced = all_ids[-200:]  # what a `sync due` of 200 sources hands to the analysis
+            checks += [
+                ("claim_new_mentions(limit 500)", lambda c: db.claim_new_mentions(c, limit=500), False),
+                (
+                    "claim_new_mentions(500, one tenant)",
+                    lambda c: db.claim_new_mentions(c, limit=500, tenant_id=tenant_id),
+                    False,
+                ),
+                (
+                    "claim_new_mentions(500, 200 sources)",
+                    lambda c: db.claim_new_mentions(c, limit=500, source_ids=synced),
+                    False,
+                ),
+            ]
         if hasattr(db, "prune_runs"):
             checks.append(("prune_runs(keep 90 days)", lambda c: db.prune_runs(c, keep_days=90), False))
         checks.append(("begin_run + save_page(100 new)", save, False))

@@ -375,7 +375,9 @@ def _save(conn: Connection, source: Source, mentions: Sequence[Mention], page: P
     row = conn.execute(
         _SAVE,
         {
-            "rows": json.dumps([_mention_row(m) for m in mentions], ensure_ascii=False, default=str),
+            "rows": json.dumps(
+                [_mention_row(m) for m in mentions], ensure_ascii=False, separators=(",", ":"), default=str
+            ),
             "tenant_id": source.tenant_id,
             "source_id": source.id,
             "platform": source.platform,
