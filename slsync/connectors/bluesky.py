@@ -29,6 +29,10 @@ import httpx
 
 from slsync import http
 from slsync.connectors.base import Connector
+from slsync.connectors.fields import count as _int
+from slsync.connectors.fields import items as _list
+from slsync.connectors.fields import mapping as _dict
+from slsync.connectors.fields import text as _text
 from slsync.errors import AuthError, Fatal, RateLimited, UsageError
 from slsync.models import Mention, Page, RateLimit
 
@@ -120,25 +124,6 @@ def build_queries(config: Mapping[str, Any]) -> list[Query]:
 
 
 # --- normalizing ----------------------------------------------------------------------------------
-
-
-def _int(value: Any) -> int | None:
-    """A count as Bluesky sends it; anything that is not a count PostgreSQL's bigint can hold becomes None."""
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
-        return value
-    return None
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
 
 
 def _http_url(value: Any) -> str | None:

@@ -24,6 +24,10 @@ import httpx
 
 from slsync import http
 from slsync.connectors.base import Connector
+from slsync.connectors.fields import count as _int
+from slsync.connectors.fields import items as _list
+from slsync.connectors.fields import mapping as _dict
+from slsync.connectors.fields import text as _text
 from slsync.errors import AuthError, Fatal, RateLimited, UsageError
 from slsync.models import Mention, Page, RateLimit
 
@@ -266,25 +270,6 @@ def html_text(value: Any) -> str | None:
         text = _TAG_RE.sub("", value)
     lines = "\n".join(line.rstrip() for line in text.replace("\r\n", "\n").split("\n"))
     return _BLANK_LINES.sub("\n\n", lines).strip() or None
-
-
-def _int(value: Any) -> int | None:
-    """A count as Mastodon sends it; anything that is not a count PostgreSQL's bigint can hold is None."""
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
-        return value
-    return None
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
 
 
 def _id(value: Any) -> int | None:

@@ -24,6 +24,10 @@ import httpx
 
 from slsync import http
 from slsync.connectors.base import Connector
+from slsync.connectors.fields import count as _int
+from slsync.connectors.fields import items as _list
+from slsync.connectors.fields import mapping as _dict
+from slsync.connectors.fields import text as _text
 from slsync.errors import AuthError, Fatal, RateLimited, UsageError
 from slsync.models import Mention, Page, RateLimit
 
@@ -146,25 +150,6 @@ def search_path(config: Mapping[str, Any]) -> str:
 
 
 # --- normalizing ----------------------------------------------------------------------------------
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _int(value: Any) -> int | None:
-    """A count PostgreSQL's bigint can hold; Reddit sends ints, a negative score is not a count of likes."""
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
-        return value
-    return None
 
 
 def _published(data: Mapping[str, Any]) -> datetime:

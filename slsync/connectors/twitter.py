@@ -16,6 +16,11 @@ import httpx
 
 from slsync import http
 from slsync.connectors.base import Connector, OAuthApp
+from slsync.connectors.fields import by_key as _by_key
+from slsync.connectors.fields import count as _int
+from slsync.connectors.fields import items as _list
+from slsync.connectors.fields import mapping as _dict
+from slsync.connectors.fields import text as _text
 from slsync.errors import Fatal, RateLimited, UsageError
 from slsync.models import Mention, Page, RateLimit
 
@@ -113,31 +118,6 @@ def build_queries(config: Mapping[str, Any]) -> list[str]:
 
 def snowflake_time(tweet_id: str) -> datetime:
     return datetime.fromtimestamp(((int(tweet_id) >> 22) + SNOWFLAKE_EPOCH_MS) / 1000, UTC)
-
-
-def _int(value: Any) -> int | None:
-    """A count as X sends it; anything that is not a count PostgreSQL's bigint can hold becomes None."""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
-        return value
-    return None
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _by_key(items: Any, key: str) -> dict[str, dict[str, Any]]:
-    return {str(item[key]): item for item in _list(items) if isinstance(item, dict) and item.get(key) is not None}
 
 
 def _published(tweet: Mapping[str, Any], tweet_id: str) -> datetime:

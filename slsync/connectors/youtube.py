@@ -32,6 +32,10 @@ import httpx
 
 from slsync import http
 from slsync.connectors.base import Connector
+from slsync.connectors.fields import count_in_text as _int
+from slsync.connectors.fields import items as _list
+from slsync.connectors.fields import mapping as _dict
+from slsync.connectors.fields import text as _text
 from slsync.errors import AuthError, Fatal, RateLimited, UsageError
 from slsync.models import Mention, Page, RateLimit
 
@@ -222,27 +226,6 @@ def _utc(moment: datetime) -> str:
 
 
 # --- normalizing ----------------------------------------------------------------------------------
-
-
-def _int(value: Any) -> int | None:
-    """A count as YouTube sends it (a number, or a string of digits); anything else becomes None."""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
-        return value
-    return None
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value.strip() else None
 
 
 def _unescaped(value: Any) -> str | None:

@@ -1,0 +1,43 @@
+"""Tolerant readers of API payloads, shared by every connector's normalizer.
+
+A field of the wrong type is absent: it reads as None (or empty), never as an exception and never
+as an invented value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+BIGINT_END = 2**63
+
+
+def count(value: Any) -> int | None:
+    """A count PostgreSQL's bigint can hold, sent as a JSON number; anything else is None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < BIGINT_END:
+        return value
+    return None
+
+
+def count_in_text(value: Any) -> int | None:
+    """The same, for APIs that send counts as strings of digits (YouTube)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    return count(value)
+
+
+def mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def items(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def text(value: Any) -> str | None:
+    """A non-empty string, or None."""
+    return value if isinstance(value, str) and value else None
+
+
+def by_key(values: Any, key: str) -> dict[str, dict[str, Any]]:
+    """The objects of a list by one of their fields (e.g. X's includes by id), skipping what has none."""
+    return {str(item[key]): item for item in items(values) if isinstance(item, dict) and item.get(key) is not None}
