@@ -42,9 +42,17 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+def _not_reported(record: logging.LogRecord) -> bool:
+    """Text logs leave out what the command's own output already says (a failed run's line): under cron
+    both land in one mail. JSON logs keep every event for the log pipeline."""
+    return not getattr(record, "reported", False)
+
+
 def setup(level: str, fmt: str, debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(debug) if fmt == "json" else TextFormatter(debug))
+    if fmt != "json":
+        handler.addFilter(_not_reported)
     logger = logging.getLogger("slsync")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if debug else getattr(logging, level))

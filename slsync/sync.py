@@ -372,10 +372,11 @@ def _record_failure(
     result.duration_ms = int((time.monotonic() - started) * 1000)
     cut_short = result.status in CUT_SHORT
     event = result.status if cut_short else "failed"
+    # `reported`: the command prints this result itself; text logs do not say it twice
     log.log(
         logging.INFO if cut_short else logging.WARNING,
         message,
-        extra={"source": source.id, "event": event, **_counts(result)},
+        extra={"source": source.id, "event": event, "reported": True, **_counts(result)},
     )
     return result
 

@@ -124,6 +124,9 @@ def test_a_failing_sync_exits_1_with_its_reason(cli: Cli) -> None:
     assert status["source"]["status"] == "failing" and status["source"]["consecutive_failures"] == 1
     tenant = cli("sync", "tenant", "1")
     assert tenant.returncode == 1 and tenant.stdout.splitlines()[0].startswith(f"source {source_id}: FAILED")
+    assert tenant.stderr == ""  # under cron one mail: the failure is said once, on stdout
+    logged = cli("sync", "tenant", "1", env={"SLSYNC_LOG_FORMAT": "json"})
+    assert any('"event": "failed"' in line for line in logged.stderr.splitlines())  # the log pipeline gets it
 
 
 def test_mock_generates_mentions_and_is_refused_in_production(cli: Cli) -> None:
