@@ -353,9 +353,10 @@ def connect(
     ),
     timeout: float = typer.Option(300, "--timeout", min=1, max=3600, help="Seconds to wait for the browser."),
 ) -> None:
-    """Connect a source to a user account: authorize in a browser (OAuth 2.0 with PKCE; the callback goes to
-    http://127.0.0.1:PORT/callback, which must be registered with the platform exactly). The token goes to the
-    token store (SLSYNC_TOKEN_STORE), never to the database or the screen.
+    """Connect a source to a user account, authorizing in a browser (OAuth 2.0 with PKCE).
+
+    The callback goes to http://127.0.0.1:PORT/callback, which must be registered with the platform exactly.
+    The token goes to the token store (SLSYNC_TOKEN_STORE), never to the database or the screen.
 
     Exit 0 connected; 1 refused, timed out, busy, or the token exchange failed; 2 usage or configuration error.
     """
