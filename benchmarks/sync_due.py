@@ -14,19 +14,23 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from _common import cli_env, connect, fresh_database, machine, postgres, slsync_command, table, verdict
-from _xapi import XApi
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: its X stand-in serves tests too
 from slsync import db
 from slsync.connectors.twitter import TwitterConnector
+from tests.fakes.x_api import XApi  # noqa: E402
 
 POSTS_PER_SOURCE = 250  # = 3 pages of at most 100
+APP_TOKEN = "bench-app-token"
 
 
 @dataclass
@@ -68,7 +72,7 @@ def run_scenario(admin: str, api: XApi, work: Path, label: str, sources: int, co
             url,
             work / "data",
             SLSYNC_TWITTER_API_URL=api.url,
-            TWITTER_BEARER_TOKEN=api.token,
+            TWITTER_BEARER_TOKEN=APP_TOKEN,
             SLSYNC_TIME_BUDGET_SECONDS="3600",
             SLSYNC_TOKEN_STORE="file",
         )
@@ -89,7 +93,7 @@ def run_scenario(admin: str, api: XApi, work: Path, label: str, sources: int, co
         analysis = doc.get("analysis") or {}
         return Outcome(
             label, concurrency, wall, float(runs["span"] or 0.0) if runs else 0.0, analysis.get("analyzed"),
-            done.returncode, api.requests, api.answered_429, api.max_in_flight, doc["total_mentions_saved"],
+            done.returncode, len(api.searches), api.answered_429, api.max_in_flight, doc["total_mentions_saved"],
             row["n"] if row else 0, statuses,
         )  # fmt: skip
 
@@ -104,7 +108,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    api = XApi(latency=args.latency_ms / 1000).start()
+    api = XApi(tokens={APP_TOKEN}, latency=args.latency_ms / 1000).start()
     api.add_posts(POSTS_PER_SOURCE)
     needed = args.sources * -(-POSTS_PER_SOURCE // 100)
     if args.window_left is None:
@@ -122,7 +126,11 @@ def main() -> None:
                 ("ample window", args.concurrency, 10_000, 10_000),
                 (f"window with {args.window_left} calls left", args.concurrency, 450, args.window_left),
             ):
-                api.reset(limit=limit, remaining=left)
+                # a new rate-limit window and zeroed counters for each scenario
+                api.window_limit, api.remaining = limit, left
+                api.reset_at = datetime.now(UTC) + timedelta(minutes=15)
+                api.requests.clear()
+                api.max_in_flight = 0
                 print(f"  running: {label}, --concurrency {concurrency} ...", flush=True)
                 outcomes.append(run_scenario(admin, api, Path(tmp), label, args.sources, concurrency))
     finally:

@@ -1,8 +1,11 @@
 """A loopback stand-in for X's recent search endpoint (GET /2/tweets/search/recent).
 
 It serves posts newest first in pages with next_token, honours since_id and start_time, joins
-authors into `includes`, checks the bearer token, reports x-rate-limit-* headers, and can answer
-429 or 401 on demand. Every request is recorded so tests can assert what slsync asked.
+authors into `includes`, checks the bearer token, reports x-rate-limit-* headers from one window
+shared by every caller of the token (as X counts an app's calls), and can answer 429 or 401 on
+demand. Every request is recorded so tests can assert what slsync asked. For load
+(benchmarks/sync_due.py): a latency added to every answer, keep-alive, and the peak of requests in
+flight.
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ SNOWFLAKE_EPOCH_MS = 1288834974657
 
 def snowflake(moment: datetime, sequence: int = 0) -> str:
     return str(((int(moment.timestamp() * 1000) - SNOWFLAKE_EPOCH_MS) << 22) | sequence)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # many workers connect at once; the default backlog of 5 would refuse some
 
 
 @dataclass
@@ -49,12 +57,21 @@ class XApi:
     fault_always: Any = None
     # records slipped into the first page as they are (broken posts a real API might send)
     odd_records: list[Any] = field(default_factory=list)
+    # seconds added to every answer
+    latency: float = 0.0
+    in_flight: int = 0
+    max_in_flight: int = 0
     server: ThreadingHTTPServer | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def url(self) -> str:
         assert self.server is not None
         return f"http://127.0.0.1:{self.server.server_address[1]}/2"
+
+    @property
+    def answered_429(self) -> int:
+        return sum(1 for r in self.searches if r.status == 429)
 
     @property
     def searches(self) -> list[Request]:
@@ -82,6 +99,7 @@ class XApi:
                 "edit_history_tweet_ids": [post_id],
             })  # fmt: skip
             ids.append(post_id)
+        self.posts.sort(key=lambda p: int(p["id"]), reverse=True)
         return ids
 
     # --- serving ----------------------------------------------------------------------------------
@@ -89,17 +107,19 @@ class XApi:
     def search(self, params: dict[str, str], authorization: str | None) -> tuple[int, dict[str, str], dict[str, Any]]:
         if authorization is None or authorization.removeprefix("Bearer ") not in self.tokens:
             return 401, {}, {"title": "Unauthorized", "type": "about:blank", "status": 401, "detail": "Unauthorized"}
-        calls = len(self.searches)
-        limited = self.fail_429_from_call is not None and calls >= self.fail_429_from_call
-        if limited or self.remaining <= 0:
-            return 429, self._limit_headers(0), {"title": "Too Many Requests", "detail": "Too Many Requests"}
-        self.remaining -= 1
-        posts = sorted(self.posts, key=lambda p: int(p["id"]), reverse=True)
+        with self._lock:  # workers call at once: the window is counted one call at a time
+            calls = len(self.searches)
+            limited = self.fail_429_from_call is not None and calls >= self.fail_429_from_call
+            if limited or self.remaining <= 0:
+                return 429, self._limit_headers(0), {"title": "Too Many Requests", "detail": "Too Many Requests"}
+            self.remaining -= 1
+            remaining = self.remaining
+        posts = self.posts  # newest first (add_posts keeps them so): a search costs the stand-in little CPU
         if "since_id" in params:
             posts = [p for p in posts if int(p["id"]) > int(params["since_id"])]
         elif "start_time" in params:
-            start = datetime.fromisoformat(params["start_time"].replace("Z", "+00:00"))
-            posts = [p for p in posts if datetime.fromisoformat(p["created_at"].replace("Z", "+00:00")) >= start]
+            start = params["start_time"].replace("Z", ".000Z")  # the posts' own format: compared as text
+            posts = [p for p in posts if p["created_at"] >= start]
         size = int(params.get("max_results", "10"))
         offset = int(params["next_token"].removeprefix("page-")) if "next_token" in params else 0
         page = posts[offset : offset + size]
@@ -115,7 +135,7 @@ class XApi:
             body["data"] = page
             authors = {p["author_id"] for p in page if isinstance(p, dict) and "author_id" in p}
             body["includes"] = {"users": [self.users[a] for a in sorted(authors) if a in self.users]}
-        return 200, self._limit_headers(self.remaining), body
+        return 200, self._limit_headers(remaining), body
 
     def _limit_headers(self, remaining: int) -> dict[str, str]:
         return {
@@ -128,10 +148,22 @@ class XApi:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as a real API answers
             # headers and body leave in two writes: without this, Nagle holds the second ~40 ms
             disable_nagle_algorithm = True
 
             def do_GET(self) -> None:  # noqa: N802
+                with api._lock:
+                    api.in_flight += 1
+                    api.max_in_flight = max(api.max_in_flight, api.in_flight)
+                try:
+                    time.sleep(api.latency)
+                    self._answer()
+                finally:
+                    with api._lock:
+                        api.in_flight -= 1
+
+            def _answer(self) -> None:
                 parts = urlsplit(self.path)
                 params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
                 auth = self.headers.get("Authorization")
@@ -146,7 +178,8 @@ class XApi:
                     status, headers, body = api.search(params, auth)
                 else:
                     status, headers, body = 404, {}, {"title": "Not Found"}
-                api.requests.append(Request(parts.path, params, auth, status))
+                with api._lock:
+                    api.requests.append(Request(parts.path, params, auth, status))
                 payload = json.dumps(body).encode()
                 if fault == "invalid_json":
                     payload = b'{"data": [{"id": "1", "text": "unterminated'
@@ -168,7 +201,7 @@ class XApi:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 
