@@ -7,26 +7,25 @@ spacing is the newest stored post alone.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from slsync.connectors.reddit import normalize_page
-from slsync.models import Mention
-from tests.contract.harness import FIXTURES, Harness
+from tests.contract.harness import StandInHarness
 from tests.fakes.reddit_api import RedditApi
 
 
-class RedditHarness(Harness):
+class RedditHarness(StandInHarness):
     platform = "reddit"
     page_size = 100
+    normalizer = staticmethod(normalize_page)
 
     def start(self) -> None:
         self.api = RedditApi().start()
         self.clock = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
 
-    def stop(self) -> None:
-        self.api.stop()
+    def content_calls(self) -> list[Any]:
+        return self.api.searches
 
     def env(self) -> dict[str, str]:
         return self.api.env()
@@ -38,26 +37,6 @@ class RedditHarness(Harness):
         for _ in range(count):
             self.clock += timedelta(minutes=15)
             self.api.add_post(self.clock)
-
-    def api_calls(self) -> int:
-        return len(self.api.searches)
-
-    def fail(self, status: int, times: int) -> None:
-        self.api.faults = [status] * times
-
-    def limit(self, reset_in: timedelta) -> None:
-        self.api.reset_at = datetime.now(UTC).replace(microsecond=0) + reset_in
-        self.api.fail_429_from_call = len(self.api.searches)
-
-    def clear(self) -> None:
-        self.api.faults = []
-        self.api.fail_429_from_call = None
-
-    def normalize_page(self, body: Any) -> tuple[list[Mention], int]:
-        return normalize_page(body)
-
-    def recorded_pages(self) -> list[Any]:
-        return [json.loads(p.read_text(encoding="utf-8")) for p in sorted((FIXTURES / "reddit").glob("*.json"))]
 
 
 HARNESS = RedditHarness

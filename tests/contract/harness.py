@@ -7,8 +7,10 @@ platform has one module `h_<platform>.py` here with a module-level `HARNESS` cla
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -73,3 +75,39 @@ class Harness(ABC):
 
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "real"
+
+
+class StandInHarness(Harness):
+    """A harness over a stand-in with the X stand-in's fault interface: `faults` (statuses for the next
+    calls), `fail_429_from_call`, `reset_at` and `stop()`; the harness names its content calls."""
+
+    api: Any
+    # the platform's module-level normalize_page
+    normalizer: ClassVar[Callable[[Any], tuple[list[Mention], int]]]
+
+    @abstractmethod
+    def content_calls(self) -> list[Any]:
+        """The stand-in's record of the content calls made so far."""
+
+    def stop(self) -> None:
+        self.api.stop()
+
+    def api_calls(self) -> int:
+        return len(self.content_calls())
+
+    def fail(self, status: int, times: int) -> None:
+        self.api.faults = [status] * times
+
+    def limit(self, reset_in: timedelta) -> None:
+        self.api.reset_at = datetime.now(UTC).replace(microsecond=0) + reset_in
+        self.api.fail_429_from_call = len(self.content_calls())
+
+    def clear(self) -> None:
+        self.api.faults = []
+        self.api.fail_429_from_call = None
+
+    def normalize_page(self, body: Any) -> tuple[list[Mention], int]:
+        return type(self).normalizer(body)
+
+    def recorded_pages(self) -> list[Any]:
+        return [json.loads(p.read_text(encoding="utf-8")) for p in sorted((FIXTURES / self.platform).glob("*.json"))]
