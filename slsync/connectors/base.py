@@ -178,7 +178,13 @@ class Connector(ABC):
                 raise UsageError(f"option {name}: {exc}") from None
         config: dict[str, Any] = {k: list(search.get(k) or []) for k in SEARCH_KEYS}
         config["options"] = parsed
+        cls.check_config(config)
         return config
+
+    @classmethod
+    def check_config(cls, config: Mapping[str, Any]) -> None:
+        """Refuse (UsageError) at `source add` what the platform cannot be asked; by default anything goes."""
+        return None
 
     @abstractmethod
     def pages(

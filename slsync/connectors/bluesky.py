@@ -448,10 +448,8 @@ class BlueskyConnector(Connector):
         )
 
     @classmethod
-    def build_config(cls, search: Mapping[str, list[str]], options: Mapping[str, str]) -> dict[str, Any]:
-        config = super().build_config(search, options)
-        build_queries(config)  # refuse at `source add` what Bluesky cannot be asked
-        return config
+    def check_config(cls, config: Mapping[str, Any]) -> None:
+        build_queries(config)
 
     def pages(
         self,

@@ -426,14 +426,12 @@ class MastodonConnector(Connector):
         )
 
     @classmethod
-    def build_config(cls, search: Mapping[str, list[str]], options: Mapping[str, str]) -> dict[str, Any]:
-        config = super().build_config(search, options)
+    def check_config(cls, config: Mapping[str, Any]) -> None:
         if "instance" not in config["options"]:
             raise UsageError("a Mastodon source needs its instance: --option instance=https://mastodon.social")
-        build_streams(config)  # refuse at `source add` what Mastodon cannot be asked
+        build_streams(config)
         if config["options"].get("anonymous") and config.get("keywords"):
             raise UsageError("Mastodon keyword search needs an access token; drop anonymous=true or the keywords")
-        return config
 
     def pages(
         self,

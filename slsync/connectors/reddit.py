@@ -408,10 +408,8 @@ class RedditConnector(Connector):
         )
 
     @classmethod
-    def build_config(cls, search: Mapping[str, list[str]], options: Mapping[str, str]) -> dict[str, Any]:
-        config = super().build_config(search, options)
-        build_query(config)  # refuse at `source add` what Reddit cannot be asked
-        return config
+    def check_config(cls, config: Mapping[str, Any]) -> None:
+        build_query(config)
 
     def pages(
         self,

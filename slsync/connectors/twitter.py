@@ -251,10 +251,8 @@ class TwitterConnector(Connector):
         return f"reconnect: slsync connect {source_id} (or set TWITTER_BEARER_TOKEN for app-only access)"
 
     @classmethod
-    def build_config(cls, search: Mapping[str, list[str]], options: Mapping[str, str]) -> dict[str, Any]:
-        config = super().build_config(search, options)
-        build_queries(config)  # refuse at `source add` what X cannot be asked
-        return config
+    def check_config(cls, config: Mapping[str, Any]) -> None:
+        build_queries(config)
 
     def pages(
         self,

@@ -450,10 +450,8 @@ class YouTubeConnector(Connector):
         )
 
     @classmethod
-    def build_config(cls, search: Mapping[str, list[str]], options: Mapping[str, str]) -> dict[str, Any]:
-        config = super().build_config(search, options)
-        build_streams(config)  # refuse at `source add` what YouTube cannot be asked
-        return config
+    def check_config(cls, config: Mapping[str, Any]) -> None:
+        build_streams(config)
 
     def pages(
         self,
