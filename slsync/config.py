@@ -64,6 +64,34 @@ class Settings(BaseSettings):
     mastodon_token_instance: str | None = Field(None, validation_alias=AliasChoices("MASTODON_TOKEN_INSTANCE"))
     mastodon_api_url: str | None = None
 
+    # Facebook and Instagram: one Meta app (Facebook Login); Graph API endpoints carry the API version.
+    facebook_app_id: str | None = Field(None, validation_alias=AliasChoices("FACEBOOK_APP_ID"))
+    facebook_app_secret: SecretStr | None = Field(None, validation_alias=AliasChoices("FACEBOOK_APP_SECRET"))
+    facebook_oauth_callback: str | None = Field(None, validation_alias=AliasChoices("FACEBOOK_OAUTH_CALLBACK"))
+    facebook_api_url: str = "https://graph.facebook.com/v23.0"
+    facebook_authorize_url: str = "https://www.facebook.com/v23.0/dialog/oauth"
+    facebook_token_url: str = "https://graph.facebook.com/v23.0/oauth/access_token"
+    instagram_api_url: str = "https://graph.facebook.com/v23.0"
+    instagram_authorize_url: str = "https://www.facebook.com/v23.0/dialog/oauth"
+    instagram_token_url: str = "https://graph.facebook.com/v23.0/oauth/access_token"
+
+    # LinkedIn Community Management API: a versioned REST API (LinkedIn-Version: YYYYMM).
+    linkedin_client_id: str | None = Field(None, validation_alias=AliasChoices("LINKEDIN_CLIENT_ID"))
+    linkedin_client_secret: SecretStr | None = Field(None, validation_alias=AliasChoices("LINKEDIN_CLIENT_SECRET"))
+    linkedin_oauth_callback: str | None = Field(None, validation_alias=AliasChoices("LINKEDIN_OAUTH_CALLBACK"))
+    linkedin_api_url: str = "https://api.linkedin.com/rest"
+    linkedin_authorize_url: str = "https://www.linkedin.com/oauth/v2/authorization"
+    linkedin_token_url: str = "https://www.linkedin.com/oauth/v2/accessToken"
+    linkedin_version: str = Field("202511", pattern=r"^\d{6}$")
+
+    # TikTok Research API: client credentials; daily limits per app as granted (requests and records).
+    tiktok_client_key: str | None = Field(None, validation_alias=AliasChoices("TIKTOK_CLIENT_KEY"))
+    tiktok_client_secret: SecretStr | None = Field(None, validation_alias=AliasChoices("TIKTOK_CLIENT_SECRET"))
+    tiktok_api_url: str = "https://open.tiktokapis.com/v2"
+    tiktok_token_url: str = "https://open.tiktokapis.com/v2/oauth/token/"
+    tiktok_daily_requests: int = Field(1_000, ge=1)
+    tiktok_daily_records: int = Field(100_000, ge=1)
+
     @field_validator(
         "database_url",
         "twitter_client_id",
@@ -79,6 +107,14 @@ class Settings(BaseSettings):
         "mastodon_access_token",
         "mastodon_token_instance",
         "mastodon_api_url",
+        "facebook_app_id",
+        "facebook_app_secret",
+        "facebook_oauth_callback",
+        "linkedin_client_id",
+        "linkedin_client_secret",
+        "linkedin_oauth_callback",
+        "tiktok_client_key",
+        "tiktok_client_secret",
         mode="before",
     )
     @classmethod

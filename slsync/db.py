@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +36,7 @@ _SOURCE_COLUMNS = """
     s.id, s.tenant_id, s.platform, s.name, s.connection_type, s.config, s.status, s.error_message,
     s.sync_interval_minutes, s.last_sync_at, s.next_sync_at, s.committed_cursor, s.inflight_cursor,
     s.rate_limit_limit, s.rate_limit_remaining, s.rate_limit_reset_at, s.consecutive_failures,
-    s.mentions_count, s.created_at
+    s.mentions_count, s.created_at, s.reconnect_by
 """
 
 
@@ -477,12 +477,20 @@ def _close_run(conn: Connection, run_id: int, status: str, message: str) -> None
     )
 
 
-def mark_connected(conn: Connection, source_id: int) -> None:
+def mark_connected(conn: Connection, source_id: int, *, reconnect_by: datetime | None = None) -> None:
     """After `slsync connect` stored a user token: schedule the source now, with a clean record."""
     conn.execute(
         "UPDATE sl_sources SET status = 'connected', connection_type = 'user', error_message = NULL,"
-        " consecutive_failures = 0, next_sync_at = now(), updated_at = now() WHERE id = %s",
-        (source_id,),
+        " consecutive_failures = 0, next_sync_at = now(), reconnect_by = %s, updated_at = now() WHERE id = %s",
+        (reconnect_by, source_id),
+    )
+
+
+def set_reconnect_by(conn: Connection, source_id: int, reconnect_by: datetime | None) -> None:
+    """A refresh may move the end of the grant (or tell it for the first time)."""
+    conn.execute(
+        "UPDATE sl_sources SET reconnect_by = %s WHERE id = %s AND reconnect_by IS DISTINCT FROM %s",
+        (reconnect_by, source_id, reconnect_by),
     )
 
 
@@ -653,3 +661,42 @@ def exhaust_quota(conn: Connection, key: str, day: date, daily_limit: int) -> No
         " updated_at = now()",
         {"key": key, "day": day, "limit": daily_limit},
     )
+
+
+# --- distinct items per rolling window ----------------------------------------------------------------
+
+
+def use_unique(conn: Connection, key: str, item: str, limit: int, window: timedelta) -> int | None:
+    """Count `item` against `limit` distinct items per rolling window; the slots left, or None if it does not fit.
+
+    Serialized per key by a transaction-scoped advisory lock, so two processes cannot both take the last slot.
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_NAMESPACE + 1, key))
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE first_used_at > now() - %(window)s) AS used,"
+            " bool_or(item = %(item)s AND first_used_at > now() - %(window)s) AS counted"
+            " FROM sl_window_ledger WHERE credential_key = %(key)s",
+            {"key": key, "item": item, "window": window},
+        ).fetchone()
+        assert row is not None
+        used = int(row["used"])
+        if row["counted"]:
+            return limit - used
+        if used >= limit:
+            return None
+        conn.execute(
+            "INSERT INTO sl_window_ledger (credential_key, item) VALUES (%s, %s)"
+            " ON CONFLICT (credential_key, item) DO UPDATE SET first_used_at = now()",
+            (key, item),
+        )
+        return limit - used - 1
+
+
+def window_usage(conn: Connection, window: timedelta) -> list[dict[str, Any]]:
+    """Per credential: distinct items counted in the window, for `status`."""
+    return conn.execute(
+        "SELECT credential_key, count(*) AS used, min(first_used_at) AS oldest FROM sl_window_ledger"
+        " WHERE first_used_at > now() - %s GROUP BY credential_key ORDER BY credential_key",
+        (window,),
+    ).fetchall()

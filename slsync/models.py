@@ -74,6 +74,8 @@ class Source:
     consecutive_failures: int
     mentions_count: int
     created_at: datetime
+    # when the connection's grant ends (only `slsync connect` renews it); None: no known end
+    reconnect_by: datetime | None = None
 
 
 @dataclass(slots=True)

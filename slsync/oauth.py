@@ -331,11 +331,20 @@ def authorize(
 def _token_request(app: OAuthApp, form: dict[str, str], *, platform: str, what: str) -> Any:
     """POST to the token endpoint once (a refresh must never be replayed) and return the JSON body."""
     secret: SecretStr | None = app.client_secret
-    # Confidential clients authenticate with HTTP Basic; public clients identify by client_id alone.
-    auth = (form["client_id"], secret.get_secret_value()) if secret is not None else None
+    # Confidential clients authenticate with HTTP Basic (or in the form, where the platform wants that);
+    # public clients identify by client_id alone.
+    auth = None
+    if secret is not None and app.client_auth == "form":
+        form = {**form, "client_secret": secret.get_secret_value()}
+    elif secret is not None:
+        auth = (form["client_id"], secret.get_secret_value())
+    headers = {"Accept": "application/json"}
     try:
         with http.client() as client:
-            response = client.post(app.token_url, data=form, auth=auth, headers={"Accept": "application/json"})
+            if app.token_method == "GET":
+                response = client.get(app.token_url, params=form, auth=auth, headers=headers)
+            else:
+                response = client.post(app.token_url, data=form, auth=auth, headers=headers)
     except httpx.HTTPError as exc:
         raise http.transport_error(exc, f"{platform} token endpoint") from None
     if response.status_code >= 400:
@@ -375,11 +384,7 @@ def _token_from(doc: dict[str, Any], *, requested_at: datetime, platform: str, p
     token_type = doc.get("token_type") or "bearer"
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         raise Fatal(f"{platform} issued a token of type {_one_line(str(token_type), 40)!r}, not bearer")
-    expires_in = doc.get("expires_in")
-    try:
-        lifetime = int(expires_in) if expires_in is not None else None
-    except (TypeError, ValueError):
-        lifetime = None
+    lifetime = _seconds(doc.get("expires_in"))
     refresh = doc.get("refresh_token")
     if not isinstance(refresh, str) or not refresh:
         # no new refresh token in the answer: the old one is still the one to use
@@ -387,14 +392,31 @@ def _token_from(doc: dict[str, Any], *, requested_at: datetime, platform: str, p
     scope = doc.get("scope")
     if not isinstance(scope, str) or not scope:
         scope = previous.scope if previous else None
+    refresh_lifetime = _seconds(doc.get("refresh_token_expires_in"))
+    refresh_expires_at = (
+        requested_at + timedelta(seconds=refresh_lifetime)
+        if refresh_lifetime
+        else previous.refresh_expires_at
+        if previous and refresh == previous.refresh_token
+        else None
+    )
     return Token(
         access_token=access,
         refresh_token=refresh,
         # expires_in counts from when the platform answered; counting from the request errs on the early side
-        expires_at=requested_at + timedelta(seconds=lifetime) if lifetime and lifetime > 0 else None,
+        expires_at=requested_at + timedelta(seconds=lifetime) if lifetime else None,
         scope=scope,
         token_type="bearer",
+        refresh_expires_at=refresh_expires_at if refresh else None,
     )
+
+
+def _seconds(value: object) -> int | None:
+    try:
+        seconds = int(value) if value is not None else None  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds and seconds > 0 else None
 
 
 def exchange_code(
@@ -416,14 +438,7 @@ def exchange_code(
     }
     requested_at = now()
     doc = _token_request(app, form, platform=platform, what="the authorization code")
-    token = _token_from(doc, requested_at=requested_at, platform=platform, previous=None)
-    if token.refresh_token is None:
-        log.warning(
-            "%s issued no refresh token (offline.access not granted): the source needs `slsync connect` again "
-            "when the access token expires",
-            platform,
-        )
-    return token
+    return _token_from(doc, requested_at=requested_at, platform=platform, previous=None)
 
 
 def refresh_token(app: OAuthApp, token: Token, *, platform: str, now: Callable[[], datetime] = utcnow) -> Token:
@@ -465,6 +480,7 @@ class OAuthSession:
         *,
         platform: str = "the platform",
         margin: timedelta = REFRESH_MARGIN,
+        on_refresh: Callable[[Token], None] | None = None,
     ) -> None:
         self._store = store
         self._source_id = source_id
@@ -474,6 +490,7 @@ class OAuthSession:
         self._now = now
         self._platform = platform
         self._margin = margin
+        self._on_refresh = on_refresh
         self._lock = threading.Lock()
 
     def access_token(self) -> str:
@@ -504,6 +521,8 @@ class OAuthSession:
             raise AuthError(f"the refreshed {self._platform} token could not be saved ({reason})") from None
         self._token = fresh
         log.info("refreshed the user token", extra={"source": self._source_id, "event": "token_refreshed"})
+        if self._on_refresh is not None:
+            self._on_refresh(fresh)
 
 
 class StaticToken:
@@ -523,7 +542,12 @@ class StaticToken:
 
 
 def credentials_for(
-    connector: type[Connector], source: Source, settings: Settings, *, now: Callable[[], datetime] = utcnow
+    connector: type[Connector],
+    source: Source,
+    settings: Settings,
+    *,
+    now: Callable[[], datetime] = utcnow,
+    on_refresh: Callable[[Token], None] | None = None,
 ) -> Credentials:
     if source.connection_type == "user":
         app = connector.oauth_app(settings)
@@ -536,7 +560,7 @@ def credentials_for(
         token = store.get(source.id)
         if token is None:
             raise AuthError(f"no {_title(source.platform)} user token for source {source.id} in {store.where}")
-        return OAuthSession(store, source.id, app, token, now, platform=_title(source.platform))
+        return OAuthSession(store, source.id, app, token, now, platform=_title(source.platform), on_refresh=on_refresh)
     credentials = connector.app_credentials(source, settings)
     if credentials is not None:
         return credentials
@@ -591,8 +615,18 @@ def connect_source(
             raise SlsyncError(f"source {source_id} is syncing now; connect it when the run has ended")
         try:
             token = authorize(app, platform=title, port=port, timeout=timeout, open_browser=open_browser, out=out)
+            connector = connector_class(source.platform)
+            with http.client(timeout=settings.http_timeout_seconds) as client:
+                token = connector.after_connect(token, source, settings, client)
+            if token.refresh_token is None and token.expires_at is not None:
+                log.warning(
+                    "%s issued no refresh token: source %s needs `slsync connect` again by %s",
+                    title,
+                    source_id,
+                    f"{token.expires_at:%Y-%m-%d %H:%M} UTC",
+                )
             store.put(source_id, token)
-            db.mark_connected(conn, source_id)
+            db.mark_connected(conn, source_id, reconnect_by=token.reconnect_by)
             return Connected(db.get_source(conn, source_id), store.where)
         finally:
             if not conn.closed:

@@ -215,6 +215,9 @@ class QuotaLedger:
     def exhaust(self, key: str, daily_limit: int, day: date) -> None:
         db.exhaust_quota(self._conn, key, day, daily_limit)
 
+    def use_unique(self, key: str, item: str, limit: int, window: timedelta) -> int | None:
+        return db.use_unique(self._conn, key, item, limit, window)
+
 
 def run_source(conn: db.Connection, settings: Settings, source_id: int, options: RunOptions) -> SyncResult:
     """Sync one source on this connection, holding its lock for the whole run."""
@@ -264,7 +267,13 @@ def _run_locked(conn: db.Connection, settings: Settings, source_id: int, options
     context = Context(
         now=utcnow,
         settings=settings,
-        credentials=lambda: oauth.credentials_for(connector_cls, source, settings, now=utcnow),
+        credentials=lambda: oauth.credentials_for(
+            connector_cls,
+            source,
+            settings,
+            now=utcnow,
+            on_refresh=lambda token: db.set_reconnect_by(conn, source.id, token.reconnect_by),
+        ),
         deadline=options.deadline,
         budgets=options.budgets,
         quota=QuotaLedger(conn),

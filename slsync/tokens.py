@@ -30,6 +30,15 @@ class Token:
     expires_at: datetime | None = None
     scope: str | None = None
     token_type: str = "bearer"
+    # when the refresh token itself dies (LinkedIn: about a year), where the platform says
+    refresh_expires_at: datetime | None = None
+
+    @property
+    def reconnect_by(self) -> datetime | None:
+        """When the grant ends and only `slsync connect` helps; None while it can be renewed indefinitely."""
+        if self.refresh_token:
+            return self.refresh_expires_at
+        return self.expires_at
 
     def expires_within(self, margin: timedelta, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at - margin <= now
@@ -37,18 +46,21 @@ class Token:
     def to_json(self) -> str:
         doc = asdict(self)
         doc["expires_at"] = self.expires_at.isoformat() if self.expires_at else None
+        doc["refresh_expires_at"] = self.refresh_expires_at.isoformat() if self.refresh_expires_at else None
         return json.dumps(doc)
 
     @classmethod
     def from_json(cls, text: str) -> Token:
         doc = json.loads(text)
         expires = doc.get("expires_at")
+        refresh_expires = doc.get("refresh_expires_at")
         return cls(
             access_token=doc["access_token"],
             refresh_token=doc.get("refresh_token"),
             expires_at=datetime.fromisoformat(expires).astimezone(UTC) if expires else None,
             scope=doc.get("scope"),
             token_type=doc.get("token_type") or "bearer",
+            refresh_expires_at=datetime.fromisoformat(refresh_expires).astimezone(UTC) if refresh_expires else None,
         )
 
 

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from slsync.budget import RateBudgets
 from slsync.errors import UsageError
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pydantic import SecretStr
 
     from slsync.config import Settings
+    from slsync.tokens import Token
 
 SEARCH_KEYS = ("keywords", "hashtags", "mentions", "exclude", "languages")
 
@@ -34,6 +35,11 @@ class Quota(Protocol):
 
     def exhaust(self, key: str, daily_limit: int, day: date) -> None:
         """The platform said the quota is spent: no more calls with this credential until the day ends."""
+
+    def use_unique(self, key: str, item: str, limit: int, window: timedelta) -> int | None:
+        """Count `item` against at most `limit` distinct items per rolling `window` (Instagram: 30 hashtags
+        per account per 7 days). An item already counted in the window is free and does not restart its
+        window. The slots left after it, or None when it does not fit (then make no call)."""
 
 
 class Credentials(Protocol):
@@ -64,6 +70,10 @@ class OAuthApp:
     client_id_setting: str = ""
     client_secret_setting: str = ""
     redirect_uri_setting: str = ""
+    # how the token endpoint wants the client secret: HTTP Basic, or client_secret in the form (Meta, LinkedIn)
+    client_auth: Literal["basic", "form"] = "basic"
+    # Meta's token endpoint is read with GET and a query string; the others take a POSTed form
+    token_method: Literal["POST", "GET"] = "POST"
 
 
 class Context:
@@ -136,6 +146,15 @@ class Connector(ABC):
     def oauth_app(cls, settings: Settings) -> OAuthApp | None:
         """The platform's OAuth app for `slsync connect`; None when sources are never connected."""
         return None
+
+    @classmethod
+    def after_connect(cls, token: Token, source: Source, settings: Settings, http: httpx.Client) -> Token:
+        """The token `slsync connect` keeps, made from the one the code exchange gave.
+
+        Meta, for example, swaps a short-lived user token for a long-lived one and then for the access
+        token of the page the source names. Raise AuthError or UsageError to keep nothing.
+        """
+        return token
 
     @classmethod
     def app_token(cls, settings: Settings) -> SecretStr | None:
