@@ -4,11 +4,8 @@ browser against a loopback stand-in of X's authorization server, a real PostgreS
 from __future__ import annotations
 
 import json
-import queue
 import socket
 import stat
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,13 +16,8 @@ import pytest
 from slsync import db
 from slsync.tokens import FileStore
 from tests.conftest import Cli, add_mock_source
-from tests.fakes.oauth_server import XAuth, browse, running
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.fakes.browser import browse, free_port, start
+from tests.fakes.oauth_server import XAuth, running
 
 
 @pytest.fixture
@@ -52,43 +44,6 @@ def x_cli(cli: Cli, auth: XAuth, **extra: str) -> Cli:
         **extra,
     }
     return Cli({k: v for k, v in env.items() if v}, cli.cwd)
-
-
-class Running:
-    """A background `slsync connect`, its stdout read line by line as it comes."""
-
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.process = process
-        self.lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        self.stdout: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def url(self, timeout: float = 20) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            if line is None:
-                raise AssertionError(f"slsync connect ended without printing a URL: {self.finish()}")
-            self.stdout.append(line)
-            if line.startswith("http"):
-                return line.rstrip("\n")
-
-    def finish(self, timeout: float = 30) -> tuple[int, str, str]:
-        assert self.process.stderr is not None
-        self.process.wait(timeout)
-        while (line := self.lines.get(timeout=5)) is not None:
-            self.stdout.append(line)
-        return self.process.returncode, "".join(self.stdout), self.process.stderr.read()
-
-
-def start(cli: Cli, *args: str) -> Running:
-    return Running(cli.popen("connect", *args))
 
 
 def source_row(conn: db.Connection, source_id: int) -> dict:

@@ -29,7 +29,8 @@ from slsync.errors import AuthError, Fatal, UsageError
 from slsync.models import Source
 from slsync.tokens import FileStore, Token
 from tests.conftest import Clock
-from tests.fakes.oauth_server import XAuth, browse, running
+from tests.fakes.browser import browse
+from tests.fakes.oauth_server import XAuth, running
 
 UNRESERVED = re.compile(r"^[A-Za-z0-9\-._~]+$")
 

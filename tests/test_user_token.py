@@ -12,7 +12,8 @@ from pathlib import Path
 from slsync import db
 from slsync.tokens import FileStore
 from tests.conftest import Cli, Result, add_x_source
-from tests.fakes.oauth_server import XAuth, browse, running
+from tests.fakes.browser import browse
+from tests.fakes.oauth_server import XAuth, running
 from tests.fakes.x_api import XApi
 from tests.test_connect import start
 

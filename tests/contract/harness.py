@@ -12,10 +12,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from slsync import db
 from slsync.models import Mention
+
+if TYPE_CHECKING:
+    from tests.conftest import Cli
 
 
 class Harness(ABC):
@@ -40,6 +43,11 @@ class Harness(ABC):
     @abstractmethod
     def env(self) -> dict[str, str]:
         """Settings that point slsync at the stand-in: API (and token) URLs and credentials."""
+
+    def connect(self, cli: Cli) -> None:
+        """Make the new source (`self.source_id`) ready to sync: platforms whose sources need a user token
+        run the real `slsync connect` against their stand-in here (tests/fakes/browser.connect_in_browser)."""
+        return None
 
     @abstractmethod
     def add_args(self) -> list[str]:

@@ -54,6 +54,7 @@ def run(cli: Cli, conn: db.Connection, harness: Harness) -> Cli:
         "source", "add", harness.platform, "--tenant", "1", "--name", "contract", *harness.add_args(), "--json"
     ).json()
     harness.source_id = doc["id"]
+    harness.connect(cli)
     return cli
 
 

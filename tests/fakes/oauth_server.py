@@ -23,8 +23,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-import httpx
-
 SCOPES = {"tweet.read", "users.read", "offline.access"}
 
 
@@ -260,12 +258,3 @@ def running(auth: XAuth | None = None) -> Iterator[XAuth]:
         server.shutdown()
         server.server_close()
         thread.join()
-
-
-def browse(url: str, *, timeout: float = 10) -> httpx.Response:
-    """Play the browser: open `url` and follow the consent page's redirect to the loopback callback."""
-    with httpx.Client(trust_env=False, timeout=timeout, follow_redirects=False) as browser:
-        response = browser.get(url)
-        if response.status_code in (301, 302, 303, 307):
-            response = browser.get(response.headers["Location"])
-        return response
