@@ -287,13 +287,17 @@ def source_add(
             connection_type=connector.connection_type,
             config=config,
             interval_minutes=interval,
+            status="pending" if connector.connection_type == "user" else "active",
         )
         source = db.get_source(conn, source_id)
     if as_json:
         emit_json(_source_json(source))
     else:
         print(f"added {platform} source {source_id} ({name!r}) for tenant {tenant}")
-        print(f"sync it now: slsync sync source {source_id}")
+        if source.status == "pending":
+            print(f"connect it to an account first: slsync connect {source_id}")
+        else:
+            print(f"sync it now: slsync sync source {source_id}")
 
 
 @source_app.command("list")

@@ -131,12 +131,15 @@ class Context:
 
 class Connector(ABC):
     platform: ClassVar[str]
-    # how a source of this platform authenticates by default ('none', 'app' or 'user')
+    # how a source of this platform authenticates by default ('none', 'app' or 'user'); a 'user' source
+    # stays pending until `slsync connect`
     connection_type: ClassVar[str] = "none"
     # option name -> parser; `source add --option NAME=VALUE` accepts only these
     options: ClassVar[Mapping[str, Callable[[str], Any]]] = {}
     # how far back the platform's search reaches (--since older than this is refused); None: no limit
     max_lookback: ClassVar[timedelta | None] = None
+    # False where a source listens to what an option names (a page, an organization), not to search terms
+    needs_search_terms: ClassVar[bool] = True
 
     def __init__(self, source: Source, context: Context) -> None:
         self.source = source
@@ -183,7 +186,7 @@ class Connector(ABC):
     @classmethod
     def build_config(cls, search: Mapping[str, list[str]], options: Mapping[str, str]) -> dict[str, Any]:
         """Check search parameters and options at `source add` time; return the stored config."""
-        if not any(search.get(k) for k in ("keywords", "hashtags", "mentions")):
+        if cls.needs_search_terms and not any(search.get(k) for k in ("keywords", "hashtags", "mentions")):
             raise UsageError("a source needs at least one --keyword, --hashtag or --mention")
         parsed: dict[str, Any] = {}
         for name, value in options.items():
