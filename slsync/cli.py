@@ -13,7 +13,7 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -466,6 +466,8 @@ def sync_due_command(
 
 
 BREAKDOWN_MAX_SOURCES = 1000
+# `status` warns this long before a connection's grant ends (LinkedIn's refresh token, a token without one)
+RECONNECT_WARNING = timedelta(days=14)
 
 
 def _status_json(row: dict[str, Any], breakdown: dict[int, dict[str, int]] | None) -> dict[str, Any]:
@@ -490,6 +492,7 @@ def _status_json(row: dict[str, Any], breakdown: dict[int, dict[str, int]] | Non
             "error_message": row["error_message"],
             "consecutive_failures": row["consecutive_failures"],
         },
+        "connection": {"type": row["connection_type"], "reconnect_by": row["reconnect_by"]},
         "sync": {
             "syncing": row["syncing"],
             "started_at": started,
@@ -578,13 +581,64 @@ def _status_table(docs: list[dict[str, Any]]) -> Any:
     return table
 
 
+def _reconnect_warnings(docs: list[dict[str, Any]], now: datetime) -> list[str]:
+    lines = []
+    for doc in docs:
+        s, ends = doc["source"], doc["connection"]["reconnect_by"]
+        if ends is None or ends - now > RECONNECT_WARNING:
+            continue
+        what = f"source {s['id']} ({s['platform']}: {s['name']})"
+        if ends <= now:
+            lines.append(f"{what}: its connection ended {_when(ends)}; reconnect: slsync connect {s['id']}")
+        else:
+            days = (ends - now).days
+            left = f"in {days} days" if days > 1 else "within 2 days"
+            lines.append(
+                f"{what}: its connection ends {_when(ends)} ({left}); reconnect before then: slsync connect {s['id']}"
+            )
+    return lines
+
+
+def _quota_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "credential": row["credential_key"],
+        "period": row["period"],
+        "since": row["since"],
+        "used": row["used"],
+        "limit": row["quota"],
+        "remaining": max(row["quota"] - row["used"], 0),
+        "frees_at": row["frees_at"],
+    }
+
+
+def _quota_table(rows: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table("quota (credential)", "period", "since", "used", "limit", "remaining", "next slot frees")
+    for row in map(_quota_json, rows):
+        table.add_row(
+            row["credential"],
+            "per day" if row["period"] == "day" else f"rolling {row['period']}",
+            row["since"][:16],
+            f"{row['used']:,}",
+            f"{row['limit']:,}",
+            f"{row['remaining']:,}",
+            _when(row["frees_at"], short=True) if row["frees_at"] else "-",
+        )
+    return table
+
+
 @app.command()
 def status(
     source_id: Optional[int] = typer.Argument(None, help="One source; all sources when omitted."),  # noqa: UP045
     tenant: Optional[int] = typer.Option(None, "--tenant", min=0, help="Only this tenant's sources."),  # noqa: UP045
     as_json: bool = JsonFlag,
 ) -> None:
-    """Show each source's state, schedule, current run, rate limit and mention count. Exit 0, or 2 if unknown."""
+    """Show each source's state, schedule, current run, rate limit and mention count. Exit 0, or 2 if unknown.
+
+    Also warns of connections about to end (reconnect before then) and, unnarrowed, shows the daily and
+    rolling quotas of the platform credentials (YouTube units, TikTok requests and records, Instagram hashtags).
+    """
     from slsync import db
 
     with db.connect(_settings()) as conn:
@@ -595,6 +649,9 @@ def status(
         # scan of the whole table, so it is left out (None) unless the list is narrowed.
         wanted = len(rows) <= BREAKDOWN_MAX_SOURCES or source_id is not None or tenant is not None
         breakdown = db.sentiment_breakdown(conn, [row["id"] for row in rows]) if wanted else None
+        # quotas belong to credentials, which tenants may share: shown to the operator's unnarrowed view
+        quotas = db.quota_usage(conn) if source_id is None and tenant is None else []
+        now = db.db_now(conn)
     docs = [_status_json(row, breakdown) for row in rows]
     if as_json:
         if source_id is not None:
@@ -609,12 +666,20 @@ def status(
                 for d in docs
                 if d["sync"]["syncing"]
             ]
-            emit_json({"sources": docs, "active_syncs": active})
+            listing = {"sources": docs, "active_syncs": active}
+            if source_id is None and tenant is None:
+                listing["quotas"] = [_quota_json(row) for row in quotas]
+            emit_json(listing)
         return
     if not docs:
         print("no sources yet; add one: slsync source add mock --tenant 1 --name demo --keyword 'your brand'")
         return
-    _console().print(_status_table(docs))
+    console = _console()
+    console.print(_status_table(docs))
+    for line in _reconnect_warnings(docs, now):
+        console.print(line, soft_wrap=True)
+    if quotas:
+        console.print(_quota_table(quotas))
 
 
 # --- analysis and mentions ------------------------------------------------------------------------

@@ -686,17 +686,28 @@ def use_unique(conn: Connection, key: str, item: str, limit: int, window: timede
         if used >= limit:
             return None
         conn.execute(
-            "INSERT INTO sl_window_ledger (credential_key, item) VALUES (%s, %s)"
-            " ON CONFLICT (credential_key, item) DO UPDATE SET first_used_at = now()",
-            (key, item),
+            "INSERT INTO sl_window_ledger (credential_key, item, window_limit, window_length)"
+            " VALUES (%(key)s, %(item)s, %(limit)s, %(window)s) ON CONFLICT (credential_key, item)"
+            " DO UPDATE SET first_used_at = now(), window_limit = %(limit)s, window_length = %(window)s",
+            {"key": key, "item": item, "limit": limit, "window": window},
         )
         return limit - used - 1
 
 
-def window_usage(conn: Connection, window: timedelta) -> list[dict[str, Any]]:
-    """Per credential: distinct items counted in the window, for `status`."""
+def quota_usage(conn: Connection) -> list[dict[str, Any]]:
+    """Every ledger's current period, for `status`: daily quotas (their latest day) and rolling windows.
+
+    A daily row from an earlier day is left out: that quota has started afresh.
+    """
     return conn.execute(
-        "SELECT credential_key, count(*) AS used, min(first_used_at) AS oldest FROM sl_window_ledger"
-        " WHERE first_used_at > now() - %s GROUP BY credential_key ORDER BY credential_key",
-        (window,),
+        "SELECT * FROM ("
+        " SELECT DISTINCT ON (credential_key) credential_key, 'day' AS period, quota_day::text AS since,"
+        " units_used AS used, daily_limit AS quota, NULL::timestamptz AS frees_at"
+        " FROM sl_quota_ledger WHERE quota_day >= (now() AT TIME ZONE 'UTC')::date - 1"
+        " ORDER BY credential_key, quota_day DESC) daily"
+        " UNION ALL"
+        " SELECT credential_key, max(window_length)::text, min(first_used_at)::text, count(*), max(window_limit),"
+        " min(first_used_at + window_length)"
+        " FROM sl_window_ledger WHERE first_used_at + window_length > now() GROUP BY credential_key"
+        " ORDER BY 1"
     ).fetchall()

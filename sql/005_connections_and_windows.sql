@@ -8,5 +8,7 @@ CREATE TABLE sl_window_ledger (
     credential_key  text        NOT NULL,   -- names the credential (an account id or digest), never holds it
     item            text        NOT NULL,
     first_used_at   timestamptz NOT NULL DEFAULT now(),
+    window_limit    integer     NOT NULL,   -- the limit and window it was counted under, for `status`
+    window_length   interval    NOT NULL,
     PRIMARY KEY (credential_key, item)
 );
