@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     linkedin_api_url: str = "https://api.linkedin.com/rest"
     linkedin_authorize_url: str = "https://www.linkedin.com/oauth/v2/authorization"
     linkedin_token_url: str = "https://www.linkedin.com/oauth/v2/accessToken"
-    linkedin_version: str = Field("202511", pattern=r"^\d{6}$")
+    linkedin_version: str = Field("202609", pattern=r"^\d{6}$")
 
     # TikTok Research API: client credentials; daily limits per app as granted (requests and records).
     tiktok_client_key: str | None = Field(None, validation_alias=AliasChoices("TIKTOK_CLIENT_KEY"))

@@ -85,17 +85,16 @@ def new_state() -> str:
 def authorize_url(app: OAuthApp, *, redirect_uri: str, state: str, challenge: str) -> str:
     if not app.client_id:
         raise UsageError(f"{app.client_id_setting or 'the client id'} is not set")
-    query = urlencode(
-        {
-            "response_type": "code",
-            "client_id": app.client_id,
-            "redirect_uri": redirect_uri,
-            "scope": " ".join(app.scopes),
-            "state": state,
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-        }
-    )
+    params = {
+        "response_type": "code",
+        "client_id": app.client_id,
+        "redirect_uri": redirect_uri,
+        "scope": " ".join(app.scopes),
+        "state": state,
+    }
+    if app.pkce:
+        params |= {"code_challenge": challenge, "code_challenge_method": "S256"}
+    query = urlencode(params)
     return f"{app.authorize_url}{'&' if '?' in app.authorize_url else '?'}{query}"
 
 
@@ -433,9 +432,10 @@ def exchange_code(
         "grant_type": "authorization_code",
         "code": code,
         "redirect_uri": redirect_uri,
-        "code_verifier": verifier,
         "client_id": client_id,
     }
+    if app.pkce:
+        form["code_verifier"] = verifier
     requested_at = now()
     doc = _token_request(app, form, platform=platform, what="the authorization code")
     return _token_from(doc, requested_at=requested_at, platform=platform, previous=None)

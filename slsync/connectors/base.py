@@ -74,6 +74,9 @@ class OAuthApp:
     client_auth: Literal["basic", "form"] = "basic"
     # Meta's token endpoint is read with GET and a query string; the others take a POSTed form
     token_method: Literal["POST", "GET"] = "POST"
+    # PKCE (RFC 7636) on the code; False where the platform enables it only on request (LinkedIn), for a
+    # confidential client whose secret already binds the code to the app
+    pkce: bool = True
 
 
 class Context:
