@@ -29,11 +29,17 @@ PLATFORMS: dict[str, Platform] = {
     p.name: p
     for p in (
         Platform("twitter", "X (Twitter)", "slsync.connectors.twitter:TwitterConnector", "recent search, last 7 days"),
-        Platform("facebook", "Facebook"),
-        Platform("instagram", "Instagram"),
-        Platform("linkedin", "LinkedIn"),
+        Platform(
+            "facebook", "Facebook", "slsync.connectors.facebook:FacebookConnector", "page visitor posts, tags, comments"
+        ),
+        Platform(
+            "instagram", "Instagram", "slsync.connectors.instagram:InstagramConnector", "hashtags (24 h) and brand tags"
+        ),
+        Platform(
+            "linkedin", "LinkedIn", "slsync.connectors.linkedin:LinkedInConnector", "organization mentions and comments"
+        ),
         Platform("youtube", "YouTube", "slsync.connectors.youtube:YouTubeConnector", "videos and comments"),
-        Platform("tiktok", "TikTok"),
+        Platform("tiktok", "TikTok", "slsync.connectors.tiktok:TikTokConnector", "research videos, comments opt-in"),
         Platform("reddit", "Reddit", "slsync.connectors.reddit:RedditConnector", "posts, newest first"),
         Platform("bluesky", "Bluesky", "slsync.connectors.bluesky:BlueskyConnector", "post search"),
         Platform(
