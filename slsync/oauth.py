@@ -21,11 +21,12 @@ import socketserver
 import sys
 import threading
 import webbrowser
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, ClassVar, TextIO
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
@@ -539,6 +540,60 @@ class StaticToken:
 
     def refresh(self) -> str:
         raise AuthError(f"{self._platform} refused the app token")
+
+
+class ClientCredentials(ABC):
+    """An app-only token from a client-credentials grant (Reddit, TikTok): fetched on first use, renewed
+    `margin` before it expires and after a 401, kept in memory only. A subclass makes the platform's
+    token request in `grant`; nothing here logs or raises a message holding the secret or a token."""
+
+    margin: ClassVar[timedelta] = REFRESH_MARGIN
+
+    def __init__(self, key: str, now: Callable[[], datetime] = utcnow) -> None:
+        # names the credential (a digest), so every source on this app shares its window and quota
+        self.key = key
+        self._now = now
+        self._token: str | None = None
+        self._expires_at: datetime | None = None
+        self._lock = threading.Lock()
+
+    def access_token(self) -> str:
+        with self._lock:
+            if self._token is None or (self._expires_at is not None and self._expires_at - self.margin <= self._now()):
+                self._fetch()
+            assert self._token is not None
+            return self._token
+
+    def refresh(self) -> str:
+        with self._lock:
+            self._fetch()
+            assert self._token is not None
+            return self._token
+
+    def _fetch(self) -> None:
+        requested_at = self._now()
+        token, lifetime = self.grant()
+        self._token = token
+        self._expires_at = requested_at + timedelta(seconds=lifetime) if lifetime else None
+
+    @abstractmethod
+    def grant(self) -> tuple[str, float | None]:
+        """One token request: the access token and its lifetime in seconds (None when not said).
+
+        Use `granted_token(doc, where)` on the decoded answer; raise AuthError for refused credentials.
+        """
+
+
+def granted_token(doc: Any, where: str) -> tuple[str, float | None]:
+    """The access token and its lifetime (seconds, when a sane number) from a token endpoint's answer."""
+    if not isinstance(doc, dict):
+        raise Fatal(f"{where} answered with something that is not a token object")
+    token = doc.get("access_token")
+    if not isinstance(token, str) or not token:
+        raise Fatal(f"{where} answered without an access token")
+    lifetime = doc.get("expires_in")
+    number = isinstance(lifetime, int | float) and not isinstance(lifetime, bool)
+    return token, lifetime if number and 0 < lifetime < 10**8 else None
 
 
 def credentials_for(

@@ -15,7 +15,6 @@ import hashlib
 import logging
 import math
 import re
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -30,6 +29,7 @@ from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import text as _text
 from slsync.errors import AuthError, Fatal, RateLimited, UsageError
 from slsync.models import Mention, Page, RateLimit
+from slsync.oauth import ClientCredentials, granted_token
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -316,9 +316,10 @@ def require_user_agent(settings: Settings) -> str:
     return agent
 
 
-class RedditAppCredentials:
-    """An app-only token from the client-credentials grant, fetched on first use and renewed before it
-    expires (or after a 401). Nothing here logs or raises a message holding the secret or a token."""
+class RedditAppCredentials(ClientCredentials):
+    """Reddit's app-only token (client credentials, HTTP Basic with the app's id and secret)."""
+
+    margin = TOKEN_MARGIN
 
     def __init__(
         self,
@@ -327,37 +328,17 @@ class RedditAppCredentials:
         settings: Settings,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        super().__init__(f"reddit:app:{hashlib.sha256(client_id.encode()).hexdigest()[:16]}", now)
         self._client_id = client_id
         self._secret = client_secret
         self._settings = settings
-        self._now = now
-        self._token: str | None = None
-        self._expires_at: datetime | None = None
-        self._lock = threading.Lock()
-        # every source on this app shares its rate-limit window; a digest names it without holding it
-        self.key = f"reddit:app:{hashlib.sha256(client_id.encode()).hexdigest()[:16]}"
 
-    def access_token(self) -> str:
-        with self._lock:
-            expiring = self._expires_at is not None and self._expires_at - TOKEN_MARGIN <= self._now()
-            if self._token is None or expiring:
-                self._fetch()
-            assert self._token is not None
-            return self._token
-
-    def refresh(self) -> str:
-        with self._lock:
-            self._fetch()
-            assert self._token is not None
-            return self._token
-
-    def _fetch(self) -> None:
+    def grant(self) -> tuple[str, float | None]:
         agent = require_user_agent(self._settings)
-        url = self._settings.reddit_token_url
-        requested_at = self._now()
+        where = f"{PLATFORM} token endpoint"
         with http.client(timeout=self._settings.http_timeout_seconds) as client:
             response = http.send(
-                client, "POST", url, platform=f"{PLATFORM} token endpoint",
+                client, "POST", self._settings.reddit_token_url, platform=where,
                 data={"grant_type": "client_credentials"},
                 auth=(self._client_id, self._secret.get_secret_value()),
                 headers={"User-Agent": agent, "Accept": "application/json"},
@@ -367,21 +348,14 @@ class RedditAppCredentials:
         if status in (401, 403):
             reason = http.platform_message(response)
             raise AuthError(f"{PLATFORM} refused the app's client credentials (HTTP {status}: {reason}); {check}")
-        http.raise_for_status(response, f"{PLATFORM} token endpoint")
-        doc = http.decode_json(response, f"{PLATFORM} token endpoint")
-        if not isinstance(doc, dict):
-            raise Fatal(f"{PLATFORM} token endpoint answered with something that is not a token object")
-        if doc.get("error") is not None:  # Reddit answers some refusals with 200 and an error field
+        http.raise_for_status(response, where)
+        doc = http.decode_json(response, where)
+        if isinstance(doc, dict) and doc.get("error") is not None:  # some refusals come as 200 with an error
             reason = str(doc.get("error"))[:80]
             raise AuthError(f"{PLATFORM} refused the client-credentials grant ({reason}); {check}")
-        token = doc.get("access_token")
-        if not isinstance(token, str) or not token:
-            raise Fatal(f"{PLATFORM} token endpoint answered without an access token")
-        expires_in = doc.get("expires_in")
-        lifetime = int(expires_in) if _is_number(expires_in) and 0 < expires_in < 10**8 else None
-        self._token = token
-        self._expires_at = requested_at + timedelta(seconds=lifetime) if lifetime else None
+        granted = granted_token(doc, where)
         log.info("fetched a Reddit app token", extra={"event": "token_fetched"})
+        return granted
 
 
 # --- the connector --------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import text as _text
 from slsync.errors import AuthError, Fatal, RateLimited, Retriable, UsageError
 from slsync.models import Mention, Page, RateLimit
+from slsync.oauth import ClientCredentials, granted_token
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -362,9 +362,10 @@ def key_digest(client_key: str) -> str:
     return hashlib.sha256(client_key.encode()).hexdigest()[:16]
 
 
-class TikTokAppCredentials:
-    """A client access token from the client-credentials grant, fetched on first use and renewed before it
-    expires (or after a 401). Nothing here logs or raises a message holding the secret or a token."""
+class TikTokAppCredentials(ClientCredentials):
+    """TikTok's client access token (client credentials: client_key and client_secret in the form)."""
+
+    margin = TOKEN_MARGIN
 
     def __init__(
         self,
@@ -373,35 +374,15 @@ class TikTokAppCredentials:
         settings: Settings,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self.digest = key_digest(client_key)
+        super().__init__(f"tiktok:app:{self.digest}", now)
         self._client_key = client_key
         self._secret = client_secret
         self._settings = settings
-        self._now = now
-        self._token: str | None = None
-        self._expires_at: datetime | None = None
-        self._lock = threading.Lock()
-        self.digest = key_digest(client_key)
-        # every source on this client shares its daily quota; a digest names it without holding it
-        self.key = f"tiktok:app:{self.digest}"
 
-    def access_token(self) -> str:
-        with self._lock:
-            expiring = self._expires_at is not None and self._expires_at - TOKEN_MARGIN <= self._now()
-            if self._token is None or expiring:
-                self._fetch()
-            assert self._token is not None
-            return self._token
-
-    def refresh(self) -> str:
-        with self._lock:
-            self._fetch()
-            assert self._token is not None
-            return self._token
-
-    def _fetch(self) -> None:
+    def grant(self) -> tuple[str, float | None]:
         where = f"{PLATFORM} token endpoint"
         check = "check TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET (the research client of an approved project)"
-        requested_at = self._now()
         with http.client(timeout=self._settings.http_timeout_seconds) as client:
             response = http.send(
                 client, "POST", self._settings.tiktok_token_url, platform=where,
@@ -427,17 +408,9 @@ class TikTokAppCredentials:
         http.raise_for_status(response, where)
         if reason:  # TikTok's OAuth errors carry {"error", "error_description", "log_id"}
             raise Fatal(f"{PLATFORM} refused the client-credentials grant ({detail})")
-        if not isinstance(doc, dict):
-            raise Fatal(f"{where} answered with something that is not a token object")
-        token = doc.get("access_token")
-        if not isinstance(token, str) or not token:
-            raise Fatal(f"{where} answered without an access token")
-        expires_in = doc.get("expires_in")
-        valid = isinstance(expires_in, int | float) and not isinstance(expires_in, bool)
-        lifetime = expires_in if valid and 0 < expires_in < 10**8 else None
-        self._token = token
-        self._expires_at = requested_at + timedelta(seconds=lifetime) if lifetime else None
+        granted = granted_token(doc, where)
         log.info("fetched a TikTok client access token", extra={"event": "token_fetched"})
+        return granted
 
 
 # --- the connector --------------------------------------------------------------------------------
