@@ -700,6 +700,10 @@ def test_comments_of_exactly_the_chosen_videos_over_two_comment_pages(
     read = db.get_source(conn, source_id).committed_cursor["comments"]["read"]
     assert {k: v[0] for k, v in read.items()} == {str(ids["b"]): 3, str(ids["a"]): 150}
     assert tiktok_cli.ok("status", str(source_id), "--json").json()["rate_limit"]["remaining"] == 996
+    # the operator's status shows what is left of both daily budgets
+    quotas = {q["credential"]: q for q in tiktok_cli.ok("status", "--json").json()["quotas"]}
+    assert (quotas[REQUESTS_KEY]["remaining"], quotas[RECORDS_KEY]["remaining"]) == (996, 100_000 - 4 - 153)
+    assert "tiktok:requests:" in tiktok_cli.ok("status").stdout
 
     code, second = sync(tiktok_cli, source_id)  # a and b unchanged: the older video, never read, fits now
     assert code == 0 and second["mentions_saved"] == 5 and comment_bodies(api, 3) == [(ids["old"], 0)], second
