@@ -370,6 +370,8 @@ def test_thirty_hashtags_per_account_in_seven_days_across_its_sources(
     # the page's account was looked up (a first sync) and its tags read; nothing was asked about the 31st hashtag
     assert [r.path.rsplit("/", 1)[-1] for r in api.graph_calls[calls:]] == [PAGE_ID, "tags"]
     assert not any(r.params.get("q") == names[30] for r in api.hashtag_searches())
+    [budget] = [q for q in ig_cli.ok("status", "--json").json()["quotas"] if q["credential"].startswith("instagram:")]
+    assert (budget["period"], budget["used"], budget["limit"], budget["remaining"]) == ("7 days", 30, 30, 0)
 
     repeat, stderr = sync(ig_cli, second)  # every hashtag of `second` is counted already: free
     assert repeat["success"] and repeat["errors"] == 0 and "not queried" not in stderr
