@@ -5,6 +5,9 @@ from the same list of normalized Mention objects (from the mock stream) and incl
 into rows, so the comparison is what a sync would pay. Each method writes into an emptied
 sl_mentions (TRUNCATE + CHECKPOINT before each run); the figure is the median of --repeat rounds,
 each round running every method once, interleaved, so that other load on the machine hits all alike.
+The criterion compares save_page at 100 a page with one raw COPY of all the rows; two references show
+what that comparison holds: raw COPY itself cut into pages of 100 (what a transaction per page costs
+even the fastest load) and save_page's previous statement (JSON objects), measured in the same rounds.
 
     /tmp/v/bin/python benchmarks/save_path.py [--rows 100000] [--naive-rows 5000] [--repeat 3]
 """
@@ -12,6 +15,7 @@ each round running every method once, interleaved, so that other load on the mac
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +45,7 @@ TYPES = (
 Method = Callable[[db.Connection, Source, Sequence[Mention]], int]
 SAVE_100 = "4. slsync save_page, 100 per page (a tx each)"
 RAW_COPY = "5. raw COPY, no conflict handling (ceiling)"
+RAW_COPY_PAGES = "(ref) raw COPY, 100 per page (a tx each)"
 
 
 def row(source: Source, m: Mention) -> tuple[Any, ...]:
@@ -109,6 +114,90 @@ def staging_copy_pages(page_size: int) -> Method:
                     f"INSERT INTO sl_mentions ({COLUMNS}) SELECT {COLUMNS} FROM page_stage"
                     " ON CONFLICT (tenant_id, platform, external_id) DO NOTHING"
                 ).rowcount
+        return saved
+
+    return run
+
+
+def raw_copy_pages(page_size: int) -> Method:
+    """Binary COPY straight into sl_mentions a page at a time, a transaction each, no conflict handling and no
+    counters: what the per-page transaction alone costs COPY, the ceiling of any per-page save path."""
+
+    def run(conn: db.Connection, source: Source, mentions: Sequence[Mention]) -> int:
+        copy_sql = f"COPY sl_mentions ({COLUMNS}) FROM STDIN (FORMAT BINARY)"
+        for start in range(0, len(mentions), page_size):
+            with conn.transaction(), conn.cursor() as cur, cur.copy(copy_sql) as copy:
+                copy.set_types(TYPES)
+                for m in mentions[start : start + page_size]:
+                    copy.write_row(row(source, m))
+        return len(mentions)
+
+    return run
+
+
+# save_page's statement before 2026-12-02: the page as a JSON array of objects, read by jsonb_to_recordset.
+OBJECTS_SAVE = """
+WITH page AS (
+    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(
+        external_id text, url text, content text, author_name text, author_handle text,
+        author_followers bigint, author_verified boolean, published_at timestamptz,
+        likes_count bigint, comments_count bigint, shares_count bigint, media_type text,
+        media_urls text[], location text, language text, raw jsonb)
+), inserted AS (
+    INSERT INTO sl_mentions (tenant_id, source_id, platform, external_id, url, content, author_name,
+        author_handle, author_followers, author_verified, published_at, likes_count, comments_count,
+        shares_count, media_type, media_urls, location, language, raw)
+    SELECT %(tenant_id)s, %(source_id)s, %(platform)s, external_id, url, content, author_name,
+        author_handle, author_followers, author_verified, published_at, likes_count, comments_count,
+        shares_count, media_type, media_urls, location, language, raw
+    FROM page
+    ON CONFLICT (tenant_id, platform, external_id) DO NOTHING
+    RETURNING 1
+), counted AS (
+    SELECT count(*) AS saved FROM inserted
+), source AS (
+    UPDATE sl_sources SET mentions_count = mentions_count + (SELECT saved FROM counted),
+        inflight_cursor = %(cursor)s, rate_limit_limit = %(limit)s, rate_limit_remaining = %(remaining)s,
+        rate_limit_reset_at = %(reset_at)s, updated_at = now()
+    WHERE id = %(source_id)s
+), run AS (
+    UPDATE sl_sync_runs SET pages = pages + 1, fetched = fetched + %(fetched)s,
+        saved = saved + (SELECT saved FROM counted), duplicates = duplicates + %(fetched)s - (SELECT saved FROM counted)
+    WHERE id = %(run_id)s
+)
+SELECT saved FROM counted
+"""
+
+
+def object_row(m: Mention) -> dict[str, Any]:
+    return {
+        "external_id": m.external_id, "url": m.url, "content": m.content, "author_name": m.author_name,
+        "author_handle": m.author_handle, "author_followers": m.author_followers,
+        "author_verified": m.author_verified, "published_at": m.published_at.isoformat(),
+        "likes_count": m.likes_count, "comments_count": m.comments_count, "shares_count": m.shares_count,
+        "media_type": m.media_type, "media_urls": list(m.media_urls) if m.media_urls is not None else None,
+        "location": m.location, "language": m.language, "raw": m.raw,
+    }  # fmt: skip
+
+
+def objects_save(page_size: int) -> Method:
+    """The save path as it was before 2026-12-02 (JSON objects), with the same counters, for comparison."""
+
+    def run(conn: db.Connection, source: Source, mentions: Sequence[Mention]) -> int:
+        run_id = db.begin_run(conn, source, "manual")
+        reset = datetime.now(UTC) + timedelta(minutes=15)
+        saved = 0
+        for n, start in enumerate(range(0, len(mentions), page_size)):
+            chunk = mentions[start : start + page_size]
+            rows = json.dumps([object_row(m) for m in chunk], ensure_ascii=False, separators=(",", ":"), default=str)
+            params = {
+                "rows": rows, "tenant_id": source.tenant_id, "source_id": source.id, "platform": source.platform,
+                "cursor": Jsonb({"next_seq": len(mentions) - start - len(chunk)}), "limit": 450,
+                "remaining": max(449 - n, 0), "reset_at": reset, "run_id": run_id, "fetched": len(chunk),
+            }  # fmt: skip
+            found = conn.execute(OBJECTS_SAVE, params).fetchone()
+            saved += int(found["saved"]) if found else 0
+        db.finish_success(conn, source, run_id, {"newest_seq": len(mentions)}, "benchmark")
         return saved
 
     return run
@@ -218,9 +307,16 @@ def main() -> None:
             ("3. executemany ON CONFLICT, one transaction", executemany, mentions, args.repeat),
             ("(ref) COPY to temp table + INSERT ON CONFLICT, one tx", staging_copy, mentions, args.repeat),
             ("(ref) same, 100 per page (a tx each)", staging_copy_pages(100), mentions, args.repeat),
+            (
+                "(ref) save_page before 2026-12-02 (JSON objects), 100 per page",
+                objects_save(100),
+                mentions,
+                args.repeat,
+            ),
             (SAVE_100, save_path(100), mentions, args.repeat),
             ("4b. slsync save_page, 1,000 per page", save_path(1000), mentions, args.repeat),
             (RAW_COPY, raw_copy, mentions, args.repeat),
+            (RAW_COPY_PAGES, raw_copy_pages(100), mentions, args.repeat),
             ("(ref) raw COPY of pre-serialized rows (server only)", server_only, mentions, args.repeat),
         ]
         rates: dict[str, list[float]] = {label: [] for label, *_ in methods}
@@ -260,7 +356,8 @@ def main() -> None:
     print(
         f"criterion: save path (100 per page, as a sync saves) >= 50% of raw COPY: "
         f"{100 * share:.0f}% (median of per-round ratios) -> {verdict(share >= 0.5)}"
-        f"  (pages of 1,000: {100 * median['4b. slsync save_page, 1,000 per page'] / copy_rate:.0f}%)"
+        f"  (pages of 1,000: {100 * median['4b. slsync save_page, 1,000 per page'] / copy_rate:.0f}%;"
+        f" raw COPY itself at 100 per page: {100 * median[RAW_COPY_PAGES] / copy_rate:.0f}%)"
     )
 
 

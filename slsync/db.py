@@ -306,15 +306,19 @@ def begin_run(conn: Connection, source: Source, trigger: str) -> int:
 
 
 # One statement, so one round trip and one implicit transaction: the page's mentions, the source's
-# counter, in-flight cursor and rate limit, and the run's counters. Measured faster than COPY into a
-# staging table at a page of 100 (benchmarks/save_path.py).
+# counter, in-flight cursor and rate limit, and the run's counters. The page travels as one JSON array
+# of positional rows (see _mention_row): no keys to write in Python or to look up in PostgreSQL. Measured
+# ~10% faster than the array of objects it replaced (less CPU on both sides) and faster than COPY into a
+# staging table at a page of 100, whose extra round trips cost more than COPY saves (benchmarks/README.md).
+# JSON null comes out of ->> as SQL NULL; raw's NULLIF does the same for ->.
 _SAVE = """
 WITH page AS (
-    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(
-        external_id text, url text, content text, author_name text, author_handle text,
-        author_followers bigint, author_verified boolean, published_at timestamptz,
-        likes_count bigint, comments_count bigint, shares_count bigint, media_type text,
-        media_urls text[], location text, language text, raw jsonb)
+    SELECT r->>0 AS external_id, r->>1 AS url, r->>2 AS content, r->>3 AS author_name, r->>4 AS author_handle,
+        (r->>5)::bigint AS author_followers, (r->>6)::boolean AS author_verified,
+        (r->>7)::timestamptz AS published_at, (r->>8)::bigint AS likes_count, (r->>9)::bigint AS comments_count,
+        (r->>10)::bigint AS shares_count, r->>11 AS media_type, (r->>12)::text[] AS media_urls,
+        r->>13 AS location, r->>14 AS language, NULLIF(r->15, 'null'::jsonb) AS raw
+    FROM jsonb_array_elements(%(rows)s::jsonb) AS r
 ), inserted AS (
     INSERT INTO sl_mentions (tenant_id, source_id, platform, external_id, url, content, author_name,
         author_handle, author_followers, author_verified, published_at, likes_count, comments_count,
@@ -346,25 +350,23 @@ SELECT saved FROM counted
 """
 
 
-def _mention_row(m: Mention) -> dict[str, Any]:
-    return {
-        "external_id": m.external_id,
-        "url": m.url,
-        "content": m.content,
-        "author_name": m.author_name,
-        "author_handle": m.author_handle,
-        "author_followers": m.author_followers,
-        "author_verified": m.author_verified,
-        "published_at": m.published_at.isoformat(),
-        "likes_count": m.likes_count,
-        "comments_count": m.comments_count,
-        "shares_count": m.shares_count,
-        "media_type": m.media_type,
-        "media_urls": list(m.media_urls) if m.media_urls is not None else None,
-        "location": m.location,
-        "language": m.language,
-        "raw": m.raw,
-    }
+def _mention_row(m: Mention) -> tuple[Any, ...]:
+    """A mention as the positional row _SAVE reads (r->>0 to r->15): keep the two in the same order."""
+    return (
+        m.external_id, m.url, m.content, m.author_name, m.author_handle, m.author_followers, m.author_verified,
+        m.published_at.isoformat(), m.likes_count, m.comments_count, m.shares_count, m.media_type,
+        _text_array(m.media_urls), m.location, m.language, m.raw,
+    )  # fmt: skip
+
+
+def _text_array(items: Sequence[str | None] | None) -> str | None:
+    """A PostgreSQL text[] literal, which one cast turns into media_urls (a JSON array would need a subquery
+    per row): every element double-quoted, backslashes and quotes escaped, so commas, braces, spaces and
+    the word NULL inside a URL stay text."""
+    if items is None:
+        return None
+    quoted = ("NULL" if item is None else '"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"' for item in items)
+    return "{" + ",".join(quoted) + "}"
 
 
 def _save(conn: Connection, source: Source, mentions: Sequence[Mention], page: Page | None, run_id: int | None) -> int:

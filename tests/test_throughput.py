@@ -3,7 +3,7 @@ source lock, and a run log that does not grow without end."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -113,3 +113,133 @@ def test_sync_due_prunes_old_run_records_in_bounded_batches(conn, settings) -> N
     )
     assert left.fetchone() == {"recent": True, "n": 29}
     assert db.prune_runs(conn, keep_days=1, batch=5, batches=2) == 10  # bounded: 2 statements of 5
+
+
+# --- the save path ----------------------------------------------------------------------------------
+
+
+def _stored(conn: db.Connection, external_id: str) -> dict:
+    row = conn.execute(
+        "SELECT url, content, author_name, author_handle, author_followers, author_verified, published_at,"
+        " likes_count, comments_count, shares_count, media_type, media_urls, location, language, raw,"
+        " raw IS NULL AS raw_is_sql_null FROM sl_mentions WHERE external_id = %s",
+        (external_id,),
+    ).fetchone()
+    assert row is not None, external_id
+    return row
+
+
+def test_a_saved_page_keeps_every_field_exactly_and_counts_new_and_duplicates_atomically(conn) -> None:
+    from slsync.models import Mention, Page
+
+    source = db.get_source(conn, add_mock_source(conn))
+    run_id = db.begin_run(conn, source, "manual")
+    awkward_urls = ("https://m.example/a,b{c}", 'say "hi"', "back\\slash\\", "NULL", " spaced ", "", "ünï😀")
+    full = Mention(
+        platform="mock", external_id="full", published_at=datetime(2026, 3, 1, 12, 30, 15, 123456,
+        tzinfo=timezone(timedelta(hours=5, minutes=30))), url="https://m.example/p?q=1&r=\"2\"",
+        content="Acme \u202eevil\u202c 😀 «quotes» \"double\" 'single' back\\slash\nnew line\ttab \u2028 {a,b}",
+        author_name="Zoë", author_handle="zoe", author_followers=2**62, author_verified=True, likes_count=0,
+        comments_count=7, shares_count=-1, media_type="image", media_urls=awkward_urls, location="Zürich",
+        language="de", raw={"text": "ünï 😀", "nested": {"list": [1, None, "x"], "null": None}, "n": 1.5},
+    )  # fmt: skip
+    bare = Mention(platform="mock", external_id="bare", published_at=datetime(2026, 3, 1, tzinfo=UTC))
+    empty = Mention(platform="mock", external_id="empty", published_at=datetime(2026, 3, 1, tzinfo=UTC),
+                    media_urls=(), raw={}, author_verified=False, content="")  # fmt: skip
+    page = Page(
+        mentions=(full, bare, empty, bare),  # the same post twice in one page, as a paging API may return it
+        cursor={"next": "abc"},
+        rate_limit=RateLimit(limit=450, remaining=12, reset_at=datetime(2026, 3, 1, 13, tzinfo=UTC)),
+        errors=2,
+    )
+    assert db.save_page(conn, source, run_id, page) == 3
+
+    got = _stored(conn, "full")
+    same = ("url", "content", "author_name", "author_handle", "author_followers", "author_verified", "likes_count")
+    same += ("comments_count", "shares_count", "media_type", "location", "language", "raw")
+    for field in same:
+        assert got[field] == getattr(full, field), field
+    assert got["published_at"] == full.published_at and got["media_urls"] == list(awkward_urls)
+    got = _stored(conn, "bare")
+    assert got["raw_is_sql_null"] and got["media_urls"] is None and got["content"] is None
+    assert got["author_followers"] is None and got["author_verified"] is None
+    got = _stored(conn, "empty")
+    assert got["media_urls"] == [] and got["raw"] == {} and got["author_verified"] is False and got["content"] == ""
+
+    counted = "SELECT pages, fetched, saved, duplicates, errors FROM sl_sync_runs WHERE id = %s"
+    assert conn.execute(counted, (run_id,)).fetchone() == {
+        "pages": 1, "fetched": 4, "saved": 3, "duplicates": 1, "errors": 2
+    }  # fmt: skip
+    after = db.get_source(conn, source.id)
+    assert after.mentions_count == 3 and after.inflight_cursor == {"next": "abc"}
+    assert (after.rate_limit_limit, after.rate_limit_remaining) == (450, 12)
+
+    # the same page again: nothing new, every mention a duplicate, the source's count unchanged
+    assert db.save_page(conn, source, run_id, page) == 0
+    assert conn.execute(counted, (run_id,)).fetchone() == {
+        "pages": 2, "fetched": 8, "saved": 3, "duplicates": 5, "errors": 4
+    }  # fmt: skip
+    assert db.get_source(conn, source.id).mentions_count == 3
+    assert conn.execute("SELECT count(*) AS n FROM sl_mentions").fetchone()["n"] == 3
+
+
+def test_a_page_that_fails_to_save_leaves_no_mention_and_no_counter_behind(conn) -> None:
+    from slsync.models import Mention, Page
+
+    source = db.get_source(conn, add_mock_source(conn))
+    run_id = db.begin_run(conn, source, "manual")
+    good = Mention(platform="mock", external_id="good", published_at=datetime(2026, 3, 1, tzinfo=UTC))
+    too_big = Mention(platform="mock", external_id="bad", published_at=datetime(2026, 3, 1, tzinfo=UTC),
+                      likes_count=2**64)  # fmt: skip
+    with pytest.raises(Exception, match="bigint"):
+        db.save_page(conn, source, run_id, Page(mentions=(good, too_big), cursor={"next": "x"}))
+    assert conn.execute("SELECT count(*) AS n FROM sl_mentions").fetchone()["n"] == 0
+    assert db.get_source(conn, source.id).mentions_count == 0 and db.get_source(conn, source.id).inflight_cursor is None
+    run = conn.execute("SELECT pages, fetched FROM sl_sync_runs WHERE id = %s", (run_id,)).fetchone()
+    assert run == {"pages": 0, "fetched": 0}
+
+
+def test_concurrent_workers_saving_overlapping_pages_store_and_count_each_mention_once(settings) -> None:
+    """Two sources of one tenant and platform share the unique key: eight workers race over the same posts."""
+    import threading
+
+    from slsync.connectors.mock import stream_post
+    from slsync.models import Page
+
+    with db.connect(settings) as conn:
+        sources = [db.get_source(conn, add_mock_source(conn, name=f"s{n}")) for n in range(2)]
+    posts = [stream_post(sources[0].id, "Acme", seq) for seq in range(1, 651)]
+    saved: list[int] = []
+    failures: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def worker(n: int) -> None:
+        source = sources[n % 2]
+        try:
+            with db.connect(settings, migrate_schema=False, for_sync=True) as conn:
+                run_id = db.begin_run(conn, source, "manual")
+                start.wait()
+                mine = posts[n * 50 : n * 50 + 300]  # each worker overlaps its neighbours by 250 posts
+                for first in range(0, len(mine), 100):
+                    page = Page(mentions=tuple(mine[first : first + 100]), cursor={"worker": n, "at": first})
+                    saved.append(db.save_page(conn, source, run_id, page))
+        except BaseException as exc:  # pragma: no cover - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+    with db.connect(settings) as conn:
+        stored = conn.execute("SELECT count(*) AS n, count(DISTINCT external_id) AS d FROM sl_mentions").fetchone()
+        assert stored == {"n": 650, "d": 650} and sum(saved) == 650
+        runs = conn.execute("SELECT source_id, sum(saved) AS saved, sum(fetched) AS fetched, sum(duplicates) AS dups"
+                            " FROM sl_sync_runs GROUP BY source_id").fetchall()  # fmt: skip
+        assert sum(r["saved"] for r in runs) == 650 and sum(r["fetched"] for r in runs) == 8 * 300
+        assert sum(r["dups"] for r in runs) == 8 * 300 - 650
+        for run in runs:
+            assert db.get_source(conn, run["source_id"]).mentions_count == run["saved"]
+            owned = conn.execute("SELECT count(*) AS n FROM sl_mentions WHERE source_id = %s", (run["source_id"],))
+            assert owned.fetchone()["n"] == run["saved"]
