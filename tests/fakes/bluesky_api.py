@@ -17,13 +17,14 @@ import itertools
 import json
 import re
 import secrets
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.serving import QuietHandler, base_url, serve, shutdown
 
 SEARCH = "/xrpc/app.bsky.feed.searchPosts"
 CREATE = "/xrpc/com.atproto.server.createSession"
@@ -90,8 +91,7 @@ class BlueskyApi:
 
     @property
     def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}/xrpc"
+        return base_url(self.server) + "/xrpc"
 
     def calls(self, path: str) -> list[Request]:
         return [r for r in self.requests if r.path == path]
@@ -252,10 +252,7 @@ class BlueskyApi:
     def start(self) -> BlueskyApi:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            # headers and body leave in two writes: without this, Nagle holds the second ~40 ms
-            disable_nagle_algorithm = True
-
+        class Handler(QuietHandler):
             def _answer(self, method: str) -> None:
                 parts = urlsplit(self.path)
                 params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -283,14 +280,7 @@ class BlueskyApi:
                 else:
                     status, headers, doc = 404, {}, {"error": "MethodNotImplemented", "message": "Not Found"}
                 api.requests.append(Request(method, parts.path, params, auth, status, body))
-                payload = json.dumps(doc).encode()
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self.send_body(status, json.dumps(doc).encode(), headers)
 
             def do_GET(self) -> None:  # noqa: N802
                 self._answer("GET")
@@ -298,14 +288,8 @@ class BlueskyApi:
             def do_POST(self) -> None:  # noqa: N802
                 self._answer("POST")
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.server = serve(Handler)
         return self
 
     def stop(self) -> None:
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
+        shutdown(self.server)

@@ -29,9 +29,11 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
+
+from tests.fakes.serving import QuietHandler, base_url, serve, shutdown
 
 VERSION = "v23.0"
 APP_ID = "1234567890123456"
@@ -125,10 +127,6 @@ class TokenCall:
     status: int
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-
 @dataclass
 class GraphApi:
     app_id: str = APP_ID
@@ -161,8 +159,7 @@ class GraphApi:
 
     @property
     def base(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return base_url(self.server)
 
     @property
     def url(self) -> str:
@@ -406,9 +403,7 @@ class GraphApi:
     def start(self) -> GraphApi:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            disable_nagle_algorithm = True
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802
                 parts = urlsplit(self.path)
                 params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -418,26 +413,13 @@ class GraphApi:
                     with api._lock:
                         api.requests.append(Request(parts.path, params, authorization, status))
                 payload = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                if "Content-Type" not in headers:
-                    self.send_header("Content-Type", "application/json; charset=UTF-8")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self.send_body(status, payload, headers)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = _Server(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.server = serve(Handler)
         return self
 
     def stop(self) -> None:
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
+        shutdown(self.server)
 
 
 def _epoch(created_time: str) -> int:

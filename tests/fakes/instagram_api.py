@@ -26,9 +26,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
+
+from tests.fakes.serving import QuietHandler, base_url, serve, shutdown
 
 APP_ID = "861234567890123"
 APP_SECRET = "meta-app-secret-5f4dcc3b5aa765d61d83"
@@ -119,8 +121,7 @@ class InstagramApi:
 
     @property
     def base(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return base_url(self.server)
 
     @property
     def url(self) -> str:
@@ -356,40 +357,25 @@ class InstagramApi:
     def start(self) -> InstagramApi:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 target = urlsplit(self.path)
                 params = {k: v[0] for k, v in parse_qs(target.query, keep_blank_values=True).items()}
                 if target.path == VERSION + "/dialog/oauth":
                     status, headers, payload = api.authorize(params)
-                    self._send(status, {"Content-Type": "text/plain", **headers}, payload)
+                    self.send_body(status, payload, headers, content_type="text/plain")
                     return
                 if target.path == VERSION + "/oauth/access_token":
                     status, doc = api.token(params)
-                    self._send(status, {"Content-Type": "application/json"}, json.dumps(doc).encode())
+                    self.send_body(status, json.dumps(doc).encode())
                     return
                 authorization = self.headers.get("Authorization") or ""
                 token = authorization.removeprefix("Bearer ") if authorization.startswith("Bearer ") else None
                 status, headers, doc = api.graph(target.path, params, token or params.get("access_token"))
-                self._send(status, {"Content-Type": "application/json", **headers}, json.dumps(doc).encode())
+                self.send_body(status, json.dumps(doc).encode(), headers)
 
-            def _send(self, status: int, headers: dict[str, str], payload: bytes) -> None:
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: Any) -> None:
-                """Quiet: test output stays readable."""
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = serve(Handler)
         return self
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+        shutdown(self.server)

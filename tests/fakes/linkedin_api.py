@@ -31,9 +31,11 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+
+from tests.fakes.serving import QuietHandler, base_url, serve, shutdown
 
 CLIENT_ID = "86linkedinclient"
 CLIENT_SECRET = "linkedin-client-s3cret-9f8e7d"
@@ -102,8 +104,7 @@ class LinkedInApi:
 
     @property
     def base(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return base_url(self.server)
 
     @property
     def url(self) -> str:
@@ -327,10 +328,7 @@ class LinkedInApi:
     def start(self) -> LinkedInApi:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            # headers and body leave in two writes: without this, Nagle holds the second ~40 ms
-            disable_nagle_algorithm = True
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802
                 parts = urlsplit(self.path)
                 headers = {k.lower(): v for k, v in self.headers.items()}
@@ -341,14 +339,14 @@ class LinkedInApi:
                     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
                     status, extra, text = api.authorize(query)
                     record.status = status
-                    self._send(status, extra, text.encode())
+                    self.send_body(status, text.encode(), extra)
                     return
                 if parts.path.startswith("/rest/"):
                     status, extra, body = api.rest(parts.path, parts.query, headers)
                 else:
                     status, extra, body = 404, {}, {"status": 404, "message": "Not found"}
                 record.status = status
-                self._send(status, {"Content-Type": "application/json", **extra}, json.dumps(body).encode())
+                self.send_body(status, json.dumps(body).encode(), extra)
 
             def do_POST(self) -> None:  # noqa: N802
                 parts = urlsplit(self.path)
@@ -366,25 +364,10 @@ class LinkedInApi:
                     form = {k: v[0] for k, v in parse_qs(raw).items()}
                     status, body = api.token(form, headers.get("authorization"))
                 record.status = status
-                self._send(status, {"Content-Type": "application/json"}, json.dumps(body).encode())
+                self.send_body(status, json.dumps(body).encode())
 
-            def _send(self, status: int, headers: dict[str, str], payload: bytes) -> None:
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.server = serve(Handler)
         return self
 
     def stop(self) -> None:
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
+        shutdown(self.server)

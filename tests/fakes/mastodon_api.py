@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+
+from tests.fakes.serving import QuietHandler, base_url, serve, shutdown
 
 REMOTE = "remote.example"
 _QUERY_PART = re.compile(r'-?"[^"]*"|\S+')
@@ -67,8 +68,7 @@ class MastodonApi:
 
     @property
     def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return base_url(self.server)
 
     @property
     def host(self) -> str:
@@ -226,10 +226,7 @@ class MastodonApi:
     def start(self) -> MastodonApi:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            # headers and body leave in two writes: without this, Nagle holds the second ~40 ms
-            disable_nagle_algorithm = True
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802
                 parts = urlsplit(self.path)
                 params = parse_qs(parts.query)
@@ -237,23 +234,10 @@ class MastodonApi:
                 record = Request(parts.path, params, auth)
                 api.requests.append(record)
                 record.status, headers, body = api.answer(parts.path, params, auth)
-                payload = json.dumps(body).encode()
-                self.send_response(record.status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self.send_body(record.status, json.dumps(body).encode(), headers)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = serve(Handler)
         return self
 
     def stop(self) -> None:
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
+        shutdown(self.server)

@@ -19,9 +19,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
+
+from tests.fakes.serving import QuietHandler, base_url, serve, shutdown
 
 SCOPES = {"tweet.read", "users.read", "offline.access"}
 
@@ -65,8 +67,7 @@ class XAuth:
 
     @property
     def base(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return base_url(self.server)
 
     @property
     def authorize_url(self) -> str:
@@ -202,43 +203,29 @@ def _basic(header: str | None) -> tuple[str, str] | None:
     return user, password
 
 
-def _handler(auth: XAuth) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        # headers and body leave in two writes: without this, Nagle holds the second ~40 ms
-        disable_nagle_algorithm = True
-
+def _handler(auth: XAuth) -> type[QuietHandler]:
+    class Handler(QuietHandler):
         def do_GET(self) -> None:  # noqa: N802
             target = urlsplit(self.path)
             if target.path != "/i/oauth2/authorize":
-                self._send(404, {"Content-Type": "text/plain"}, b"not found")
+                self.send_body(404, b"not found", content_type="text/plain")
                 return
             query = {k: v[0] for k, v in parse_qs(target.query).items()}
             status, headers, text = auth.authorize(query)
-            self._send(status, headers, text.encode())
+            self.send_body(status, text.encode(), headers)
 
         def do_POST(self) -> None:  # noqa: N802
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length).decode()
             if urlsplit(self.path).path != "/2/oauth2/token":
-                self._send(404, {"Content-Type": "text/plain"}, b"not found")
+                self.send_body(404, b"not found", content_type="text/plain")
                 return
             if not self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
-                self._send(400, {"Content-Type": "application/json"}, b'{"error":"invalid_request"}')
+                self.send_body(400, b'{"error":"invalid_request"}')
                 return
             form = {k: v[0] for k, v in parse_qs(raw).items()}
             status, body = auth.token(form, self.headers.get("Authorization"))
-            self._send(status, {"Content-Type": "application/json"}, json.dumps(body).encode())
-
-        def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            pass
+            self.send_body(status, json.dumps(body).encode())
 
     return Handler
 
@@ -247,14 +234,8 @@ def _handler(auth: XAuth) -> type[BaseHTTPRequestHandler]:
 def running(auth: XAuth | None = None) -> Iterator[XAuth]:
     """Serve the stand-in on a free port of 127.0.0.1 for the duration of the block."""
     auth = auth or XAuth()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(auth))
-    server.daemon_threads = True
-    auth.server = server
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
+    auth.server = serve(_handler(auth))
     try:
         yield auth
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+        shutdown(auth.server)

@@ -18,9 +18,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.serving import QuietHandler, base_url, serve, shutdown
 
 CLIENT_ID = "slsync-reddit-app"
 CLIENT_SECRET = "reddit-client-secret-d41d8cd98f00"
@@ -79,8 +81,7 @@ class RedditApi:
 
     @property
     def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return base_url(self.server)
 
     @property
     def token_url(self) -> str:
@@ -184,10 +185,7 @@ class RedditApi:
     def start(self) -> RedditApi:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            # headers and body leave in two writes: without this, Nagle holds the second ~40 ms
-            disable_nagle_algorithm = True
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:  # noqa: N802
                 parts = urlsplit(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
@@ -203,7 +201,7 @@ class RedditApi:
                 else:
                     status, body = 404, {"message": "Not Found", "error": 404}
                 api.requests.append(Request("POST", parts.path, form, None, agent, status))
-                self._send(status, {}, json.dumps(body).encode())
+                self.send_body(status, json.dumps(body).encode())
 
             def do_GET(self) -> None:  # noqa: N802
                 parts = urlsplit(self.path)
@@ -230,25 +228,10 @@ class RedditApi:
                     payload = b'{"kind": "Listing", "data": {"children": [{"kind": "t3", "data": {"id": "unter'
                 elif fault == "wrong_shape":
                     payload = b'{"kind": "Listing", "data": {"after": null}}'
-                self._send(status, headers, payload)
+                self.send_body(status, payload, headers)
 
-            def _send(self, status: int, headers: dict[str, str], payload: bytes) -> None:
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", "application/json; charset=UTF-8")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.server = serve(Handler)
         return self
 
     def stop(self) -> None:
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
+        shutdown(self.server)

@@ -29,9 +29,11 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.serving import QuietHandler, base_url, serve, shutdown
 
 CLIENT_KEY = "awtiktokresearchkey01"
 CLIENT_SECRET = "tiktok-client-secret-5f4dcc3b5aa7"
@@ -117,8 +119,7 @@ class TikTokApi:
 
     @property
     def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v2"
+        return base_url(self.server) + "/v2"
 
     @property
     def queries(self) -> list[Request]:
@@ -282,9 +283,7 @@ class TikTokApi:
     def start(self) -> TikTokApi:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            disable_nagle_algorithm = True
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:  # noqa: N802
                 parts = urlsplit(self.path)
                 params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -324,21 +323,10 @@ class TikTokApi:
                 else:
                     body, (status, answer) = None, api.error(404, "not_found", "no such path")
                 api.requests.append(Request(parts.path, params, body, auth, status))
-                payload = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=UTF-8")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self.send_body(status, json.dumps(answer).encode())
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.server = serve(Handler)
         return self
 
     def stop(self) -> None:
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
+        shutdown(self.server)

@@ -15,20 +15,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.serving import QuietHandler, base_url, serve, shutdown
 
 SNOWFLAKE_EPOCH_MS = 1288834974657
 
 
 def snowflake(moment: datetime, sequence: int = 0) -> str:
     return str(((int(moment.timestamp() * 1000) - SNOWFLAKE_EPOCH_MS) << 22) | sequence)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # many workers connect at once; the default backlog of 5 would refuse some
 
 
 @dataclass
@@ -66,8 +63,7 @@ class XApi:
 
     @property
     def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}/2"
+        return base_url(self.server) + "/2"
 
     @property
     def answered_429(self) -> int:
@@ -147,10 +143,8 @@ class XApi:
     def start(self) -> XApi:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as a real API answers
-            # headers and body leave in two writes: without this, Nagle holds the second ~40 ms
-            disable_nagle_algorithm = True
 
             def do_GET(self) -> None:  # noqa: N802
                 with api._lock:
@@ -185,27 +179,14 @@ class XApi:
                     payload = b'{"data": [{"id": "1", "text": "unterminated'
                 elif fault == "wrong_shape":
                     payload = b'{"result": "ok", "items": 3}'
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                if fault == "truncated":
-                    self.wfile.write(payload[: len(payload) // 2])
-                    self.wfile.flush()
+                if fault == "truncated":  # the whole length announced, half of it sent, the connection closed
                     self.close_connection = True
-                    return
-                self.wfile.write(payload)
+                    headers = {**headers, "Content-Length": str(len(payload))}
+                    payload = payload[: len(payload) // 2]
+                self.send_body(status, payload, headers)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = _Server(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = serve(Handler)
         return self
 
     def stop(self) -> None:
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
+        shutdown(self.server)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import html
 import json
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.serving import QuietHandler, base_url, serve, shutdown
 
 API_KEY = "AIzaSy-test-key-0123456789abcdefghijk"
 QUOTA_MESSAGE = (
@@ -72,8 +73,7 @@ class YouTubeApi:
 
     @property
     def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}/youtube/v3"
+        return base_url(self.server) + "/youtube/v3"
 
     @property
     def calls(self) -> list[Request]:
@@ -242,10 +242,7 @@ class YouTubeApi:
     def start(self) -> YouTubeApi:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            # headers and body leave in two writes: without this, Nagle holds the second ~40 ms
-            disable_nagle_algorithm = True
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802
                 parts = urlsplit(self.path)
                 params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -263,24 +260,13 @@ class YouTubeApi:
                 else:
                     status, body = 404, google_error(404, "notFound", "Not Found")
                 api.requests.append(Request(parts.path, self.path, params, key, status))
-                payload = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=UTF-8")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self.send_body(status, json.dumps(body).encode())
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.server = serve(Handler)
         return self
 
     def stop(self) -> None:
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
+        shutdown(self.server)
 
 
 def _time(value: str) -> datetime:
