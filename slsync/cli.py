@@ -165,8 +165,8 @@ def _progress(enabled: bool) -> Iterator[PageCallback | None]:
     console = _console(stderr=True)
     with console.status("syncing...") as status:
 
-        def on_page(source: Source, pages: int, saved: int) -> None:
-            status.update(f"source {source.id} ({source.platform}: {source.name}): page {pages}, {saved} new mentions")
+        def on_page(source: Source, pages: int, fetched: int) -> None:
+            status.update(f"source {source.id} ({source.platform}: {source.name}): page {pages}, {fetched} fetched")
 
         yield on_page
 

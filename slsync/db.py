@@ -305,7 +305,7 @@ def begin_run(conn: Connection, source: Source, trigger: str) -> int:
     return int(row["id"])
 
 
-# One statement, so one round trip and one implicit transaction: the page's mentions, the source's
+# One statement, so one round trip and one implicit transaction: the pages' mentions, the source's
 # counter, in-flight cursor and rate limit, and the run's counters. The page travels as one JSON array
 # of positional rows (see _mention_row): no keys to write in Python or to look up in PostgreSQL. Measured
 # ~10% faster than the array of objects it replaced (less CPU on both sides) and faster than COPY into a
@@ -341,7 +341,7 @@ WITH page AS (
         updated_at = now()
     WHERE id = %(source_id)s
 ), run AS (
-    UPDATE sl_sync_runs SET pages = pages + 1, fetched = fetched + %(fetched)s,
+    UPDATE sl_sync_runs SET pages = pages + %(pages)s, fetched = fetched + %(fetched)s,
         saved = saved + (SELECT saved FROM counted),
         duplicates = duplicates + %(fetched)s - (SELECT saved FROM counted), errors = errors + %(errors)s
     WHERE id = %(run_id)s
@@ -369,11 +369,14 @@ def _text_array(items: Sequence[str | None] | None) -> str | None:
     return "{" + ",".join(quoted) + "}"
 
 
-def _save(conn: Connection, source: Source, mentions: Sequence[Mention], page: Page | None, run_id: int | None) -> int:
+def _save(
+    conn: Connection, source: Source, mentions: Sequence[Mention], pages: Sequence[Page], run_id: int | None
+) -> int:
     platforms = {m.platform for m in mentions}
     if platforms - {source.platform}:
         raise ValueError(f"mentions of {sorted(platforms)} cannot be saved for a {source.platform} source")
-    limits = page.rate_limit if page else None
+    # the newest word on limits and cursor is the last page's
+    limits = next((p.rate_limit for p in reversed(pages) if p.rate_limit is not None), None)
     row = conn.execute(
         _SAVE,
         {
@@ -383,15 +386,16 @@ def _save(conn: Connection, source: Source, mentions: Sequence[Mention], page: P
             "tenant_id": source.tenant_id,
             "source_id": source.id,
             "platform": source.platform,
-            "is_page": page is not None,
-            "cursor": Jsonb(dict(page.cursor)) if page else None,
+            "is_page": bool(pages),
+            "cursor": Jsonb(dict(pages[-1].cursor)) if pages else None,
             "has_limits": limits is not None,
             "limit": limits.limit if limits else None,
             "remaining": limits.remaining if limits else None,
             "reset_at": limits.reset_at if limits else None,
             "run_id": run_id,
+            "pages": len(pages),
             "fetched": len(mentions),
-            "errors": page.errors if page else 0,
+            "errors": sum(p.errors for p in pages),
         },
     ).fetchone()
     return int(row["saved"]) if row else 0
@@ -399,12 +403,17 @@ def _save(conn: Connection, source: Source, mentions: Sequence[Mention], page: P
 
 def insert_mentions(conn: Connection, source: Source, mentions: Sequence[Mention]) -> int:
     """Insert mentions for a source, skipping those already stored; returns how many were new."""
-    return _save(conn, source, mentions, None, None)
+    return _save(conn, source, mentions, (), None)
+
+
+def save_pages(conn: Connection, source: Source, run_id: int, pages: Sequence[Page]) -> int:
+    """Consecutive pages of a run: their mentions, the in-flight cursor the last one reached and the run's
+    counters, atomically; how many mentions were new."""
+    return _save(conn, source, [m for p in pages for m in p.mentions], pages, run_id)
 
 
 def save_page(conn: Connection, source: Source, run_id: int, page: Page) -> int:
-    """The page's mentions, the in-flight cursor it reached and the run's counters, atomically."""
-    return _save(conn, source, page.mentions, page, run_id)
+    return save_pages(conn, source, run_id, (page,))
 
 
 def finish_success(

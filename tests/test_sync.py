@@ -77,6 +77,35 @@ def test_the_same_post_in_two_tenants_is_stored_once_per_tenant(conn, settings, 
     assert count["n"] == 2
 
 
+def test_pages_are_written_together_up_to_a_thousand_mentions_or_a_second(
+    conn, settings, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[tuple[int, int, dict]] = []
+    save_pages = db.save_pages
+
+    def recording(conn, source, run_id, pages):  # noqa: ANN001, ANN202
+        saved = save_pages(conn, source, run_id, pages)
+        inflight = db.get_source(conn, source.id).inflight_cursor
+        writes.append((len(pages), sum(len(p.mentions) for p in pages), inflight))
+        assert inflight == dict(pages[-1].cursor)  # the cursor of the last page written, with its mentions
+        return saved
+
+    monkeypatch.setattr(db, "save_pages", recording)
+    backfill = sync.sync_source(settings, add_mock_source(conn, name="fast"))
+    assert backfill.success and backfill.pages == 11
+    assert [(pages, mentions) for pages, mentions, _ in writes] == [(10, 1000), (1, backfill.mentions_fetched - 1000)]
+
+    writes.clear()
+    monkeypatch.setattr(sync, "WRITE_SECONDS", 0.3)
+    slow_id = add_mock_source(conn, name="slow", page_delay=0.2)
+    slow = sync.sync_source(settings, slow_id, since=clock.now - timedelta(hours=100))
+    assert slow.success and slow.pages in (6, 7)  # 600 or 601 posts, as the clock falls
+    # a slow API: pages are written once the first of them has waited its time, long before a thousand gather
+    assert len(writes) >= 2 and all(pages <= 3 for pages, _, _ in writes)
+    assert sum(pages for pages, _, _ in writes) == slow.pages and sum(m for _, m, _ in writes) == slow.mentions_fetched
+    assert runs(conn, slow_id)[-1]["pages"] == slow.pages
+
+
 def test_a_failed_run_keeps_its_pages_and_does_not_move_the_committed_cursor(conn, settings, clock: Clock) -> None:
     source_id = add_mock_source(conn, fail_after_page=4)
     failed = sync.sync_source(settings, source_id)
