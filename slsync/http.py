@@ -28,6 +28,11 @@ from slsync.models import RateLimit
 USER_AGENT = f"slsync/{__version__} (+https://github.com/slsync/slsync)"
 RETRIABLE_STATUS = frozenset({500, 502, 503, 504})
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# What in a JSON body can decode to something PostgreSQL refuses: a \u0000 or surrogate escape (a lone
+# surrogate, or half of an escaped emoji: checked, not assumed), surrogate bytes (json reads bytes with
+# surrogatepass), a NUL byte (and so any UTF-16 or UTF-32 body), NaN / Infinity, and numbers too large
+# for a float (exponents of 3 digits, 309 digits).
+_MAY_NEED_CLEANING = re.compile(rb"\\u0000|\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]|\x00|NaN|Infinity|[eE][+]?\d{3}|\d{309}")
 
 
 def client(*, timeout: float = 30.0) -> httpx.Client:
@@ -54,12 +59,14 @@ def storable(value: Any) -> Any:
 
 def decode_json(response: httpx.Response, platform: str) -> Any:
     try:
-        return storable(json.loads(response.content))
+        value = json.loads(response.content)
     except (ValueError, RecursionError):
         raise Fatal(
             f"{platform} sent a response that is not valid JSON (HTTP {response.status_code}, "
             f"{len(response.content)} bytes)"
         ) from None
+    # Walking every value costs more than the decoding; only a body that can hold something unstorable needs it.
+    return storable(value) if _MAY_NEED_CLEANING.search(response.content) else value
 
 
 def header_limits(prefix: str) -> Callable[[Mapping[str, str]], RateLimit | None]:

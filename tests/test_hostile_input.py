@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import httpx
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from slsync import db, http
@@ -164,3 +164,41 @@ def _mock_source(conn: db.Connection) -> int:
     if key not in _SOURCES:
         _SOURCES[key] = add_mock_source(conn, name="hostile")
     return _SOURCES[key]
+
+
+any_json = st.recursive(
+    st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(), hostile_text,
+        st.sampled_from([1e308, 1e300, -1e308, 2.5e-300]),
+    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(hostile_text, inner, max_size=4)),
+    max_leaves=20,
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@example(value=[float("nan")], ascii_only=True, encoding="utf-8", huge="")
+@example(value=[float("inf"), -float("inf")], ascii_only=True, encoding="utf-8", huge="")
+@example(value={"t": "a\x00b", "s": "\ud800", "e": "🙂"}, ascii_only=True, encoding="utf-8", huge="")
+@example(value={"s": "\udfff"}, ascii_only=False, encoding="utf-8", huge="")
+@example(value=["plain"], ascii_only=False, encoding="utf-16", huge="")
+@example(value=None, ascii_only=True, encoding="utf-8", huge='{"n": 1e400}')
+@given(
+    value=any_json,
+    ascii_only=st.booleans(),
+    encoding=st.sampled_from(["utf-8", "utf-16", "utf-32"]),
+    huge=st.sampled_from(["", '{"n": 1e400}', '{"n": -1E+999}', '{"n": ' + "9" * 310 + ".5}"]),
+)
+def test_decoding_skips_the_cleaning_walk_only_for_bodies_with_nothing_to_clean(
+    value: object, ascii_only: bool, encoding: str, huge: str
+) -> None:
+    """The fast path of http.decode_json gives exactly what cleaning every value gives, whatever the body."""
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    if huge:
+        text = f"[{text}, {huge}]"
+    body = text.encode(encoding, "surrogatepass")
+    decoded = http.decode_json(httpx.Response(200, content=body), "X")
+    expected = http.storable(json.loads(body))
+    assert json.dumps(decoded, sort_keys=True) == json.dumps(expected, sort_keys=True)
+    json.dumps(decoded, allow_nan=False)  # raises on a non-finite number
+    assert "\x00" not in json.dumps(decoded, ensure_ascii=False)
