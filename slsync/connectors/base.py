@@ -27,6 +27,34 @@ if TYPE_CHECKING:
 SEARCH_KEYS = ("keywords", "hashtags", "mentions", "exclude", "languages")
 
 
+# --- option parsers that several connectors share (`options = {"name": parser}`) --------------------
+
+
+def flag(value: str) -> bool:
+    """`--option NAME=yes|no` (also true/false, on/off, 1/0)."""
+    lowered = value.strip().lower()
+    if lowered in ("yes", "true", "on", "1"):
+        return True
+    if lowered in ("no", "false", "off", "0"):
+        return False
+    raise ValueError(f"expected yes or no, not {value!r}")
+
+
+def whole_number(unit: str, maximum: int) -> Callable[[str], int]:
+    """A parser of `--option NAME=N` for a whole number of `unit` from 0 to `maximum`."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value.strip())
+        except ValueError:
+            raise ValueError(f"expected a number of {unit}, not {value!r}") from None
+        if not 0 <= number <= maximum:
+            raise ValueError(f"expected from 0 to {maximum} {unit}, not {number}")
+        return number
+
+    return parse
+
+
 class Quota(Protocol):
     """A daily quota in units per credential, shared through the database by every process."""
 

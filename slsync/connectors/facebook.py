@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from slsync.connectors import meta
-from slsync.connectors.base import Connector
+from slsync.connectors.base import Connector, whole_number
 from slsync.connectors.fields import count, items, mapping, text
 from slsync.errors import UsageError
 from slsync.models import Mention, Page, RateLimit
@@ -71,16 +71,6 @@ def _page_id(value: str) -> str:
     if not _PAGE_ID.match(value):
         raise ValueError(f"{value!r} is not a Facebook page id (digits, as in the page's About > Page transparency)")
     return value
-
-
-def _comment_posts(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"expected a number of posts from 0 to {MAX_COMMENT_POSTS}, not {value!r}") from None
-    if not 0 <= number <= MAX_COMMENT_POSTS:
-        raise ValueError(f"expected a number of posts from 0 to {MAX_COMMENT_POSTS}, not {number}")
-    return number
 
 
 def _terms(config: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -249,7 +239,7 @@ class FacebookConnector(Connector):
     platform = PLATFORM
     connection_type = "user"
     needs_search_terms = False
-    options = {"page": _page_id, "comment_posts": _comment_posts}
+    options = {"page": _page_id, "comment_posts": whole_number("posts", MAX_COMMENT_POSTS)}
     # per stream, the newest time reached (ISO); set by pages() from the cursor, moved as streams finish
     _bounds: dict[str, str]
 

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from slsync import http
 from slsync.connectors import meta
-from slsync.connectors.base import Connector
+from slsync.connectors.base import Connector, flag, whole_number
 from slsync.connectors.fields import count as _count
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
@@ -58,6 +58,7 @@ RECENT_MEDIA_REACH = timedelta(hours=24)
 # recent_media pages hold at most 50; the tags edge takes the same
 PAGE_SIZE = 50
 BACKFILL = timedelta(days=7)
+MAX_OVERLAP_MINUTES = 24 * 60
 DEFAULT_OVERLAP_MINUTES = 10
 MEDIA_FIELDS = (
     "id,caption,media_type,permalink,timestamp,like_count,comments_count,media_url,children{media_type,media_url}"
@@ -88,25 +89,6 @@ def _graph_id(what: str) -> Callable[[str], str]:
         return value
 
     return parse
-
-
-def _flag(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("yes", "true", "on", "1"):
-        return True
-    if lowered in ("no", "false", "off", "0"):
-        return False
-    raise ValueError(f"expected yes or no, not {value!r}")
-
-
-def _minutes(value: str) -> int:
-    try:
-        minutes = int(value.strip())
-    except ValueError:
-        raise ValueError(f"expected whole minutes, not {value!r}") from None
-    if not 0 <= minutes <= 1440:
-        raise ValueError("expected 0 to 1440 minutes")
-    return minutes
 
 
 def hashtags_of(config: Mapping[str, Any]) -> list[str]:
@@ -300,8 +282,8 @@ class InstagramConnector(Connector):
     options = {
         "page": _graph_id("Facebook page id"),
         "ig_user": _graph_id("Instagram user id"),
-        "tags": _flag,
-        "overlap_minutes": _minutes,
+        "tags": flag,
+        "overlap_minutes": whole_number("minutes", MAX_OVERLAP_MINUTES),
     }
     # the usage Meta reported last in this run, for pages that make no call (a hashtag over the budget)
     _last_limits: RateLimit | None = None

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import httpx
 
 from slsync import http
-from slsync.connectors.base import Connector
+from slsync.connectors.base import Connector, flag
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
@@ -91,15 +91,6 @@ def parse_instance(value: str) -> str:
         if not _HOST.match(host):
             raise ValueError(f"{value!r} has an invalid host name")
     return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
-
-
-def parse_flag(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, not {value!r}")
 
 
 def _term(word: str, *, negate: bool = False) -> str:
@@ -405,7 +396,7 @@ def _instance_host(source: Source) -> str:
 class MastodonConnector(Connector):
     platform = "mastodon"
     connection_type = "app"
-    options = {"instance": parse_instance, "anonymous": parse_flag}
+    options = {"instance": parse_instance, "anonymous": flag}
 
     @classmethod
     def app_credentials(cls, source: Source, settings: Settings) -> MastodonCredentials:

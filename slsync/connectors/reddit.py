@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from slsync import http
-from slsync.connectors.base import Connector
+from slsync.connectors.base import Connector, whole_number
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
@@ -83,17 +83,6 @@ def parse_subreddits(value: str) -> list[str]:
     if len(names) > MAX_SUBREDDITS:
         raise ValueError(f"at most {MAX_SUBREDDITS} subreddits per source")
     return names
-
-
-def parse_overlap(value: str) -> int:
-    """`--option overlap_minutes=N`: how far before the newest stored post each run re-reads."""
-    try:
-        minutes = int(value)
-    except ValueError:
-        raise ValueError(f"expected whole minutes, not {value!r}") from None
-    if not 0 <= minutes <= MAX_OVERLAP_MINUTES:
-        raise ValueError(f"expected 0 to {MAX_OVERLAP_MINUTES} minutes")
-    return minutes
 
 
 def _phrase(term: str) -> str:
@@ -364,7 +353,7 @@ class RedditAppCredentials(ClientCredentials):
 class RedditConnector(Connector):
     platform = "reddit"
     connection_type = "app"
-    options = {"subreddits": parse_subreddits, "overlap_minutes": parse_overlap}
+    options = {"subreddits": parse_subreddits, "overlap_minutes": whole_number("minutes", MAX_OVERLAP_MINUTES)}
     # search reaches as far back as its ~1,000-item listings go; no fixed window
     max_lookback = None
 

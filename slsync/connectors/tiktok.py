@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from slsync import http
-from slsync.connectors.base import Connector
+from slsync.connectors.base import Connector, whole_number
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
@@ -110,28 +110,6 @@ def parse_regions(value: str) -> list[str]:
     if not regions:
         raise ValueError("expected region codes separated by commas, such as regions=US,CA")
     return regions
-
-
-def parse_overlap(value: str) -> int:
-    """`--option overlap_days=N`: how many days before the last day reached each sync asks for again."""
-    try:
-        days = int(value)
-    except ValueError:
-        raise ValueError(f"expected whole days, not {value!r}") from None
-    if not 0 <= days <= MAX_OVERLAP_DAYS:
-        raise ValueError(f"expected 0 to {MAX_OVERLAP_DAYS} days")
-    return days
-
-
-def parse_comments(value: str) -> int:
-    """`--option comments=N`: read the comments of at most N videos a sync (0, the default, reads none)."""
-    try:
-        videos = int(value)
-    except ValueError:
-        raise ValueError(f"expected a number of videos, not {value!r}") from None
-    if not 0 <= videos <= MAX_COMMENTED_VIDEOS:
-        raise ValueError(f"expected 0 to {MAX_COMMENTED_VIDEOS} videos a sync")
-    return videos
 
 
 def comment_videos(config: Mapping[str, Any]) -> int:
@@ -444,7 +422,13 @@ class _Meter(httpx.Auth):
 class TikTokConnector(Connector):
     platform = "tiktok"
     connection_type = "app"
-    options = {"regions": parse_regions, "overlap_days": parse_overlap, "comments": parse_comments}
+    options = {
+        "regions": parse_regions,
+        # how many days before the last day reached each sync asks for again
+        "overlap_days": whole_number("days", MAX_OVERLAP_DAYS),
+        # read the comments of at most N videos a sync (0, the default, reads none)
+        "comments": whole_number("videos a sync", MAX_COMMENTED_VIDEOS),
+    }
     # the Research API reaches back to 2016-ish; a long --since is split into 30-day queries
     max_lookback = None
 

@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import httpx
 
 from slsync import http
-from slsync.connectors.base import Connector
+from slsync.connectors.base import Connector, flag
 from slsync.connectors.fields import count_in_text as _int
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
@@ -102,15 +102,6 @@ def _ids(pattern: re.Pattern[str], what: str) -> Callable[[str], list[str]]:
         return ids
 
     return parse
-
-
-def _flag(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("yes", "true", "on", "1"):
-        return True
-    if lowered in ("no", "false", "off", "0"):
-        return False
-    raise ValueError(f"expected yes or no, not {value!r}")
 
 
 def _phrase(term: str) -> str:
@@ -430,7 +421,7 @@ class YouTubeConnector(Connector):
     options = {
         "channels": _ids(_CHANNEL_ID, "YouTube channel id (UC and 22 letters, digits, - or _)"),
         "videos": _ids(_VIDEO_ID, "YouTube video id (11 letters, digits, - or _)"),
-        "video_search": _flag,
+        "video_search": flag,
     }
 
     @classmethod
