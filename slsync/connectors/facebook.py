@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from slsync.connectors import meta
 from slsync.connectors.base import Connector, whole_number
-from slsync.connectors.fields import count, items, mapping, text
+from slsync.connectors.fields import count, has_word, items, mapping, text
 from slsync.errors import UsageError
 from slsync.models import Mention, Page, RateLimit
 
@@ -84,7 +84,7 @@ def _kept(mention: Mention, wanted: tuple[str, ...], excluded: tuple[str, ...]) 
     body = (mention.content or "").casefold()
     if wanted and not any(w in body for w in wanted):
         return False
-    return not any(re.search(rf"(?<!\w){re.escape(w)}(?!\w)", body) for w in excluded)
+    return not has_word(body, excluded)
 
 
 # --- normalizing ----------------------------------------------------------------------------------

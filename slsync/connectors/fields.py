@@ -6,6 +6,8 @@ as an invented value.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any
 
 BIGINT_END = 2**63
@@ -36,6 +38,15 @@ def items(value: Any) -> list[Any]:
 def text(value: Any) -> str | None:
     """A non-empty string, or None."""
     return value if isinstance(value, str) and value else None
+
+
+def has_word(text: str | None, words: Iterable[str]) -> bool:
+    """Whether the text holds one of the words or phrases as a whole word, in any case (local filtering
+    of --keyword and --exclude where a platform cannot be asked to)."""
+    if not text:
+        return False
+    folded = text.casefold()
+    return any(re.search(rf"(?<!\w){re.escape(w.casefold())}(?!\w)", folded) for w in words)
 
 
 def by_key(values: Any, key: str) -> dict[str, dict[str, Any]]:

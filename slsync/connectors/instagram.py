@@ -29,6 +29,7 @@ from slsync import http
 from slsync.connectors import meta
 from slsync.connectors.base import Connector, flag, whole_number
 from slsync.connectors.fields import count as _count
+from slsync.connectors.fields import has_word
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import text as _text
@@ -221,13 +222,6 @@ def normalize_page(body: Any) -> tuple[list[Mention], int]:
     return mentions, errors
 
 
-def _excluded(text: str | None, words: tuple[str, ...]) -> bool:
-    if not text or not words:
-        return False
-    lowered = text.casefold()
-    return any(re.search(rf"(?<!\w){re.escape(w.casefold())}(?!\w)", lowered) for w in words)
-
-
 # --- streams and the cursor -----------------------------------------------------------------------
 
 
@@ -389,7 +383,7 @@ class InstagramConnector(Connector):
                 # the bound is the last one needed
                 if mentions and min(m.published_at for m in mentions) < bound:
                     following = None
-                mentions = [m for m in mentions if m.published_at >= bound and not _excluded(m.content, exclude)]
+                mentions = [m for m in mentions if m.published_at >= bound and not has_word(m.content, exclude)]
                 for mention in mentions:
                     if (newest is None or mention.published_at > newest) and mention.published_at <= now + overlap:
                         newest = mention.published_at

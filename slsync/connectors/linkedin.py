@@ -33,6 +33,7 @@ import httpx
 
 from slsync import http
 from slsync.connectors.base import Connector, OAuthApp
+from slsync.connectors.fields import has_word
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import text as _text
@@ -91,16 +92,10 @@ def _filters(config: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...
     return tuple(wanted), tuple(config.get("exclude") or [])
 
 
-def _contains(text: str | None, word: str) -> bool:
-    if not text:
-        return False
-    return re.search(rf"(?<!\w){re.escape(word.casefold())}(?!\w)", text.casefold()) is not None
-
-
 def kept(mention: Mention, wanted: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
-    if wanted and not any(_contains(mention.content, w) for w in wanted):
+    if wanted and not has_word(mention.content, wanted):
         return False
-    return not any(_contains(mention.content, w) for w in exclude)
+    return not has_word(mention.content, exclude)
 
 
 # --- Rest.li 2.0 ----------------------------------------------------------------------------------

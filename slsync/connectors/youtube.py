@@ -33,6 +33,7 @@ import httpx
 from slsync import http
 from slsync.connectors.base import Connector, flag
 from slsync.connectors.fields import count_in_text as _int
+from slsync.connectors.fields import has_word
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import text as _text
@@ -351,13 +352,6 @@ def normalize_page(body: Any) -> tuple[list[Mention], int]:
     return mentions, errors
 
 
-def _excluded(text: str | None, words: tuple[str, ...]) -> bool:
-    if not text or not words:
-        return False
-    lowered = text.casefold()
-    return any(re.search(rf"(?<!\w){re.escape(w.casefold())}(?!\w)", lowered) for w in words)
-
-
 # --- errors ---------------------------------------------------------------------------------------
 
 
@@ -492,7 +486,7 @@ class YouTubeConnector(Connector):
                     if mentions and mentions[-1].published_at < bound:
                         token = None
                     mentions = [
-                        m for m in mentions if m.published_at >= bound and not _excluded(m.content, stream.exclude)
+                        m for m in mentions if m.published_at >= bound and not has_word(m.content, stream.exclude)
                     ]
                 for mention in mentions:
                     if newest is None or mention.published_at > newest:
