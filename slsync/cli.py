@@ -651,7 +651,6 @@ def status(
         breakdown = db.sentiment_breakdown(conn, [row["id"] for row in rows]) if wanted else None
         # quotas belong to credentials, which tenants may share: shown to the operator's unnarrowed view
         quotas = db.quota_usage(conn) if source_id is None and tenant is None else []
-        now = db.db_now(conn)
     docs = [_status_json(row, breakdown) for row in rows]
     if as_json:
         if source_id is not None:
@@ -676,7 +675,7 @@ def status(
         return
     console = _console()
     console.print(_status_table(docs))
-    for line in _reconnect_warnings(docs, now):
+    for line in _reconnect_warnings(docs, rows[0]["db_now"]):
         console.print(line, soft_wrap=True)
     if quotas:
         console.print(_quota_table(quotas))
