@@ -352,8 +352,7 @@ class TikTokAppCredentials(ClientCredentials):
         settings: Settings,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.digest = key_digest(client_key)
-        super().__init__(f"tiktok:app:{self.digest}", now)
+        super().__init__(f"tiktok:app:{key_digest(client_key)}", now)
         self._client_key = client_key
         self._secret = client_secret
         self._settings = settings
@@ -633,7 +632,7 @@ class TikTokConnector(Connector):
         settings = self.context.settings
         assert settings is not None
         credentials = self.context.credentials
-        digest = getattr(credentials, "digest", None) or credentials.key.rsplit(":", 1)[-1]
+        digest = credentials.key.rsplit(":", 1)[-1]  # tiktok:app:<digest of the client key>
         requests_key, records_key = f"tiktok:requests:{digest}", f"tiktok:records:{digest}"
         daily_requests, daily_records = settings.tiktok_daily_requests, settings.tiktok_daily_records
         url = settings.tiktok_api_url.rstrip("/") + path
