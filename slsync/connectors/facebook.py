@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from slsync.connectors import meta
 from slsync.connectors.base import Connector, whole_number
-from slsync.connectors.fields import count, has_word, items, mapping, text
+from slsync.connectors.fields import count, has_word, items, mapping, normalize_each, text
 from slsync.errors import UsageError
 from slsync.models import Mention, Page, RateLimit
 
@@ -211,21 +211,12 @@ def _is_comment(item: Mapping[str, Any]) -> bool:
 
 def normalize_page(body: Any, *, post_id: str | None = None) -> tuple[list[Mention], int]:
     """The posts or comments of one Graph list answer (`data`), and how many could not be normalized."""
-    mentions, errors = [], 0
-    for item in items(mapping(body).get("data")):
-        try:
-            if not isinstance(item, dict):
-                raise ValueError("an item that is not an object")
-            if _is_comment(item):
-                mentions.append(normalize_comment(item, post_id=post_id))
-            else:
-                mentions.append(normalize_post(item))
-        except (ValueError, TypeError, OverflowError) as exc:
-            errors += 1
-            log.warning(
-                "skipped an item Facebook sent that cannot be stored: %s", exc, extra={"event": "skipped_record"}
-            )
-    return mentions, errors
+    return normalize_each(
+        items(mapping(body).get("data")),
+        lambda item: normalize_comment(item, post_id=post_id) if _is_comment(item) else normalize_post(item),
+        "an item Facebook sent",
+        log,
+    )
 
 
 # --- the connector --------------------------------------------------------------------------------

@@ -6,9 +6,13 @@ as an invented value.
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from slsync.models import Mention
 
 BIGINT_END = 2**63
 
@@ -38,6 +42,23 @@ def items(value: Any) -> list[Any]:
 def text(value: Any) -> str | None:
     """A non-empty string, or None."""
     return value if isinstance(value, str) and value else None
+
+
+def normalize_each(
+    records: Iterable[Any], normalize: Callable[[dict[str, Any]], Mention], what: str, log: logging.Logger
+) -> tuple[list[Mention], int]:
+    """A page's records through `normalize`, and how many were skipped: a record that is not an object,
+    or that `normalize` refuses (ValueError, TypeError, OverflowError), is logged and counted, never stored."""
+    mentions, skipped = [], 0
+    for record in records:
+        try:
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+            mentions.append(normalize(record))
+        except (ValueError, TypeError, OverflowError) as exc:
+            skipped += 1
+            log.warning("skipped %s that cannot be stored: %s", what, exc, extra={"event": "skipped_record"})
+    return mentions, skipped
 
 
 def has_word(text: str | None, words: Iterable[str]) -> bool:

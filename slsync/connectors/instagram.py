@@ -29,7 +29,7 @@ from slsync import http
 from slsync.connectors import meta
 from slsync.connectors.base import Connector, flag, whole_number
 from slsync.connectors.fields import count as _count
-from slsync.connectors.fields import has_word
+from slsync.connectors.fields import has_word, normalize_each
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import text as _text
@@ -208,18 +208,7 @@ def normalize_media(item: Any) -> Mention:
 
 def normalize_page(body: Any) -> tuple[list[Mention], int]:
     """A Graph API list of media ({"data": [...]}) as mentions, and how many items could not be stored."""
-    mentions, errors = [], 0
-    for item in _list(_dict(body).get("data")):
-        try:
-            mentions.append(normalize_media(item))
-        except (ValueError, TypeError, OverflowError) as exc:
-            errors += 1
-            log.warning(
-                "skipped a media object Instagram sent that cannot be stored: %s",
-                exc,
-                extra={"event": "skipped_record"},
-            )
-    return mentions, errors
+    return normalize_each(_list(_dict(body).get("data")), normalize_media, "a media object Instagram sent", log)
 
 
 # --- streams and the cursor -----------------------------------------------------------------------

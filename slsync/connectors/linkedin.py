@@ -33,7 +33,7 @@ import httpx
 
 from slsync import http
 from slsync.connectors.base import Connector, OAuthApp
-from slsync.connectors.fields import has_word
+from slsync.connectors.fields import has_word, normalize_each
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import text as _text
@@ -225,21 +225,14 @@ def normalize_page(body: Any, posts: Mapping[str, Any] | None = None) -> tuple[l
 
     Notifications of other actions (likes, reshares, edits) are passed over without counting as errors.
     """
-    mentions, errors = [], 0
     posts = posts or {}
-    for notification in _list(_dict(body).get("elements")):
-        if isinstance(notification, dict) and notification.get("action") not in ACTIONS:
-            continue
-        try:
-            if not isinstance(notification, dict):
-                raise ValueError("a notification that is not an object")
-            resolved = posts.get(needs_post(notification) or "")
-            mentions.append(normalize_notification(notification, resolved if isinstance(resolved, dict) else None))
-        except (ValueError, TypeError, OverflowError) as exc:
-            errors += 1
-            log.warning("skipped a notification LinkedIn sent that cannot be stored: %s", exc,
-                        extra={"event": "skipped_record"})  # fmt: skip
-    return mentions, errors
+
+    def normalize(notification: dict[str, Any]) -> Mention:
+        resolved = posts.get(needs_post(notification) or "")
+        return normalize_notification(notification, resolved if isinstance(resolved, dict) else None)
+
+    wanted = [n for n in _list(_dict(body).get("elements")) if not isinstance(n, dict) or n.get("action") in ACTIONS]
+    return normalize_each(wanted, normalize, "a notification LinkedIn sent", log)
 
 
 def newest_time(body: Any) -> datetime | None:

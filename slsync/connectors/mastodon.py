@@ -27,6 +27,7 @@ from slsync.connectors.base import Connector, flag
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
+from slsync.connectors.fields import normalize_each
 from slsync.connectors.fields import text as _text
 from slsync.errors import AuthError, Fatal, RateLimited, UsageError
 from slsync.models import Mention, Page, RateLimit
@@ -343,24 +344,13 @@ def normalize_page(body: Any, instance_host: str | None = None) -> tuple[list[Me
     """A hashtag timeline (a list of statuses) or a search answer (`statuses` beside accounts and
     hashtags) as mentions, and how many statuses could not be normalized."""
     statuses = body.get("statuses") if isinstance(body, dict) else body
-    mentions: list[Mention] = []
-    seen: set[str] = set()
-    errors = 0
-    for status in _list(statuses):
-        try:
-            if not isinstance(status, dict):
-                raise ValueError("a status that is not an object")
-            mention = normalize_status(status, instance_host)
-        except (ValueError, TypeError, OverflowError) as exc:
-            errors += 1
-            log.warning(
-                "skipped a status Mastodon sent that cannot be stored: %s", exc, extra={"event": "skipped_record"}
-            )
-            continue
-        if mention.external_id not in seen:  # a post and a boost of it on one page
-            seen.add(mention.external_id)
-            mentions.append(mention)
-    return mentions, errors
+    normalized, errors = normalize_each(
+        _list(statuses), lambda status: normalize_status(status, instance_host), "a status Mastodon sent", log
+    )
+    unique: dict[str, Mention] = {}  # a post and a boost of it on one page are one mention
+    for mention in normalized:
+        unique.setdefault(mention.external_id, mention)
+    return list(unique.values()), errors
 
 
 # --- credentials ----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from slsync.connectors.base import Connector, whole_number
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
+from slsync.connectors.fields import normalize_each
 from slsync.connectors.fields import text as _text
 from slsync.errors import AuthError, Fatal, RateLimited, UsageError
 from slsync.models import Mention, Page, RateLimit
@@ -243,21 +244,19 @@ def normalize_post(kind: str, data: Mapping[str, Any]) -> Mention:
 
 def normalize_page(body: Any) -> tuple[list[Mention], int]:
     """A listing's posts and comments as mentions, and how many of its records were skipped."""
-    mentions, errors = [], 0
-    for child in _list(_dict(_dict(body).get("data")).get("children")):
-        try:
-            if not isinstance(child, dict) or not isinstance(child.get("data"), dict):
-                raise ValueError("a listing item that is not a thing")
-            kind = child.get("kind")
-            if kind not in ("t3", "t1"):
-                raise ValueError(f"a listing item of kind {str(kind)[:10]!r}, not a post or comment")
-            mentions.append(normalize_post(kind, child["data"]))
-        except (ValueError, TypeError, OverflowError) as exc:
-            errors += 1
-            log.warning(
-                "skipped a record Reddit sent that cannot be stored: %s", exc, extra={"event": "skipped_record"}
-            )
-    return mentions, errors
+    return normalize_each(
+        _list(_dict(_dict(body).get("data")).get("children")), _normalize_thing, "a record Reddit sent", log
+    )
+
+
+def _normalize_thing(child: dict[str, Any]) -> Mention:
+    """A listing item: {"kind": "t3" or "t1", "data": {...}}."""
+    if not isinstance(child.get("data"), dict):
+        raise ValueError("a listing item that is not a thing")
+    kind = child.get("kind")
+    if kind not in ("t3", "t1"):
+        raise ValueError(f"a listing item of kind {str(kind)[:10]!r}, not a post or comment")
+    return normalize_post(kind, child["data"])
 
 
 # --- rate limits ----------------------------------------------------------------------------------

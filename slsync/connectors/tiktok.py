@@ -45,6 +45,7 @@ from slsync.connectors.base import Connector, whole_number
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
+from slsync.connectors.fields import normalize_each
 from slsync.connectors.fields import text as _text
 from slsync.errors import AuthError, Fatal, RateLimited, Retriable, UsageError
 from slsync.models import Mention, Page, RateLimit
@@ -243,16 +244,9 @@ def normalize_video(video: Mapping[str, Any]) -> Mention:
 
 def normalize_page(body: Any) -> tuple[list[Mention], int]:
     """A query page's videos as mentions, and how many of them could not be stored."""
-    mentions, errors = [], 0
-    for video in _list(_dict(_dict(body).get("data")).get("videos")):
-        try:
-            if not isinstance(video, dict):
-                raise ValueError("a video that is not an object")
-            mentions.append(normalize_video(video))
-        except (ValueError, TypeError, OverflowError) as exc:
-            errors += 1
-            log.warning("skipped a video TikTok sent that cannot be stored: %s", exc, extra={"event": "skipped_record"})
-    return mentions, errors
+    return normalize_each(
+        _list(_dict(_dict(body).get("data")).get("videos")), normalize_video, "a video TikTok sent", log
+    )
 
 
 def comment_external_id(comment_id: str) -> str:
@@ -283,18 +277,8 @@ def normalize_comment(comment: Mapping[str, Any], video_url: str | None) -> Ment
 
 def normalize_comments_page(body: Any, video_url: str | None = None) -> tuple[list[Mention], int]:
     """A comment list page's comments as mentions, and how many of them could not be stored."""
-    mentions, errors = [], 0
-    for comment in _list(_dict(_dict(body).get("data")).get("comments")):
-        try:
-            if not isinstance(comment, dict):
-                raise ValueError("a comment that is not an object")
-            mentions.append(normalize_comment(comment, video_url))
-        except (ValueError, TypeError, OverflowError) as exc:
-            errors += 1
-            log.warning(
-                "skipped a comment TikTok sent that cannot be stored: %s", exc, extra={"event": "skipped_record"}
-            )
-    return mentions, errors
+    comments = _list(_dict(_dict(body).get("data")).get("comments"))
+    return normalize_each(comments, lambda c: normalize_comment(c, video_url), "a comment TikTok sent", log)
 
 
 # --- errors ---------------------------------------------------------------------------------------

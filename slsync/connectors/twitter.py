@@ -20,6 +20,7 @@ from slsync.connectors.fields import by_key as _by_key
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
+from slsync.connectors.fields import normalize_each
 from slsync.connectors.fields import text as _text
 from slsync.errors import Fatal, RateLimited, UsageError
 from slsync.models import Mention, Page, RateLimit
@@ -204,15 +205,9 @@ def normalize_page(body: Any) -> tuple[list[Mention], int]:
     users = _by_key(includes.get("users"), "id")
     media = _by_key(includes.get("media"), "media_key")
     places = _by_key(includes.get("places"), "id")
-    mentions, errors = [], 0
-    for tweet in _list(body.get("data")):
-        try:
-            if not isinstance(tweet, dict):
-                raise ValueError("a post that is not an object")
-            mentions.append(normalize_tweet(tweet, users, media, places))
-        except (ValueError, TypeError, OverflowError) as exc:
-            errors += 1
-            log.warning("skipped a post X sent that cannot be stored: %s", exc, extra={"event": "skipped_record"})
+    mentions, errors = normalize_each(
+        _list(body.get("data")), lambda tweet: normalize_tweet(tweet, users, media, places), "a post X sent", log
+    )
     partial = _list(body.get("errors"))
     for error in partial:
         detail = _dict(error).get("detail") or _dict(error).get("title") or "unknown"

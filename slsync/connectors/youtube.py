@@ -33,7 +33,7 @@ import httpx
 from slsync import http
 from slsync.connectors.base import Connector, flag
 from slsync.connectors.fields import count_in_text as _int
-from slsync.connectors.fields import has_word
+from slsync.connectors.fields import has_word, normalize_each
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import text as _text
@@ -340,15 +340,7 @@ def normalize_page(body: Any) -> tuple[list[Mention], int]:
     Reads search.list (search results), commentThreads.list (threads: the top-level comment) and
     comments.list (replies, kind youtube#comment) pages.
     """
-    mentions, errors = [], 0
-    for item in _list(_dict(body).get("items")):
-        try:
-            mentions.append(normalize_item(item))
-        except (ValueError, TypeError, OverflowError) as exc:
-            errors += 1
-            log.warning(
-                "skipped an item YouTube sent that cannot be stored: %s", exc, extra={"event": "skipped_record"}
-            )
+    mentions, errors = normalize_each(_list(_dict(body).get("items")), normalize_item, "an item YouTube sent", log)
     return mentions, errors
 
 
