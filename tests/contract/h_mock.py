@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import time
+from datetime import UTC, datetime, timedelta
 
 from psycopg.types.json import Jsonb
 
+from slsync.connectors.mock import latest_seq, post_time
 from tests.contract.harness import Harness
+
+QUIET_SECONDS = 20  # no post of the stream's own may appear while a test's next syncs run
 
 
 class MockHarness(Harness):
@@ -27,22 +31,28 @@ class MockHarness(Harness):
         return ["--keyword", "Acme"]
 
     def publish(self, count: int) -> None:
-        """Forget the newest `count` posts: to the next sync they are new, exactly as published ones."""
+        """Forget the newest `count` posts: to the next sync they are new, exactly as published ones.
+
+        The stream also publishes by itself, one post every 10 minutes; publishing waits until none
+        is due within QUIET_SECONDS, so a test's next syncs see exactly `count` new posts."""
         assert self.conn is not None
         source = self.conn.execute(
             "SELECT committed_cursor FROM sl_sources WHERE id = %s", (self.source_id,)
         ).fetchone()
-        cursor = source["committed_cursor"]
-        if not cursor:
+        if not source["committed_cursor"]:
             return  # before the first sync the 7-day stream is there already
-        newest = cursor["newest_seq"]
-        self.conn.execute(
+        now = datetime.now(UTC)
+        upcoming = post_time(self.source_id, latest_seq(self.source_id, now) + 1)
+        if upcoming - now < timedelta(seconds=QUIET_SECONDS):
+            time.sleep((upcoming - now).total_seconds() + 1)
+        newest = latest_seq(self.source_id, datetime.now(UTC))
+        forgotten = self.conn.execute(
             "DELETE FROM sl_mentions WHERE source_id = %s AND split_part(external_id, '-', 3)::int > %s",
             (self.source_id, newest - count),
-        )
+        ).rowcount
         self.conn.execute(
             "UPDATE sl_sources SET committed_cursor = %s, mentions_count = mentions_count - %s WHERE id = %s",
-            (Jsonb({"newest_seq": newest - count}), count, self.source_id),
+            (Jsonb({"newest_seq": newest - count}), forgotten, self.source_id),
         )
 
     def api_calls(self) -> int:
