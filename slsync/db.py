@@ -194,6 +194,20 @@ def get_source(conn: Connection, source_id: int, *, tenant_id: int | None = None
     return _source(row)
 
 
+def source_for_run(conn: Connection, source_id: int) -> tuple[Source, bool, datetime]:
+    """The source, whether it is due, and the database's time: what a run reads under the source's lock,
+    in one round trip."""
+    row = conn.execute(
+        f"SELECT {_SOURCE_COLUMNS}, s.status IN ('active', 'connected', 'failing') AND s.next_sync_at <= now()"
+        " AS due, now() AS db_now FROM sl_sources s WHERE s.id = %s",
+        (source_id,),
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"no source with id {source_id}")
+    due, now = bool(row.pop("due")), row.pop("db_now")
+    return _source(row), due, now
+
+
 def find_source(conn: Connection, *, tenant_id: int, platform: str, name: str) -> Source | None:
     row = conn.execute(
         f"SELECT {_SOURCE_COLUMNS} FROM sl_sources s WHERE s.tenant_id = %s AND s.platform = %s AND s.name = %s",
@@ -267,15 +281,6 @@ def unlock_source(conn: Connection, source_id: int) -> None:
     conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, source_id))
 
 
-def is_due(conn: Connection, source_id: int) -> bool:
-    row = conn.execute(
-        "SELECT status IN ('active', 'connected', 'failing') AND next_sync_at <= now() AS due"
-        " FROM sl_sources WHERE id = %s",
-        (source_id,),
-    ).fetchone()
-    return bool(row and row["due"])
-
-
 def tenant_source_ids(conn: Connection, tenant_id: int) -> list[int]:
     rows = conn.execute(
         "SELECT id FROM sl_sources WHERE tenant_id = %s AND status <> 'pending'"
@@ -289,18 +294,17 @@ def tenant_source_ids(conn: Connection, tenant_id: int) -> list[int]:
 
 
 def begin_run(conn: Connection, source: Source, trigger: str) -> int:
-    """Open a run record. Call with the source lock held: any run still 'running' is dead."""
-    with conn.transaction():
-        conn.execute(
-            "UPDATE sl_sync_runs SET status = 'abandoned', finished_at = clock_timestamp(),"
-            " message = 'the process running this sync ended before it finished'"
-            " WHERE source_id = %s AND status = 'running'",
-            (source.id,),
-        )
-        row = conn.execute(
-            "INSERT INTO sl_sync_runs (source_id, tenant_id, trigger) VALUES (%s, %s, %s) RETURNING id",
-            (source.id, source.tenant_id, trigger),
-        ).fetchone()
+    """Open a run record. Call with the source lock held: any run still 'running' is dead.
+
+    One statement (one round trip, atomic): the INSERT's row is not seen by the UPDATE beside it."""
+    row = conn.execute(
+        "WITH abandoned AS (UPDATE sl_sync_runs SET status = 'abandoned', finished_at = clock_timestamp(),"
+        " message = 'the process running this sync ended before it finished'"
+        " WHERE source_id = %(source)s AND status = 'running')"
+        " INSERT INTO sl_sync_runs (source_id, tenant_id, trigger) VALUES (%(source)s, %(tenant)s, %(trigger)s)"
+        " RETURNING id",
+        {"source": source.id, "tenant": source.tenant_id, "trigger": trigger},
+    ).fetchone()
     assert row is not None
     return int(row["id"])
 
@@ -419,20 +423,28 @@ def save_page(conn: Connection, source: Source, run_id: int, page: Page) -> int:
 def finish_success(
     conn: Connection, source: Source, run_id: int, cursor: Mapping[str, Any] | None, message: str
 ) -> None:
-    """Advance the committed cursor (only now) and schedule the next run one interval away."""
-    with conn.transaction():
-        conn.execute(
-            """
+    """Advance the committed cursor (only now), schedule the next run one interval away and close the run,
+    in one statement."""
+    conn.execute(
+        """
+        WITH source AS (
             UPDATE sl_sources SET
                 committed_cursor = COALESCE(%(cursor)s, committed_cursor), inflight_cursor = NULL,
                 status = 'active', error_message = NULL, consecutive_failures = 0,
                 last_sync_at = now(), next_sync_at = now() + make_interval(mins => sync_interval_minutes),
                 claimed_by = NULL, claimed_at = NULL, updated_at = now()
             WHERE id = %(id)s
-            """,
-            {"cursor": Jsonb(dict(cursor)) if cursor is not None else None, "id": source.id},
         )
-        _close_run(conn, run_id, "success", message)
+        """
+        + _CLOSE_RUN,
+        {
+            "cursor": Jsonb(dict(cursor)) if cursor is not None else None,
+            "id": source.id,
+            "run_id": run_id,
+            "run_status": "success",
+            "message": message,
+        },
+    )
 
 
 def finish_failure(
@@ -448,13 +460,13 @@ def finish_failure(
     keep_inflight: bool,
     rate_limit: RateLimit | None = None,
 ) -> None:
-    """Record a failed or cut-short run; the committed cursor does not move.
+    """Record a failed or cut-short run, in one statement; the committed cursor does not move.
 
     retry_in_seconds None leaves next_sync_at alone (a source in 'error' is not scheduled anyway).
     """
-    with conn.transaction():
-        conn.execute(
-            """
+    conn.execute(
+        """
+        WITH source AS (
             UPDATE sl_sources SET
                 status = %(status)s, error_message = %(message)s,
                 consecutive_failures = consecutive_failures + %(failure)s,
@@ -465,27 +477,30 @@ def finish_failure(
                 rate_limit_reset_at = CASE WHEN %(limited)s THEN %(reset_at)s ELSE rate_limit_reset_at END,
                 claimed_by = NULL, claimed_at = NULL, updated_at = now()
             WHERE id = %(id)s
-            """,
-            {
-                "status": source_status,
-                "message": message,
-                "failure": 1 if count_failure else 0,
-                "keep_inflight": keep_inflight,
-                "retry_in": retry_in_seconds,
-                "limited": rate_limit is not None,
-                "remaining": rate_limit.remaining if rate_limit else None,
-                "reset_at": rate_limit.reset_at if rate_limit else None,
-                "id": source.id,
-            },
         )
-        _close_run(conn, run_id, run_status, message)
-
-
-def _close_run(conn: Connection, run_id: int, status: str, message: str) -> None:
-    conn.execute(
-        "UPDATE sl_sync_runs SET status = %s, message = %s, finished_at = clock_timestamp() WHERE id = %s",
-        (status, message, run_id),
+        """
+        + _CLOSE_RUN,
+        {
+            "status": source_status,
+            "message": message,
+            "failure": 1 if count_failure else 0,
+            "keep_inflight": keep_inflight,
+            "retry_in": retry_in_seconds,
+            "limited": rate_limit is not None,
+            "remaining": rate_limit.remaining if rate_limit else None,
+            "reset_at": rate_limit.reset_at if rate_limit else None,
+            "id": source.id,
+            "run_id": run_id,
+            "run_status": run_status,
+        },
     )
+
+
+# The end of a run: follows the source's update in the finishing statement (one round trip, atomic).
+_CLOSE_RUN = (
+    "UPDATE sl_sync_runs SET status = %(run_status)s, message = %(message)s, finished_at = clock_timestamp()"
+    " WHERE id = %(run_id)s"
+)
 
 
 def mark_connected(conn: Connection, source_id: int, *, reconnect_by: datetime | None = None) -> None:

@@ -185,15 +185,17 @@ def _run_pool(settings: Settings, ids: list[int], options: RunOptions, concurren
 
     def worker(connections: ConnectionPool[db.Connection]) -> None:
         try:
-            while True:
-                try:
-                    source_id = work.get_nowait()
-                except queue.Empty:
-                    return
-                with connections.connection() as conn:
+            # One connection for the worker's whole life: taking one from the pool per source would cost a
+            # round trip to reset it (source locks released) and a wait for the pool's thread each time.
+            with connections.connection() as conn:
+                while True:
+                    try:
+                        source_id = work.get_nowait()
+                    except queue.Empty:
+                        return
                     result = run_source(conn, settings, source_id, options)
-                with lock:
-                    results.append(result)
+                    with lock:
+                        results.append(result)
         except BaseException as exc:  # surfaced in the main thread below
             errors.append(exc)
 
@@ -252,16 +254,15 @@ def _skipped(source_id: int, status: str, message: str) -> SyncResult:
 
 def _run_locked(conn: db.Connection, settings: Settings, source_id: int, options: RunOptions) -> SyncResult:
     try:
-        source = db.get_source(conn, source_id)
+        source, due, now = db.source_for_run(conn, source_id)
     except NotFound:
         return _skipped(source_id, "removed", f"source {source_id} was removed")
     # Checked again under the lock: another process may have synced it since it was claimed.
-    if options.require_due and not db.is_due(conn, source_id):
+    if options.require_due and not due:
         db.release_claim(conn, source_id)
         return _skipped(source_id, "not_due", f"source {source_id} is not due any more")
     if source.status == "pending":
         return _skipped(source_id, "pending", f"source {source_id} is not connected yet")
-    now = db.db_now(conn)
     if source.rate_limit_remaining == 0 and source.rate_limit_reset_at and source.rate_limit_reset_at > now:
         until = source.rate_limit_reset_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         db.release_claim(conn, source_id)
