@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -363,6 +364,21 @@ def _mention_row(m: Mention) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+def json_text(value: Any) -> str:
+    """`value` as compact JSON text, by orjson: the rows of a write are the largest thing slsync encodes,
+    and the standard library's encoder took ~0.6 ms a page of 100 (a tenth of sync due's CPU) against
+    ~0.04 ms. What orjson refuses (an integer beyond 64 bits, a key that is not text) the standard
+    library encodes as before; other types (dates) become their str() in both."""
+    try:
+        return orjson.dumps(value, default=str, option=_AS_STR).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+# orjson writes dates and dataclasses its own way; json_text gives them to default=str, as json.dumps does
+_AS_STR = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
 def _text_array(items: Sequence[str | None] | None) -> str | None:
     """A PostgreSQL text[] literal, which one cast turns into media_urls (a JSON array would need a subquery
     per row): every element double-quoted, backslashes and quotes escaped, so commas, braces, spaces and
@@ -384,9 +400,7 @@ def _save(
     row = conn.execute(
         _SAVE,
         {
-            "rows": json.dumps(
-                [_mention_row(m) for m in mentions], ensure_ascii=False, separators=(",", ":"), default=str
-            ),
+            "rows": json_text([_mention_row(m) for m in mentions]),
             "tenant_id": source.tenant_id,
             "source_id": source.id,
             "platform": source.platform,
@@ -593,7 +607,7 @@ def claim_new_mentions(
 
 def store_analyses(conn: Connection, labelled: Sequence[tuple[int, str, float | None, str]], analyzer: str) -> int:
     """(id, sentiment, score, intent) for claimed mentions; they become `processed`."""
-    rows = json.dumps([{"id": i, "sentiment": s, "score": sc, "intent": it} for i, s, sc, it in labelled])
+    rows = json_text([{"id": i, "sentiment": s, "score": sc, "intent": it} for i, s, sc, it in labelled])
     return conn.execute(
         "UPDATE sl_mentions m SET status = 'processed', sentiment = r.sentiment, sentiment_score = r.score,"
         " intent = r.intent, analyzer = %s, analyzed_at = now()"

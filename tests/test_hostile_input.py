@@ -5,6 +5,7 @@ Whatever arrives, normalizing never raises, and what it returns PostgreSQL accep
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import httpx
 from hypothesis import HealthCheck, example, given, settings
@@ -202,3 +203,28 @@ def test_decoding_skips_the_cleaning_walk_only_for_bodies_with_nothing_to_clean(
     assert json.dumps(decoded, sort_keys=True) == json.dumps(expected, sort_keys=True)
     json.dumps(decoded, allow_nan=False)  # raises on a non-finite number
     assert "\x00" not in json.dumps(decoded, ensure_ascii=False)
+
+
+storable_json = st.recursive(
+    st.one_of(
+        st.none(), st.booleans(), st.integers(), st.integers(min_value=2**63 - 2, max_value=2**80),
+        st.integers(min_value=-(2**80), max_value=-(2**63) + 2), st.floats(allow_nan=False, allow_infinity=False),
+        st.text(st.characters(exclude_categories=["Cs"])), st.datetimes(timezones=st.just(UTC)),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.tuples(inner, inner),
+        st.dictionaries(st.one_of(st.text(max_size=5), st.integers()), inner, max_size=4),
+    ),
+    max_leaves=20,
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@example(value=[2**64])  # beyond what orjson encodes: the standard library takes it
+@example(value={1: "a key that is not text"})
+@example(value=[datetime(2026, 12, 2, tzinfo=UTC)])
+@given(value=storable_json)
+def test_json_text_writes_what_the_standard_library_writes(value: object) -> None:
+    """The rows of a write are encoded by orjson where it can; the text must mean what json.dumps says."""
+    expected = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    assert json.loads(db.json_text(value)) == json.loads(expected)
