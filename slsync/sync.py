@@ -174,14 +174,19 @@ def _run_many(
 
 
 def _run_pool(settings: Settings, ids: list[int], options: RunOptions, concurrency: int) -> list[SyncResult]:
+    """`concurrency` workers sync the sources; the post-sync analysis of what they saved runs beside them
+    in a quarter as many labelling threads, so a worker goes on to its next source at once (the
+    analysis is CPU and database work, the sync mostly waiting on the network)."""
     work: queue.SimpleQueue[int] = queue.SimpleQueue()
     for source_id in ids:
         work.put(source_id)
+    saved: queue.SimpleQueue[SyncResult | None] = queue.SimpleQueue()
     results: list[SyncResult] = []
     lock = threading.Lock()
     errors: list[BaseException] = []
 
     size = min(concurrency, len(ids))
+    lanes = max(1, size // 4)
 
     def worker(connections: ConnectionPool[db.Connection]) -> None:
         try:
@@ -193,17 +198,34 @@ def _run_pool(settings: Settings, ids: list[int], options: RunOptions, concurren
                         source_id = work.get_nowait()
                     except queue.Empty:
                         return
-                    result = run_source(conn, settings, source_id, options)
+                    result = run_source(conn, settings, source_id, options, analyze=False)
                     with lock:
                         results.append(result)
+                    if result.mentions_saved:
+                        saved.put(result)
         except BaseException as exc:  # surfaced in the main thread below
             errors.append(exc)
 
-    with db.pool(settings, size) as connections:
-        threads = [threading.Thread(target=worker, args=(connections,), name=f"slsync-worker-{n}") for n in range(size)]
-        for thread in threads:
+    def labeller(connections: ConnectionPool[db.Connection]) -> None:
+        try:
+            with connections.connection() as conn:
+                while (result := saved.get()) is not None:
+                    result.extra["analysis"] = _analyze(conn, settings, result.source_id, options)
+        except BaseException as exc:
+            errors.append(exc)
+
+    with db.pool(settings, size + lanes) as connections:
+        workers = [threading.Thread(target=worker, args=(connections,), name=f"slsync-worker-{n}") for n in range(size)]
+        labellers = [
+            threading.Thread(target=labeller, args=(connections,), name=f"slsync-labeller-{n}") for n in range(lanes)
+        ]
+        for thread in workers + labellers:
             thread.start()
-        for thread in threads:
+        for thread in workers:
+            thread.join()
+        for _ in labellers:
+            saved.put(None)
+        for thread in labellers:
             thread.join()
     if errors:
         raise errors[0]
@@ -226,8 +248,11 @@ class QuotaLedger:
         return db.use_unique(self._conn, key, item, limit, window)
 
 
-def run_source(conn: db.Connection, settings: Settings, source_id: int, options: RunOptions) -> SyncResult:
-    """Sync one source on this connection, holding its lock for the whole run."""
+def run_source(
+    conn: db.Connection, settings: Settings, source_id: int, options: RunOptions, *, analyze: bool = True
+) -> SyncResult:
+    """Sync one source on this connection, holding its lock for the whole run; then (unless the caller
+    analyzes elsewhere) label what it saved."""
     if options.deadline is not None and time.monotonic() >= options.deadline:
         if options.require_due:
             db.release_claim(conn, source_id)
@@ -239,12 +264,17 @@ def run_source(conn: db.Connection, settings: Settings, source_id: int, options:
     finally:
         if not conn.closed:
             db.unlock_source(conn, source_id)
-    if result.mentions_saved:
-        # The post-sync step, in the worker that saved them: labelling overlaps other workers' waits on
-        # the network. A failing analyzer is reported and leaves the mentions `new`; the sync stands.
-        report = analysis.analyze_backlog(conn, settings.analyzer, source_ids=[source_id], deadline=options.deadline)
-        result.extra["analysis"] = report.as_json()
+    if analyze and result.mentions_saved:
+        result.extra["analysis"] = _analyze(conn, settings, source_id, options)
     return result
+
+
+def _analyze(conn: db.Connection, settings: Settings, source_id: int, options: RunOptions) -> dict[str, Any]:
+    """The post-sync step for one source's new mentions. A failing analyzer is reported and leaves the
+    mentions `new`; the sync stands."""
+    return analysis.analyze_backlog(
+        conn, settings.analyzer, source_ids=[source_id], deadline=options.deadline
+    ).as_json()
 
 
 def _skipped(source_id: int, status: str, message: str) -> SyncResult:

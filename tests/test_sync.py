@@ -182,6 +182,15 @@ def test_sync_due_picks_never_synced_first_then_oldest_and_respects_limit(conn, 
     assert sorted(r.source_id for r in batch.results) == sorted(ids[:3])
     assert all(r.success for r in batch.results)
     assert sync.sync_due(settings, limit=50, concurrency=2).results == []
+    # the labelling threads beside the workers labelled what each source saved, and reported it per source
+    for result in batch.results:
+        assert result.extra["analysis"] == {"analyzer": "builtin", "analyzed": result.mentions_saved, "error": None}
+    assert batch.analysis == {
+        "analyzer": "builtin",
+        "analyzed": sum(r.mentions_saved for r in batch.results),
+        "error": None,
+    }
+    assert db.count_new_mentions(conn) == 0
 
 
 def test_backoff_grows_with_failures_and_is_capped_at_a_day() -> None:
