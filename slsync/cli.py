@@ -49,10 +49,10 @@ def run(application: typer.Typer, argv: Sequence[str] | None = None) -> int:
     command = typer.main.get_command(application)
     try:
         code = command.main(args=args, prog_name="slsync", standalone_mode=False)
+        if code == 130:  # the parser's answer to Ctrl-C, returned as the exit code
+            _error("interrupted; the next sync continues where each source stopped")
         return code if isinstance(code, int) else 0
     except typer.Exit as exc:
-        if exc.exit_code == 130:  # the parser's answer to Ctrl-C
-            _error("interrupted")
         return exc.exit_code
     except typer.TyperException as exc:  # the parser's usage errors
         ctx = getattr(exc, "ctx", None)

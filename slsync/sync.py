@@ -61,6 +61,16 @@ class RunOptions:
     budgets: RateBudgets = field(default_factory=RateBudgets)
     # one HTTP client for the command (thread-safe, keeps connections alive across sources)
     http: httpx.Client | None = None
+    # set when the operator interrupts a parallel command: runs stop between pages, as out of time
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def out_of_time(self) -> str | None:
+        """Why runs must stop now, or None."""
+        if self.stop.is_set():
+            return "interrupted"
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return "time budget spent"
+        return None
 
 
 @dataclass
@@ -210,7 +220,8 @@ def _run_pool(settings: Settings, ids: list[int], options: RunOptions, concurren
         try:
             with connections.connection() as conn:
                 while (result := saved.get()) is not None:
-                    result.extra["analysis"] = _analyze(conn, settings, result.source_id, options)
+                    if not options.stop.is_set():  # interrupted: what is left stays `new` for the next run
+                        result.extra["analysis"] = _analyze(conn, settings, result.source_id, options)
         except BaseException as exc:
             errors.append(exc)
 
@@ -221,12 +232,23 @@ def _run_pool(settings: Settings, ids: list[int], options: RunOptions, concurren
         ]
         for thread in workers + labellers:
             thread.start()
-        for thread in workers:
-            thread.join()
-        for _ in labellers:
-            saved.put(None)
-        for thread in labellers:
-            thread.join()
+        try:
+            try:
+                for thread in workers:
+                    thread.join()
+            except KeyboardInterrupt:
+                # Ctrl-C: every run writes what it fetched and stops after its current page (recorded as
+                # partial, continued by the next run); the sources not started keep their place.
+                log.warning("interrupted: the runs stop after their current page", extra={"event": "interrupted"})
+                options.stop.set()
+                for thread in workers:
+                    thread.join()
+                raise
+        finally:
+            for _ in labellers:
+                saved.put(None)
+            for thread in labellers:
+                thread.join()
     if errors:
         raise errors[0]
     return results
@@ -253,10 +275,10 @@ def run_source(
 ) -> SyncResult:
     """Sync one source on this connection, holding its lock for the whole run; then (unless the caller
     analyzes elsewhere) label what it saved."""
-    if options.deadline is not None and time.monotonic() >= options.deadline:
+    if reason := options.out_of_time():
         if options.require_due:
             db.release_claim(conn, source_id)
-        return _skipped(source_id, "out_of_time", f"source {source_id} waits for the next run (time budget spent)")
+        return _skipped(source_id, "out_of_time", f"source {source_id} waits for the next run ({reason})")
     if not db.try_lock_source(conn, source_id):
         return _skipped(source_id, "busy", f"source {source_id} is already being synced by another process")
     try:
@@ -352,9 +374,9 @@ def _fetch_and_save(conn: db.Connection, connector: Connector, source: Source, o
     try:
         while True:
             # Between pages, not inside one: what is saved stays consistent with the in-flight cursor.
-            if result.pages and options.deadline is not None and time.monotonic() >= options.deadline:
+            if result.pages and (reason := options.out_of_time()):
                 write()
-                raise OutOfTime(f"stopped after {result.pages} pages: time budget spent; the next run continues")
+                raise OutOfTime(f"stopped after {result.pages} pages: {reason}; the next run continues")
             page = next(pages, None)
             if page is None:
                 break

@@ -127,3 +127,36 @@ def test_concurrent_first_commands_apply_the_migrations_once(pg_server, cli: Cli
     with psycopg.connect(url) as c:
         applied = c.execute("SELECT version FROM sl_schema_migrations ORDER BY version").fetchall()
     assert [v for (v,) in applied] == [v for v, _, _ in db.migration_files()]
+
+
+INTERRUPTED = "slsync: error: interrupted; the next sync continues where each source stopped"
+
+
+@pytest.mark.parametrize("command", ["due", "source"])
+def test_ctrl_c_stops_at_once_and_the_next_run_continues_without_loss(conn, cli: Cli, command: str) -> None:
+    ids = [add_mock_source(conn, name=f"s{n}", page_delay=0.25) for n in range(6 if command == "due" else 1)]
+    args = ("sync", "due", "--concurrency", "3") if command == "due" else ("sync", "source", str(ids[0]))
+    process = cli.popen(*args)
+    wait_for(lambda: (conn.execute("SELECT max(pages) AS n FROM sl_sync_runs").fetchone()["n"] or 0) >= 2)
+    process.send_signal(signal.SIGINT)
+    interrupted_at = time.monotonic()
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130 and time.monotonic() - interrupted_at < 5, err
+    assert err.strip().splitlines()[-1] == INTERRUPTED and "Traceback" not in err
+    for source_id in ids:
+        wait_for(lambda: lock_released(conn, source_id), timeout=10)  # noqa: B023
+    runs = conn.execute("SELECT source_id, status FROM sl_sync_runs").fetchall()
+    assert len(runs) <= 3  # no source was started after Ctrl-C
+    # parallel workers stop between pages and record it; a single run in the main thread just ends
+    assert {r["status"] for r in runs} == ({"partial"} if command == "due" else {"running"})
+
+    conn.execute("UPDATE sl_sources SET config = config - 'options', next_sync_at = now()")
+    doc = cli.ok("sync", "due", "--json").json()
+    assert doc["sources_synced"] == len(ids)
+    interrupted = {r["source_id"] for r in runs}
+    for result in doc["results"]:
+        if result["source_id"] in interrupted:
+            assert result["duplicates"] == 0  # continued from the page it stopped at, not from scratch
+    for source_id in ids:
+        newest = db.get_source(conn, source_id).committed_cursor["newest_seq"]
+        assert_contiguous_stream(conn, source_id, newest)
