@@ -5,8 +5,10 @@ sources of 3 pages each must sync at least 10x faster at --concurrency 16 than a
 workers must not cause a single 429 themselves. A third scenario leaves the shared window only
 300 calls for the 600 needed: the workers should stop at the budget (runs end rate_limited) rather
 than race past it into 429s. Each scenario runs the real CLI in a subprocess on a fresh database.
+The parallel scenario runs --repeat times (3): a run of ~7 s moves ~10% with the host's other work,
+so the speed-up is taken from the median run, and every run's speed-up is printed beside it.
 
-    /tmp/v/bin/python benchmarks/sync_due.py [--sources 200] [--latency-ms 100] [--concurrency 16]
+    /tmp/v/bin/python benchmarks/sync_due.py [--sources 200] [--latency-ms 100] [--concurrency 16] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -106,6 +108,9 @@ def main() -> None:
     parser.add_argument(
         "--window-left", type=int, default=None, help="calls left in the short-window scenario (default: half needed)"
     )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of the parallel scenario; the speed-up is their median (default 3)"
+    )
     args = parser.parse_args()
 
     api = XApi(tokens={APP_TOKEN}, latency=args.latency_ms / 1000).start()
@@ -121,9 +126,10 @@ def main() -> None:
                 f"{args.latency_ms:g} ms per request, app-only bearer token, stand-in at {api.url}"
             )
             outcomes = []
+            parallel = [(f"ample window, run {n + 1}", args.concurrency, 10_000, 10_000) for n in range(args.repeat)]
             for label, concurrency, limit, left in (
                 ("ample window", 1, 10_000, 10_000),
-                ("ample window", args.concurrency, 10_000, 10_000),
+                *parallel,
                 (f"window with {args.window_left} calls left", args.concurrency, 450, args.window_left),
             ):
                 # a new rate-limit window and zeroed counters for each scenario
@@ -149,17 +155,20 @@ def main() -> None:
         "stored", "analyzed", "runs", "exit",
     )  # fmt: skip
     print(table(headers, rows, "sync due"))
-    one, many, short = outcomes
+    one, *runs, short = outcomes
+    # The parallel run is short, so a passing hiccup of the host moves it most: its median is the figure.
+    many = sorted(runs, key=lambda o: o.wall)[len(runs) // 2]
     speedup = one.wall / many.wall
-    ok = speedup >= 10 and one.answered_429 == 0 and many.answered_429 == 0
+    ok = speedup >= 10 and one.answered_429 == 0 and all(o.answered_429 == 0 for o in runs)
     print(
         "\nruns span: first run's start to last run's end (run log); rest: the wall time outside it"
         " (process start, claim, the post-sync analysis of new mentions, exit)"
     )
+    walls = sorted(o.wall for o in runs)
     print(
-        f"speed-up at --concurrency {args.concurrency}: {speedup:.1f}x in wall time "
-        f"({one.requests / one.wall:.1f} -> {many.requests / many.wall:.1f} requests/s); "
-        f"{one.span / many.span:.1f}x in runs span"
+        f"speed-up at --concurrency {args.concurrency}: {speedup:.1f}x in wall time, median of {len(runs)} runs "
+        f"({one.requests / one.wall:.1f} -> {many.requests / many.wall:.1f} requests/s; every run: "
+        f"{one.wall / walls[-1]:.1f}x to {one.wall / walls[0]:.1f}x); {one.span / many.span:.1f}x in runs span"
     )
     print(f"criterion: >= 10x faster at {args.concurrency} than at 1 with zero 429s -> {verdict(ok)}")
     print(
