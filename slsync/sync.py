@@ -238,17 +238,16 @@ def _run_pool(settings: Settings, ids: list[int], options: RunOptions, concurren
         for thread in workers + labellers:
             thread.start()
         try:
-            try:
-                for thread in workers:
-                    thread.join()
-            except KeyboardInterrupt:
-                # Ctrl-C: every run writes what it fetched and stops after its current page (recorded as
-                # partial, continued by the next run); the sources not started keep their place.
-                log.warning("interrupted: the runs stop after their current page", extra={"event": "interrupted"})
-                options.stop.set()
-                for thread in workers:
-                    thread.join()
-                raise
+            for thread in workers:
+                thread.join()
+        except KeyboardInterrupt:
+            # Ctrl-C: every run writes what it fetched and stops after its current page (recorded as
+            # partial, continued by the next run); the sources not started keep their place.
+            log.warning("interrupted: the runs stop after their current page", extra={"event": "interrupted"})
+            options.stop.set()
+            for thread in workers:
+                thread.join()
+            raise
         finally:
             for _ in labellers:
                 saved.put(None)
