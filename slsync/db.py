@@ -583,12 +583,6 @@ def prune_runs(conn: Connection, *, keep_days: int, batch: int = 10_000, batches
     return deleted
 
 
-def db_now(conn: Connection) -> datetime:
-    row = conn.execute("SELECT now() AS now").fetchone()
-    assert row is not None
-    return row["now"]
-
-
 # --- analysis and reading mentions ------------------------------------------------------------------
 
 

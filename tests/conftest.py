@@ -168,6 +168,11 @@ def add_mock_source(conn: db.Connection, *, tenant_id: int = 1, name: str = "acm
     )
 
 
+def db_now(conn: db.Connection) -> datetime:
+    """The database's clock, which the rows' times come from."""
+    return conn.execute("SELECT now() AS now").fetchone()["now"]
+
+
 def stored_ids(conn: db.Connection, source_id: int) -> list[str]:
     rows = conn.execute(
         "SELECT external_id FROM sl_mentions WHERE source_id = %s ORDER BY external_id", (source_id,)

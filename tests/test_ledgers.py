@@ -8,7 +8,7 @@ from datetime import date, timedelta
 
 from slsync import db
 from slsync.config import Settings
-from tests.conftest import Cli, add_mock_source
+from tests.conftest import Cli, add_mock_source, db_now
 
 WEEK = timedelta(days=7)
 
@@ -56,7 +56,7 @@ def test_concurrent_callers_never_take_more_slots_than_the_limit(settings: Setti
 
 def test_status_shows_daily_and_rolling_quotas_to_the_operator(cli: Cli, conn: db.Connection) -> None:
     add_mock_source(conn)
-    today = db.db_now(conn).date()
+    today = db_now(conn).date()
     assert db.spend_quota(conn, "tiktok:requests:ab12", today, 40, 1000) == 960
     db.spend_quota(conn, "tiktok:requests:ab12", date(2020, 1, 1), 999, 1000)  # long past: not shown
     for tag in ("acme", "shoes"):

@@ -15,7 +15,7 @@ import pytest
 from slsync import db, http, sync
 from slsync.connectors.mock import first_seq_since, latest_seq
 from slsync.errors import Retriable
-from tests.conftest import Cli, Clock, add_mock_source, add_x_source, stored_ids
+from tests.conftest import Cli, Clock, add_mock_source, add_x_source, db_now, stored_ids
 from tests.fakes.x_api import XApi
 
 ALL = 250
@@ -171,7 +171,7 @@ def test_a_run_out_of_time_stops_between_pages_and_the_next_run_continues(conn, 
     assert partial.status == "partial" and not partial.success and 2 <= partial.pages <= 5
     source = db.get_source(conn, source_id)
     assert source.committed_cursor is None and source.inflight_cursor and source.consecutive_failures == 0
-    assert source.next_sync_at <= db.db_now(conn)  # due again at once
+    assert source.next_sync_at <= db_now(conn)  # due again at once
     conn.execute("UPDATE sl_sources SET config = config - 'options' WHERE id = %s", (source_id,))
     done = sync.sync_source(settings, source_id)
     assert done.success and done.duplicates == 0
@@ -224,7 +224,7 @@ def test_three_overlapping_sync_due_runs_sync_each_due_source_once_in_ten_trials
     ids = [add_mock_source(conn, name=f"s{n:02d}", page_delay=0.005) for n in range(20)]
     for trial in range(10):
         conn.execute("UPDATE sl_sources SET next_sync_at = now() - interval '1 second'")
-        mark = db.db_now(conn)
+        mark = db_now(conn)
         processes = [cli.popen("sync", "due", "--concurrency", "3", "--json") for _ in range(3)]
         synced: list[int] = []
         for process in processes:
