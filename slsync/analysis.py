@@ -94,11 +94,12 @@ def intent_of(content: str, sentiment: str) -> str:
     content = content.lower()
     if SUPPORT.search(content):
         return "support_request"
-    if COMPLAINT.search(content) and sentiment != "positive":
+    # the sentiment first: it rules out one of these two searches for every mention
+    if sentiment != "positive" and COMPLAINT.search(content):
         return "complaint"
     if PURCHASE.search(content):
         return "purchase_intent"
-    if PRAISE.search(content) and sentiment == "positive":
+    if sentiment == "positive" and PRAISE.search(content):
         return "praise"
     if QUESTION.search(content):
         return "question"
