@@ -11,6 +11,7 @@ import json
 import math
 import random
 import re
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -47,12 +48,20 @@ def _no_constant(_: str) -> None:
     return None
 
 
-def client(*, timeout: float = 30.0) -> httpx.Client:
+def client(*, timeout: float = 30.0, tls: ssl.SSLContext | None = None) -> httpx.Client:
+    """A client; clients made together share one `tls` context (from tls_context()): making one loads
+    the whole CA bundle, ~20 ms of CPU."""
     return httpx.Client(
         timeout=httpx.Timeout(timeout, connect=10.0),
         headers={"User-Agent": USER_AGENT},
         follow_redirects=False,
+        verify=tls if tls is not None else True,
     )
+
+
+def tls_context() -> ssl.SSLContext:
+    """What httpx verifies servers with by default (the certifi bundle, or SSL_CERT_FILE / SSL_CERT_DIR)."""
+    return httpx.create_ssl_context()
 
 
 def storable(value: Any) -> Any:

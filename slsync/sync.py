@@ -5,6 +5,7 @@ It knows no platform's JSON and no SQL: connectors yield pages, db.py stores the
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import queue
@@ -26,6 +27,8 @@ from slsync.errors import AuthError, ConnectorError, NotFound, OutOfTime, RateLi
 from slsync.models import Page, RateLimit, Source, SyncResult
 
 if TYPE_CHECKING:
+    import ssl
+
     import httpx
     from psycopg_pool import ConnectionPool
 
@@ -60,8 +63,11 @@ class RunOptions:
     deadline: float | None = None
     # rate-limit windows per credential, shared by all the command's workers
     budgets: RateBudgets = field(default_factory=RateBudgets)
-    # one HTTP client for the command (thread-safe, keeps connections alive across sources)
+    # the HTTP client of this thread (keeps connections alive across sources); the workers of `sync due`
+    # each make their own sharing `tls`: on one shared client, every request checked every idle
+    # connection of the pool under the pool's lock, a syscall each, and the workers queued on that lock
     http: httpx.Client | None = None
+    tls: ssl.SSLContext | None = None
     # set when the operator interrupts a parallel command: runs stop between pages, as out of time
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -112,8 +118,11 @@ def _command(settings: Settings, trigger: str, **options: Any) -> Iterator[RunOp
     # counting frees at once. At the cyclic collector's default pace (a pass every 700 allocations,
     # now and then over every object) a 200-source `sync due` spent ~0.6 s in it, holding the GIL.
     gc.set_threshold(10_000, 10, 10)
-    with http.client(timeout=settings.http_timeout_seconds) as client:
-        yield RunOptions(trigger, deadline=time.monotonic() + settings.time_budget_seconds, http=client, **options)
+    tls = http.tls_context()
+    with http.client(timeout=settings.http_timeout_seconds, tls=tls) as client:
+        yield RunOptions(
+            trigger, deadline=time.monotonic() + settings.time_budget_seconds, http=client, tls=tls, **options
+        )
 
 
 def sync_source(
@@ -203,17 +212,24 @@ def _run_pool(settings: Settings, ids: list[int], options: RunOptions, concurren
     size = min(concurrency, len(ids))
     lanes = max(1, size // 4)
 
+    from slsync import http
+
     def worker(connections: ConnectionPool[db.Connection]) -> None:
         try:
-            # One connection for the worker's whole life: taking one from the pool per source would cost a
-            # round trip to reset it (source locks released) and a wait for the pool's thread each time.
-            with connections.connection() as conn:
+            # One connection and one HTTP client for the worker's whole life: taking a connection from the
+            # pool per source would cost a round trip to reset it (source locks released) and a wait for
+            # the pool's thread each time.
+            with (
+                connections.connection() as conn,
+                http.client(timeout=settings.http_timeout_seconds, tls=options.tls) as client,
+            ):
+                own = dataclasses.replace(options, http=client)
                 while True:
                     try:
                         source_id = work.get_nowait()
                     except queue.Empty:
                         return
-                    result = run_source(conn, settings, source_id, options, analyze=False)
+                    result = run_source(conn, settings, source_id, own, analyze=False)
                     with lock:
                         results.append(result)
                     if result.mentions_saved:

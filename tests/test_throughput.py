@@ -85,6 +85,18 @@ def test_parallel_workers_share_one_app_window_instead_of_racing_into_429s(x_cli
         assert db.get_source(conn, source_id).next_sync_at >= x_api.reset_at - timedelta(seconds=1)
 
 
+def test_each_worker_keeps_its_connection_to_the_api_across_its_sources(x_cli: Cli, x_api: XApi, conn) -> None:
+    x_api.add_posts(150)  # 2 pages a source
+    for n in range(9):
+        add_x_source(x_cli, name=f"s{n}")
+    conn.execute("UPDATE sl_sources SET tenant_id = id")
+    doc = x_cli.ok("sync", "due", "--concurrency", "3", "--json").json()
+    assert doc["sources_synced"] == 9 and len(x_api.searches) == 18
+    # each worker's client keeps one connection alive across its pages and sources (a client per source
+    # or per request would open 9 or 18)
+    assert x_api.connections <= 3
+
+
 def test_a_pooled_connection_never_keeps_a_source_lock(settings) -> None:
     with db.connect(settings) as conn:
         source_id = add_mock_source(conn)

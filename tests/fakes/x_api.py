@@ -58,6 +58,8 @@ class XApi:
     latency: float = 0.0
     in_flight: int = 0
     max_in_flight: int = 0
+    # TCP connections accepted (clients that keep connections alive open few)
+    connections: int = 0
     server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -145,6 +147,11 @@ class XApi:
 
         class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as a real API answers
+
+            def setup(self) -> None:  # one handler per connection
+                super().setup()
+                with api._lock:
+                    api.connections += 1
 
             def do_GET(self) -> None:  # noqa: N802
                 with api._lock:
