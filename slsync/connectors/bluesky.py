@@ -32,6 +32,7 @@ from slsync.connectors.base import Connector
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
+from slsync.connectors.fields import normalize_each
 from slsync.connectors.fields import text as _text
 from slsync.errors import AuthError, Fatal, RateLimited, UsageError
 from slsync.models import Mention, Page, RateLimit
@@ -260,16 +261,7 @@ def normalize_post(post: Mapping[str, Any]) -> Mention:
 
 def normalize_page(body: Any) -> tuple[list[Mention], int]:
     """The page's posts as mentions, and how many records could not be normalized (skipped, logged)."""
-    mentions, errors = [], 0
-    for post in _list(_dict(body).get("posts")):
-        try:
-            if not isinstance(post, dict):
-                raise ValueError("a post that is not an object")
-            mentions.append(normalize_post(post))
-        except (ValueError, TypeError, OverflowError) as exc:
-            errors += 1
-            log.warning("skipped a post Bluesky sent that cannot be stored: %s", exc, extra={"event": "skipped_record"})
-    return mentions, errors
+    return normalize_each(_list(_dict(body).get("posts")), normalize_post, "a post Bluesky sent", log)
 
 
 # --- the session ----------------------------------------------------------------------------------
