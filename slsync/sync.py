@@ -111,7 +111,8 @@ def backoff_seconds(interval_minutes: int, failures: int, rng: random.Random | N
 
 @contextmanager
 def _command(settings: Settings, trigger: str, **options: Any) -> Iterator[RunOptions]:
-    """What the runs of one command share: its deadline, rate-limit budgets and HTTP client."""
+    """What the runs of one command share: its deadline, rate-limit budgets, TLS context and (outside the
+    workers of `sync due`, which make their own) HTTP client."""
     from slsync import http
 
     # A sync allocates millions of short-lived objects (decoded pages, mentions, rows) that reference
