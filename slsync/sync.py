@@ -215,7 +215,12 @@ def _run_pool(settings: Settings, ids: list[int], options: RunOptions, concurren
 
     from slsync import http
 
-    def worker(connections: ConnectionPool[db.Connection]) -> None:
+    # Set by each worker as it ends. The main thread waits on these rather than in Thread.join: Ctrl-C
+    # during a join marks the joined thread as ended while it still runs (Python 3.11's threading), so
+    # the process could exit in the middle of that worker's run and leave it unrecorded.
+    ended = [threading.Event() for _ in range(size)]
+
+    def worker(connections: ConnectionPool[db.Connection], done: threading.Event) -> None:
         try:
             # One connection and one HTTP client for the worker's whole life: taking a connection from the
             # pool per source would cost a round trip to reset it (source locks released) and a wait for
@@ -237,6 +242,8 @@ def _run_pool(settings: Settings, ids: list[int], options: RunOptions, concurren
                         saved.put(result)
         except BaseException as exc:  # surfaced in the main thread below
             errors.append(exc)
+        finally:
+            done.set()
 
     def labeller(connections: ConnectionPool[db.Connection]) -> None:
         try:
@@ -248,22 +255,25 @@ def _run_pool(settings: Settings, ids: list[int], options: RunOptions, concurren
             errors.append(exc)
 
     with db.pool(settings, size + lanes) as connections:
-        workers = [threading.Thread(target=worker, args=(connections,), name=f"slsync-worker-{n}") for n in range(size)]
+        workers = [
+            threading.Thread(target=worker, args=(connections, ended[n]), name=f"slsync-worker-{n}")
+            for n in range(size)
+        ]
         labellers = [
             threading.Thread(target=labeller, args=(connections,), name=f"slsync-labeller-{n}") for n in range(lanes)
         ]
         for thread in workers + labellers:
             thread.start()
         try:
-            for thread in workers:
-                thread.join()
+            for done in ended:
+                done.wait()
         except KeyboardInterrupt:
             # Ctrl-C: every run writes what it fetched and stops after its current page (recorded as
             # partial, continued by the next run); the sources not started keep their place.
             log.warning("interrupted: the runs stop after their current page", extra={"event": "interrupted"})
             options.stop.set()
-            for thread in workers:
-                thread.join()
+            for done in ended:
+                done.wait()
             raise
         finally:
             for _ in labellers:

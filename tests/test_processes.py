@@ -160,3 +160,20 @@ def test_ctrl_c_stops_at_once_and_the_next_run_continues_without_loss(conn, cli:
     for source_id in ids:
         newest = db.get_source(conn, source_id).committed_cursor["newest_seq"]
         assert_contiguous_stream(conn, source_id, newest)
+
+
+def test_ctrl_c_waits_for_the_slowest_worker_and_records_its_run(conn, cli: Cli) -> None:
+    # The first source's pages take 2 s, the others' 0.25 s: when Ctrl-C comes, the main thread waits for
+    # the worker of the first source. Waiting in Thread.join, Python 3.11 marked that worker as ended at
+    # the interrupt, and the process left with its run still `running`.
+    ids = [add_mock_source(conn, name=f"s{n}", page_delay=2.0 if n == 0 else 0.25) for n in range(6)]
+    process = cli.popen("sync", "due", "--concurrency", "3")
+    wait_for(lambda: (conn.execute("SELECT max(pages) AS n FROM sl_sync_runs").fetchone()["n"] or 0) >= 2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130 and err.strip().splitlines()[-1] == INTERRUPTED
+    for source_id in ids:
+        wait_for(lambda: lock_released(conn, source_id), timeout=10)  # noqa: B023
+    runs = conn.execute("SELECT source_id, status FROM sl_sync_runs ORDER BY source_id").fetchall()
+    assert runs[0]["source_id"] == ids[0]  # the slow source was among those started
+    assert {r["status"] for r in runs} == {"partial"}, runs
