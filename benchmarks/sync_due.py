@@ -6,7 +6,9 @@ workers must not cause a single 429 themselves. A third scenario leaves the shar
 300 calls for the 600 needed: the workers should stop at the budget (runs end rate_limited) rather
 than race past it into 429s. Each scenario runs the real CLI in a subprocess on a fresh database.
 The parallel scenario runs --repeat times (3): a run of ~7 s moves ~10% with the host's other work,
-so the speed-up is taken from the median run, and every run's speed-up is printed beside it.
+so the speed-up is taken from the median run, and every run's speed-up is printed beside it. A last
+run at N with the stand-in answering at once measures the CPU the workload itself needs on this host
+(decoding, normalizing, saving, labelling, and PostgreSQL's side): no run at N can be faster than it.
 
     /tmp/v/bin/python benchmarks/sync_due.py [--sources 200] [--latency-ms 100] [--concurrency 16] [--repeat 3]
 """
@@ -33,6 +35,7 @@ from tests.fakes.x_api import XApi  # noqa: E402
 
 POSTS_PER_SOURCE = 250  # = 3 pages of at most 100
 APP_TOKEN = "bench-app-token"
+NO_LATENCY = "no latency (CPU floor)"
 
 
 @dataclass
@@ -131,7 +134,9 @@ def main() -> None:
                 ("ample window", 1, 10_000, 10_000),
                 *parallel,
                 (f"window with {args.window_left} calls left", args.concurrency, 450, args.window_left),
+                (NO_LATENCY, args.concurrency, 10_000, 10_000),
             ):
+                api.latency = 0.0 if label == NO_LATENCY else args.latency_ms / 1000
                 # a new rate-limit window and zeroed counters for each scenario
                 api.window_limit, api.remaining = limit, left
                 api.reset_at = datetime.now(UTC) + timedelta(minutes=15)
@@ -155,7 +160,7 @@ def main() -> None:
         "stored", "analyzed", "runs", "exit",
     )  # fmt: skip
     print(table(headers, rows, "sync due"))
-    one, *runs, short = outcomes
+    one, *runs, short, floor = outcomes
     # The parallel run is short, so a passing hiccup of the host moves it most: its median is the figure.
     many = sorted(runs, key=lambda o: o.wall)[len(runs) // 2]
     speedup = one.wall / many.wall
@@ -171,6 +176,12 @@ def main() -> None:
         f"{one.wall / walls[-1]:.1f}x to {one.wall / walls[0]:.1f}x); {one.span / many.span:.1f}x in runs span"
     )
     print(f"criterion: >= 10x faster at {args.concurrency} than at 1 with zero 429s -> {verdict(ok)}")
+    n = args.concurrency
+    print(
+        f"CPU floor: the same work at {n} with no latency takes {floor.wall:.2f} s (the median run at "
+        f"{args.latency_ms:g} ms takes {many.wall - floor.wall:.2f} s more); no run at {n} is faster, so this host "
+        f"allows at most {one.wall / floor.wall:.1f}x (perfect overlap, {n}x, would be {one.wall / n:.2f} s)"
+    )
     print(
         f"short window: {short.answered_429} answers were 429 "
         f"({short.requests - short.answered_429} of {args.window_left} calls used; "
