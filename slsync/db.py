@@ -33,6 +33,10 @@ LOCK_NAMESPACE = 0x736C7379
 
 Connection = psycopg.Connection[dict[str, Any]]
 
+# When a source is due: both the claim and the check under a source's lock read it. The claim's use must
+# imply the predicate of sl_sources_due_idx for the planner to use that index.
+_DUE = "status IN ('active', 'connected', 'failing') AND next_sync_at <= now()"
+
 _SOURCE_COLUMNS = """
     s.id, s.tenant_id, s.platform, s.name, s.connection_type, s.config, s.status, s.error_message,
     s.sync_interval_minutes, s.last_sync_at, s.next_sync_at, s.committed_cursor, s.inflight_cursor,
@@ -199,8 +203,7 @@ def source_for_run(conn: Connection, source_id: int) -> tuple[Source, bool, date
     """The source, whether it is due, and the database's time: what a run reads under the source's lock,
     in one round trip."""
     row = conn.execute(
-        f"SELECT {_SOURCE_COLUMNS}, s.status IN ('active', 'connected', 'failing') AND s.next_sync_at <= now()"
-        " AS due, now() AS db_now FROM sl_sources s WHERE s.id = %s",
+        f"SELECT {_SOURCE_COLUMNS}, {_DUE} AS due, now() AS db_now FROM sl_sources s WHERE s.id = %s",
         (source_id,),
     ).fetchone()
     if row is None:
@@ -247,10 +250,10 @@ def claim_due(conn: Connection, limit: int) -> list[int]:
     and lapses by itself when this session ends, however it ends.
     """
     rows = conn.execute(
-        """
+        f"""
         WITH due AS (
             SELECT id FROM sl_sources
-            WHERE status IN ('active', 'connected', 'failing') AND next_sync_at <= now()
+            WHERE {_DUE}
               AND (rate_limit_remaining IS DISTINCT FROM 0
                    OR rate_limit_reset_at IS NULL OR rate_limit_reset_at <= now())
               AND (claimed_by IS NULL OR claimed_by NOT IN (SELECT pid FROM pg_stat_activity))
