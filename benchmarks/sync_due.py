@@ -35,7 +35,6 @@ from tests.fakes.x_api import XApi  # noqa: E402
 
 POSTS_PER_SOURCE = 250  # = 3 pages of at most 100
 APP_TOKEN = "bench-app-token"
-NO_LATENCY = "no latency (CPU floor)"
 
 
 @dataclass
@@ -129,14 +128,17 @@ def main() -> None:
                 f"{args.latency_ms:g} ms per request, app-only bearer token, stand-in at {api.url}"
             )
             outcomes = []
-            parallel = [(f"ample window, run {n + 1}", args.concurrency, 10_000, 10_000) for n in range(args.repeat)]
-            for label, concurrency, limit, left in (
-                ("ample window", 1, 10_000, 10_000),
+            latency = args.latency_ms / 1000
+            parallel = [
+                (f"ample window, run {n + 1}", args.concurrency, 10_000, 10_000, latency) for n in range(args.repeat)
+            ]
+            for label, concurrency, limit, left, answer_after in (
+                ("ample window", 1, 10_000, 10_000, latency),
                 *parallel,
-                (f"window with {args.window_left} calls left", args.concurrency, 450, args.window_left),
-                (NO_LATENCY, args.concurrency, 10_000, 10_000),
+                (f"window with {args.window_left} calls left", args.concurrency, 450, args.window_left, latency),
+                ("no latency (CPU floor)", args.concurrency, 10_000, 10_000, 0.0),
             ):
-                api.latency = 0.0 if label == NO_LATENCY else args.latency_ms / 1000
+                api.latency = answer_after
                 # a new rate-limit window and zeroed counters for each scenario
                 api.window_limit, api.remaining = limit, left
                 api.reset_at = datetime.now(UTC) + timedelta(minutes=15)
