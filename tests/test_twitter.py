@@ -30,8 +30,8 @@ def test_the_readme_example_query_is_exactly_what_x_expects() -> None:
     assert build_queries(README_EXAMPLE) == [
         '(acme OR "acme coffee" OR #acmecoffee OR @acme) -jobs (lang:en OR lang:es) -is:retweet'
     ]
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    assert '(acme OR "acme coffee" OR #acmecoffee OR @acme) -jobs (lang:en OR lang:es) -is:retweet' in readme
+    page = (Path(__file__).parent.parent / "docs" / "platforms" / "twitter.md").read_text(encoding="utf-8")
+    assert '(acme OR "acme coffee" OR #acmecoffee OR @acme) -jobs (lang:en OR lang:es) -is:retweet' in page
 
 
 @pytest.mark.parametrize(
