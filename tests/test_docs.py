@@ -8,6 +8,7 @@ import difflib
 import getpass
 import importlib
 import importlib.util
+import json
 import os
 import pkgutil
 import re
@@ -16,10 +17,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 from pydantic import AliasChoices, BaseModel
 from pydantic_settings import BaseSettings
 
 import slsync.connectors
+from slsync.cli import app
 from slsync.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +76,60 @@ def test_the_cli_reference_covers_every_command() -> None:
     for command in ("platforms", "connect", "status", "analyze", "mock", "demo"):
         assert command in done.stdout
         assert f"## `slsync {command}`" in page, f"`slsync {command}` is missing from docs/reference/cli.md"
+
+
+def cli_commands() -> dict[str, bool]:
+    """Every command of the Typer app ("sync source", ...) and whether it takes --json."""
+    root = typer.main.get_command(app)
+    ctx = typer.Context(root)
+    found: dict[str, bool] = {}
+
+    def walk(command: typer.core.TyperCommand, path: list[str]) -> None:
+        if isinstance(command, typer.core.TyperGroup):
+            for name in command.list_commands(ctx):
+                walk(command.get_command(ctx, name), [*path, name])
+        else:
+            found[" ".join(path)] = any("--json" in getattr(p, "opts", ()) for p in command.params)
+
+    walk(root, [])
+    return found
+
+
+def test_every_command_is_described_on_the_commands_page() -> None:
+    page = (DOCS / "reference" / "commands.md").read_text(encoding="utf-8")
+    headings = re.findall(r"^## `slsync ([a-z ]+?)(?: [A-Z\[-].*)?`$", page, re.MULTILINE)
+    missing = sorted(set(cli_commands()) - set(headings))
+    assert not missing, (
+        f"docs/reference/commands.md has no section for: {', '.join(missing)}."
+        " Fix: add a `## `slsync COMMAND ...`` section saying what it does, prints and returns."
+    )
+
+
+def test_every_json_document_is_shown_once_and_parses() -> None:
+    """One fenced JSON block per command that takes --json, under a heading naming it, as valid JSON."""
+    page = (DOCS / "reference" / "json.md").read_text(encoding="utf-8")
+    sections = re.split(r"^## ", page, flags=re.MULTILINE)[1:]
+    shown: dict[str, list[str]] = {}
+    for section in sections:
+        heading = section.splitlines()[0]
+        command = re.match(r"`slsync ([a-z ]+?)(?: [A-Z_]+)?(?: --json)?`", heading)
+        assert command, f"docs/reference/json.md: a heading that names no command: {heading!r}"
+        shown[command.group(1)] = [code for info, code in fenced_blocks(section) if info == "json"]
+    commands = cli_commands()
+    expected = {name for name, takes_json in commands.items() if takes_json}
+    assert expected <= set(shown), (
+        f"docs/reference/json.md shows no document for: {', '.join(sorted(expected - set(shown)))}."
+        " Fix: add a `## `slsync COMMAND --json`` section with one ```json block of its real output."
+    )
+    assert set(shown) <= set(commands), f"docs/reference/json.md names unknown commands: {set(shown) - set(commands)}"
+    for command, blocks in shown.items():
+        if command in expected:
+            assert len(blocks) == 1, f"docs/reference/json.md: `{command}` needs exactly one ```json block"
+        for block in blocks:
+            try:
+                json.loads(block)
+            except ValueError as exc:
+                pytest.fail(f"docs/reference/json.md: the ```json block of `{command}` is not JSON: {exc}")
 
 
 # --- settings ---------------------------------------------------------------------------------------------
