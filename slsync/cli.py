@@ -364,9 +364,9 @@ def connect(
 
     Exit 0 connected; 1 refused, timed out, busy, or the token exchange failed; 2 usage or configuration error.
     """
-    from slsync import oauth
+    from slsync.connect import connect_source
 
-    done = oauth.connect_source(_settings(), source_id, port=port, timeout=timeout, open_browser=not no_browser)
+    done = connect_source(_settings(), source_id, port=port, timeout=timeout, open_browser=not no_browser)
     source = done.source
     print(f"connected source {source.id} ({source.platform}: {source.name}); token kept in {done.where}")
     print(f"it syncs on the next `slsync sync due`, or now: slsync sync source {source.id}")

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from slsync import analysis, db, oauth
+from slsync import analysis, db
 from slsync.budget import RateBudgets
 from slsync.config import Settings
+from slsync.connect import credentials_for
 from slsync.connectors import connector_class
 from slsync.connectors.base import Connector, Context
 from slsync.errors import AuthError, ConnectorError, NotFound, OutOfTime, RateLimited, Retriable, UsageError
@@ -356,7 +357,7 @@ def _run_locked(conn: db.Connection, settings: Settings, source_id: int, options
     context = Context(
         now=utcnow,
         settings=settings,
-        credentials=lambda: oauth.credentials_for(
+        credentials=lambda: credentials_for(
             connector_cls,
             source,
             settings,

@@ -20,9 +20,18 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from slsync import oauth
+from slsync import connect
+from slsync.auth import (
+    OAuthApp,
+    OAuthSession,
+    StaticToken,
+    authorize_url,
+    code_challenge,
+    exchange_code,
+    new_state,
+    new_verifier,
+)
 from slsync.config import Settings
-from slsync.connectors.base import OAuthApp
 from slsync.connectors.mock import MockConnector
 from slsync.connectors.twitter import SCOPES, TwitterConnector
 from slsync.errors import AuthError, Fatal, UsageError
@@ -93,7 +102,7 @@ def x_auth() -> Iterator[XAuth]:
 
 
 def test_pkce_verifiers_are_long_unreserved_and_never_repeat() -> None:
-    draws = [oauth.new_verifier() for _ in range(2000)]
+    draws = [new_verifier() for _ in range(2000)]
     assert all(43 <= len(v) <= 128 and UNRESERVED.match(v) for v in draws)
     assert len(set(draws)) == len(draws)
     # every character of the alphabet turns up: the draws use the whole unreserved range they claim
@@ -106,11 +115,11 @@ def test_code_challenge_matches_rfc_7636_appendix_b() -> None:
                     22, 212, 37, 77, 105, 214, 191, 240, 91, 88, 5, 88, 83, 132, 141, 121])  # fmt: skip
     verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
     assert base64.urlsafe_b64encode(octets).rstrip(b"=").decode() == verifier
-    assert oauth.code_challenge(verifier) == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+    assert code_challenge(verifier) == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
 
 
 def test_state_carries_at_least_128_bits() -> None:
-    states = {oauth.new_state() for _ in range(500)}
+    states = {new_state() for _ in range(500)}
     assert len(states) == 500
     # 6 bits per base64url character: 43 characters hold 256 bits, 22 would be the floor for 128
     assert all(len(s) >= 43 and UNRESERVED.match(s) for s in states)
@@ -118,7 +127,7 @@ def test_state_carries_at_least_128_bits() -> None:
 
 def test_the_authorize_url_carries_every_parameter_encoded() -> None:
     app = make_app()
-    url = oauth.authorize_url(app, redirect_uri="http://127.0.0.1:8765/callback", state="s t&=", challenge="abc")
+    url = authorize_url(app, redirect_uri="http://127.0.0.1:8765/callback", state="s t&=", challenge="abc")
     parts = urlsplit(url)
     assert f"{parts.scheme}://{parts.netloc}{parts.path}" == app.authorize_url
     assert " " not in url and "\n" not in url
@@ -145,7 +154,7 @@ def test_the_authorize_url_carries_every_parameter_encoded() -> None:
 def test_the_redirect_uri_is_the_registered_callback_verbatim_or_loopback_with_the_port(
     registered: str | None, port: int | None, expected: tuple[str, int, str]
 ) -> None:
-    redirect = oauth.redirect_for(make_app(redirect=registered), port)
+    redirect = connect.redirect_for(make_app(redirect=registered), port)
     assert (redirect.uri, redirect.port, redirect.path) == expected
 
 
@@ -162,7 +171,7 @@ def test_the_redirect_uri_is_the_registered_callback_verbatim_or_loopback_with_t
 )
 def test_a_callback_slsync_cannot_serve_is_a_usage_error(registered: str, port: int | None, message: str) -> None:
     with pytest.raises(UsageError, match=re.escape(message)):
-        oauth.redirect_for(make_app(redirect=registered), port)
+        connect.redirect_for(make_app(redirect=registered), port)
 
 
 # --- the loopback callback server (in-process) ----------------------------------------------------
@@ -174,7 +183,7 @@ def test_the_browser_is_opened_and_the_flow_completes_and_frees_the_port(
     pages: list[httpx.Response] = []
     monkeypatch.setattr("webbrowser.open", lambda url: pages.append(browse(url)) or True)
     out, port = io.StringIO(), free_port()
-    token = oauth.authorize(make_app(x_auth), platform="twitter", port=port, timeout=10, open_browser=True, out=out)
+    token = connect.authorize(make_app(x_auth), platform="twitter", port=port, timeout=10, open_browser=True, out=out)
     [page] = pages
     assert page.status_code == 200 and "connected" in page.text
     assert page.headers["cache-control"] == "no-store"
@@ -196,7 +205,7 @@ def test_the_browser_is_opened_and_the_flow_completes_and_frees_the_port(
 
 def test_the_callback_server_listens_on_127_0_0_1_only() -> None:
     port = free_port()
-    server = oauth._listen(port, "/callback", oauth.new_state(), "twitter", "hint")
+    server = connect._listen(port, "/callback", new_state(), "twitter", "hint")
     try:
         assert server.socket.getsockname() == ("127.0.0.1", port)
     finally:
@@ -247,7 +256,7 @@ def test_wrong_path_missing_or_forged_state_get_400_and_the_server_keeps_waiting
     thread = threading.Thread(target=user, daemon=True)
     thread.start()
     with caplog.at_level(logging.WARNING, logger="slsync"):
-        token = oauth.authorize(
+        token = connect.authorize(
             make_app(x_auth), platform="twitter", port=port, timeout=10, open_browser=False, out=out
         )
     thread.join(5)
@@ -274,8 +283,10 @@ def test_denied_consent_shows_an_escaped_page_and_raises(x_auth: XAuth) -> None:
     out, pages = _UrlCatcher(), []
     thread = threading.Thread(target=lambda: pages.append(browse(out.get())), daemon=True)
     thread.start()
-    with pytest.raises(oauth.ConsentDenied) as denied:
-        oauth.authorize(make_app(x_auth), platform="twitter", port=free_port(), timeout=10, open_browser=False, out=out)
+    with pytest.raises(connect.ConsentDenied) as denied:
+        connect.authorize(
+            make_app(x_auth), platform="twitter", port=free_port(), timeout=10, open_browser=False, out=out
+        )
     thread.join(5)
     [page] = pages
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text and "<script>" not in page.text
@@ -288,8 +299,8 @@ def test_denied_consent_shows_an_escaped_page_and_raises(x_auth: XAuth) -> None:
 def test_no_answer_times_out_on_time_and_frees_the_port() -> None:
     port = free_port()
     started = time.monotonic()
-    with pytest.raises(oauth.CallbackTimeout, match=r"no answer from the browser within 0\.5 s"):
-        oauth.authorize(make_app(), platform="twitter", port=port, timeout=0.5, open_browser=False, out=io.StringIO())
+    with pytest.raises(connect.CallbackTimeout, match=r"no answer from the browser within 0\.5 s"):
+        connect.authorize(make_app(), platform="twitter", port=port, timeout=0.5, open_browser=False, out=io.StringIO())
     assert 0.45 < time.monotonic() - started < 2.0
     assert port_is_free(port)
 
@@ -300,7 +311,9 @@ def test_a_busy_port_is_one_usage_error_naming_the_fix() -> None:
         squatter.listen()
         port = squatter.getsockname()[1]
         with pytest.raises(UsageError) as busy:
-            oauth.authorize(make_app(), platform="twitter", port=port, timeout=5, open_browser=False, out=io.StringIO())
+            connect.authorize(
+                make_app(), platform="twitter", port=port, timeout=5, open_browser=False, out=io.StringIO()
+            )
     assert str(busy.value) == (
         f"cannot listen on 127.0.0.1:{port} for the callback: the port is in use; "
         "pass --port with a free port and register http://127.0.0.1:PORT/callback with the platform"
@@ -311,9 +324,9 @@ def test_a_busy_port_is_one_usage_error_naming_the_fix() -> None:
 
 
 def test_a_wrong_verifier_is_refused_without_echoing_secrets(x_auth: XAuth) -> None:
-    x_auth.codes["code-abc"] = (oauth.code_challenge("v" * 43), "http://127.0.0.1:8765/callback")
+    x_auth.codes["code-abc"] = (code_challenge("v" * 43), "http://127.0.0.1:8765/callback")
     with pytest.raises(AuthError) as refused:
-        oauth.exchange_code(
+        exchange_code(
             make_app(x_auth),
             code="code-abc",
             redirect_uri="http://127.0.0.1:8765/callback",
@@ -326,15 +339,15 @@ def test_a_wrong_verifier_is_refused_without_echoing_secrets(x_auth: XAuth) -> N
 
 def test_a_confidential_client_authenticates_with_basic_and_a_wrong_secret_names_the_setting() -> None:
     with running(XAuth(client_secret="s3cret")) as auth:
-        challenge = oauth.code_challenge("v" * 43)
+        challenge = code_challenge("v" * 43)
         for code in ("code-1", "code-2"):
             auth.codes[code] = (challenge, "http://127.0.0.1:8765/callback")
         kwargs = {"redirect_uri": "http://127.0.0.1:8765/callback", "verifier": "v" * 43, "platform": "twitter"}
-        token = oauth.exchange_code(make_app(auth, secret="s3cret"), code="code-1", **kwargs)
+        token = exchange_code(make_app(auth, secret="s3cret"), code="code-1", **kwargs)
         assert token.access_token == auth.issued[0].access_token
         assert auth.calls[0].basic == (auth.client_id, "s3cret")
         with pytest.raises(AuthError) as refused:
-            oauth.exchange_code(make_app(auth, secret="wrong-secret"), code="code-2", **kwargs)
+            exchange_code(make_app(auth, secret="wrong-secret"), code="code-2", **kwargs)
     message = str(refused.value)
     assert "TWITTER_CLIENT_ID" in message and "TWITTER_CLIENT_SECRET" in message
     assert "Missing valid authorization header" in message and "wrong-secret" not in message
@@ -371,7 +384,7 @@ def test_two_expiries_rotate_the_refresh_token_and_persist_it_before_use(x_auth:
     clock = Clock(datetime(2026, 11, 20, 8, 0, tzinfo=UTC))
     store = RecordingStore(tmp_path / "tokens.json", x_auth)
     first = seeded(x_auth, store, clock)
-    session = oauth.OAuthSession(store, 7, make_app(x_auth), first, clock, platform="twitter")
+    session = OAuthSession(store, 7, make_app(x_auth), first, clock, platform="twitter")
 
     assert session.access_token() == first.access_token
     clock.advance(hours=1, minutes=57)  # still more than 2 minutes left
@@ -417,19 +430,19 @@ def test_a_session_holding_a_rotated_token_uses_the_stored_one_and_never_sends_t
     clock = Clock(datetime(2026, 11, 20, 8, 0, tzinfo=UTC))
     store = FileStore(tmp_path / "tokens.json")
     original = seeded(x_auth, store, clock)
-    earlier = oauth.OAuthSession(store, 7, make_app(x_auth), original, clock, platform="twitter")
-    later = oauth.OAuthSession(store, 7, make_app(x_auth), original, clock, platform="twitter")
+    earlier = OAuthSession(store, 7, make_app(x_auth), original, clock, platform="twitter")
+    later = OAuthSession(store, 7, make_app(x_auth), original, clock, platform="twitter")
     clock.advance(hours=2)
     rotated = earlier.access_token()
     # `later` read the token before `earlier` rotated it: it must pick up the rotation, not replay
     assert later.access_token() == rotated
     # a 401 on a token older than the stored one: the stored one is the answer, no refresh call
-    assert oauth.OAuthSession(store, 7, make_app(x_auth), original, clock, platform="twitter").refresh() == rotated
+    assert OAuthSession(store, 7, make_app(x_auth), original, clock, platform="twitter").refresh() == rotated
     assert [c.status for c in x_auth.calls] == [200]
     assert [c.form["refresh_token"] for c in x_auth.calls] == [original.refresh_token]
     # and a session built from a dead token with nothing newer in the store gets AuthError, no retry
     store.put(7, original)
-    stale = oauth.OAuthSession(store, 7, make_app(x_auth), original, clock, platform="twitter")
+    stale = OAuthSession(store, 7, make_app(x_auth), original, clock, platform="twitter")
     with pytest.raises(AuthError):
         stale.access_token()
     assert [c.status for c in x_auth.calls] == [200, 400]
@@ -442,7 +455,7 @@ def test_a_dead_refresh_token_is_an_auth_error_without_secrets(tmp_path: Path, a
         store = FileStore(tmp_path / "tokens.json")
         token = seeded(auth, store, clock)
         auth.live_refresh.clear()  # revoked at X
-        session = oauth.OAuthSession(store, 7, make_app(auth), token, clock, platform="twitter")
+        session = OAuthSession(store, 7, make_app(auth), token, clock, platform="twitter")
         with pytest.raises(AuthError) as dead:
             session.refresh()
     message = str(dead.value)
@@ -455,7 +468,7 @@ def test_a_refreshed_token_that_cannot_be_saved_is_never_used(x_auth: XAuth, tmp
     clock = Clock(datetime(2026, 11, 20, 8, 0, tzinfo=UTC))
     store = RecordingStore(tmp_path / "tokens.json", x_auth)
     token = seeded(x_auth, store, clock)
-    session = oauth.OAuthSession(store, 7, make_app(x_auth), token, clock, platform="twitter")
+    session = OAuthSession(store, 7, make_app(x_auth), token, clock, platform="twitter")
     store.fail = True
     clock.advance(hours=3)
     with pytest.raises(AuthError, match="could not be saved"):
@@ -470,7 +483,7 @@ def test_a_refresh_without_a_new_refresh_token_keeps_the_old_one(tmp_path: Path)
         clock = Clock(datetime(2026, 11, 20, 8, 0, tzinfo=UTC))
         store = FileStore(tmp_path / "tokens.json")
         token = seeded(auth, store, clock)
-        session = oauth.OAuthSession(store, 7, make_app(auth, secret="s3cret"), token, clock, platform="twitter")
+        session = OAuthSession(store, 7, make_app(auth, secret="s3cret"), token, clock, platform="twitter")
         fresh = session.refresh()
         stored = store.get(7)
         assert stored is not None and stored.access_token == fresh != token.access_token
@@ -483,7 +496,7 @@ def test_unknown_expiry_is_used_as_is_and_missing_pieces_are_auth_errors(x_auth:
     store = FileStore(tmp_path / "tokens.json")
     forever = Token("at-forever", "rt-forever", expires_at=None)
     store.put(7, forever)
-    session = oauth.OAuthSession(store, 7, make_app(x_auth), forever, clock, platform="twitter")
+    session = OAuthSession(store, 7, make_app(x_auth), forever, clock, platform="twitter")
     clock.advance(days=365)
     assert session.access_token() == "at-forever"
     assert x_auth.calls == []
@@ -491,17 +504,17 @@ def test_unknown_expiry_is_used_as_is_and_missing_pieces_are_auth_errors(x_auth:
     no_refresh = Token("at-1", None, expires_at=clock() + timedelta(minutes=1))
     store.put(8, no_refresh)
     with pytest.raises(AuthError, match="there is no refresh token"):
-        oauth.OAuthSession(store, 8, make_app(x_auth), no_refresh, clock, platform="twitter").access_token()
+        OAuthSession(store, 8, make_app(x_auth), no_refresh, clock, platform="twitter").access_token()
 
     app = OAuthApp(x_auth.authorize_url, x_auth.token_url, None, None, SCOPES, None, "TWITTER_CLIENT_ID")
     expiring = Token("at-2", "rt-2", expires_at=clock() + timedelta(minutes=1))
     store.put(9, expiring)
     with pytest.raises(AuthError, match="TWITTER_CLIENT_ID is not set"):
-        oauth.OAuthSession(store, 9, app, expiring, clock, platform="twitter").access_token()
+        OAuthSession(store, 9, app, expiring, clock, platform="twitter").access_token()
 
     store.delete(9)
     with pytest.raises(AuthError, match="no longer in the token store"):
-        oauth.OAuthSession(store, 9, make_app(x_auth), expiring, clock, platform="twitter").refresh()
+        OAuthSession(store, 9, make_app(x_auth), expiring, clock, platform="twitter").refresh()
     assert x_auth.calls == []
 
 
@@ -519,21 +532,21 @@ def test_credentials_for_a_connected_source_is_a_refreshing_session(x_auth: XAut
     clock = Clock(datetime(2026, 11, 20, 8, 0, tzinfo=UTC))
     store = FileStore(settings.data_dir / "tokens.json")
     seeded(x_auth, store, clock)
-    credentials = oauth.credentials_for(TwitterConnector, make_source(), settings, now=clock)
-    assert isinstance(credentials, oauth.OAuthSession)
+    credentials = connect.credentials_for(TwitterConnector, make_source(), settings, now=clock)
+    assert isinstance(credentials, OAuthSession)
     assert credentials.access_token() == x_auth.issued[0].access_token
     clock.advance(hours=2)
     assert credentials.access_token() == x_auth.issued[1].access_token == store.get(7).access_token
 
     with pytest.raises(AuthError, match=r"no X \(Twitter\) user token for source 8 in .*tokens.json"):
-        oauth.credentials_for(TwitterConnector, make_source(8), settings)
+        connect.credentials_for(TwitterConnector, make_source(8), settings)
     # a source that was never connected keeps the app-only token
-    app_only = oauth.credentials_for(TwitterConnector, make_source(8, connection_type="app"), settings)
-    assert isinstance(app_only, oauth.StaticToken) and app_only.access_token() == "app"
+    app_only = connect.credentials_for(TwitterConnector, make_source(8, connection_type="app"), settings)
+    assert isinstance(app_only, StaticToken) and app_only.access_token() == "app"
     with pytest.raises(AuthError, match="refused the app token"):
         app_only.refresh()
     with pytest.raises(AuthError, match="cannot use user tokens"):
-        oauth.credentials_for(MockConnector, make_source(platform="mock"), settings)
+        connect.credentials_for(MockConnector, make_source(platform="mock"), settings)
 
 
 def test_credentials_for_without_a_usable_keyring_names_the_file_store(
@@ -545,5 +558,5 @@ def test_credentials_for_without_a_usable_keyring_names_the_file_store(
     monkeypatch.setattr(keyring, "get_keyring", lambda: fail.Keyring())
     settings = Settings(data_dir=tmp_path / "data", token_store="keyring", _env_file=None)
     with pytest.raises(Fatal, match="SLSYNC_TOKEN_STORE=file") as failed:
-        oauth.credentials_for(TwitterConnector, make_source(), settings)
+        connect.credentials_for(TwitterConnector, make_source(), settings)
     assert not isinstance(failed.value, AuthError)  # a setting to fix, not a grant to redo

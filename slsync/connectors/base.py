@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from slsync.auth import Credentials, OAuthApp, StaticToken
 from slsync.budget import RateBudgets
 from slsync.errors import UsageError
 from slsync.models import Page, Source
@@ -68,43 +68,6 @@ class Quota(Protocol):
         """Count `item` against at most `limit` distinct items per rolling `window` (Instagram: 30 hashtags
         per account per 7 days). An item already counted in the window is free and does not restart its
         window. The slots left after it, or None when it does not fit (then make no call)."""
-
-
-class Credentials(Protocol):
-    """A bearer token for API calls, refreshed behind the connector's back where the platform allows."""
-
-    # names the credential (never contains it): sources sharing a key share its rate-limit window
-    key: str
-
-    def access_token(self) -> str:
-        """A token valid now (refreshed first when it is about to expire)."""
-
-    def refresh(self) -> str:
-        """After a 401: a new token, or AuthError when there is no way to get one."""
-
-
-@dataclass(frozen=True)
-class OAuthApp:
-    """What `slsync connect` needs for a platform's authorization code + PKCE flow."""
-
-    authorize_url: str
-    token_url: str
-    client_id: str | None
-    client_secret: SecretStr | None
-    scopes: tuple[str, ...]
-    # the registered callback (e.g. TWITTER_OAUTH_CALLBACK); None: http://127.0.0.1:PORT/callback
-    redirect_uri: str | None = None
-    # the settings' names, for messages that tell an operator what to set
-    client_id_setting: str = ""
-    client_secret_setting: str = ""
-    redirect_uri_setting: str = ""
-    # how the token endpoint wants the client secret: HTTP Basic, or client_secret in the form (Meta, LinkedIn)
-    client_auth: Literal["basic", "form"] = "basic"
-    # Meta's token endpoint is read with GET and a query string; the others take a POSTed form
-    token_method: Literal["POST", "GET"] = "POST"
-    # PKCE (RFC 7636) on the code; False where the platform enables it only on request (LinkedIn), for a
-    # confidential client whose secret already binds the code to the app
-    pkce: bool = True
 
 
 class Context:
@@ -205,8 +168,6 @@ class Connector(ABC):
         token = cls.app_token(settings)
         if token is None:
             return None
-        from slsync.oauth import StaticToken
-
         return StaticToken(token, cls.platform)
 
     @classmethod

@@ -32,8 +32,8 @@ from slsync.models import Mention, Page, RateLimit
 if TYPE_CHECKING:
     import httpx
 
+    from slsync.auth import OAuthApp
     from slsync.config import Settings
-    from slsync.connectors.base import OAuthApp
     from slsync.models import Source
     from slsync.tokens import Token
 

@@ -32,7 +32,8 @@ from urllib.parse import quote
 import httpx
 
 from slsync import http
-from slsync.connectors.base import Connector, OAuthApp
+from slsync.auth import OAuthApp
+from slsync.connectors.base import Connector
 from slsync.connectors.fields import has_word, normalize_each
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 
 from slsync import http
-from slsync.connectors.base import OAuthApp
+from slsync.auth import OAuthApp
 from slsync.connectors.fields import mapping, text
 from slsync.errors import AuthError, Fatal, RateLimited, Retriable, UsageError
 from slsync.models import RateLimit

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from slsync import http
+from slsync.auth import ClientCredentials, granted_token
 from slsync.connectors.base import Connector, whole_number
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
@@ -49,7 +50,6 @@ from slsync.connectors.fields import normalize_each
 from slsync.connectors.fields import text as _text
 from slsync.errors import AuthError, Fatal, RateLimited, Retriable, UsageError
 from slsync.models import Mention, Page, RateLimit
-from slsync.oauth import ClientCredentials, granted_token
 
 if TYPE_CHECKING:
     from pydantic import SecretStr

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from slsync import http
-from slsync.connectors.base import Connector, OAuthApp
+from slsync.auth import OAuthApp
+from slsync.connectors.base import Connector
 from slsync.connectors.fields import by_key as _by_key
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list

@@ -43,8 +43,8 @@ from slsync.models import Mention, Page, RateLimit
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
+    from slsync.auth import Credentials
     from slsync.config import Settings
-    from slsync.connectors.base import Credentials
     from slsync.models import Source
 
 log = logging.getLogger("slsync.youtube")

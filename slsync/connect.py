@@ -1,0 +1,371 @@
+"""`slsync connect` and the credentials of a run: the layer above the connectors that joins a source, its
+platform's connector, the token store and the database.
+
+`slsync connect` runs the OAuth 2.0 authorization code flow with PKCE for native apps (RFC 8252,
+RFC 7636): a one-shot callback server on 127.0.0.1, a `state` checked in constant time, an S256
+challenge. User tokens live in the token store only. Nothing here logs or raises a message holding a
+code, verifier, token or client secret.
+"""
+
+from __future__ import annotations
+
+import errno
+import html
+import logging
+import secrets
+import socketserver
+import sys
+import threading
+import webbrowser
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import parse_qs, urlsplit
+
+from slsync import db, http, tokens
+from slsync.auth import (
+    Credentials,
+    OAuthApp,
+    OAuthSession,
+    authorize_url,
+    code_challenge,
+    exchange_code,
+    new_state,
+    new_verifier,
+    one_line,
+    utcnow,
+)
+from slsync.connectors import PLATFORMS, connector_class
+from slsync.errors import AuthError, Fatal, SlsyncError, UsageError
+from slsync.tokens import Token
+
+if TYPE_CHECKING:
+    from slsync.config import Settings
+    from slsync.connectors.base import Connector
+    from slsync.models import Source
+
+log = logging.getLogger("slsync.connect")
+
+DEFAULT_PORT = 8765
+CALLBACK_PATH = "/callback"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+
+
+class ConsentDenied(AuthError):
+    """The user (or the platform) refused the authorization: nothing was stored."""
+
+
+class CallbackTimeout(SlsyncError):
+    """The browser never came back to the callback in time."""
+
+
+@dataclass(frozen=True)
+class Redirect:
+    uri: str  # sent to the platform exactly as registered
+    port: int  # where the callback server listens, on 127.0.0.1
+    path: str  # the only path it answers
+
+
+def redirect_for(app: OAuthApp, port: int | None) -> Redirect:
+    """The redirect URI and callback port: the registered callback when configured, else 127.0.0.1:PORT.
+
+    Platforms such as X compare the redirect URI with the registered callback character for character,
+    so a configured one is used verbatim and the port is taken from it. A `localhost` callback is served
+    on 127.0.0.1 too: browsers fall back to it when ::1 refuses.
+    """
+    setting = app.redirect_uri_setting
+    if app.redirect_uri is None:
+        chosen = DEFAULT_PORT if port is None else port
+        return Redirect(f"http://127.0.0.1:{chosen}{CALLBACK_PATH}", chosen, CALLBACK_PATH)
+    parts = urlsplit(app.redirect_uri)
+    try:
+        registered_port = 80 if parts.port is None else parts.port
+    except ValueError:
+        registered_port = 0
+    if not registered_port:
+        raise UsageError(f"{setting} {app.redirect_uri!r} has an invalid port")
+    if parts.scheme != "http" or parts.hostname not in LOOPBACK_HOSTS or parts.username or parts.fragment:
+        raise UsageError(
+            f"{setting} must be a loopback callback such as http://127.0.0.1:{DEFAULT_PORT}{CALLBACK_PATH} "
+            "(slsync listens on 127.0.0.1 only)"
+        )
+    if port is not None and port != registered_port:
+        raise UsageError(
+            f"--port {port} disagrees with {setting} (port {registered_port}); drop --port or change the callback"
+        )
+    return Redirect(app.redirect_uri, registered_port, parts.path or "/")
+
+
+# --- the loopback callback server -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CallbackResult:
+    code: str | None = None
+    error: str | None = None
+    description: str | None = None
+
+
+def _page(title: str, text: str) -> bytes:
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>slsync</title></head>"
+        f"<body style='font-family:sans-serif;margin:3em'><h1>{html.escape(title)}</h1>"
+        f"<p>{html.escape(text)}</p></body></html>"
+    ).encode()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _CallbackServer
+    # A connection that sends nothing (a browser's preconnect) gives up its thread after this long.
+    timeout = 10
+    server_version = "slsync"
+    sys_version = ""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self.server.handle_callback(self)
+
+    def reply(self, status: int, title: str, text: str) -> None:
+        body = _page(title, text)
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        """Silenced: the default logs the request line, and the request line carries the code."""
+
+
+class _CallbackServer(ThreadingHTTPServer):
+    """Answers one authorization callback on 127.0.0.1; anything else gets a 400 and it keeps waiting."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, port: int, path: str, state: str, platform: str) -> None:
+        self.path = path
+        self.state = state.encode()
+        self.platform = platform
+        self.result: CallbackResult | None = None
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+        super().__init__(("127.0.0.1", port), _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind would resolve the host name (a DNS lookup) for nothing.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
+
+    def handle_callback(self, request: _Handler) -> None:
+        target = urlsplit(request.path)
+        if target.path != self.path:
+            if target.path != "/favicon.ico":
+                log.warning(
+                    "callback server: ignored a request for %s (not the callback path)", one_line(target.path, 80)
+                )
+            request.reply(400, "Not the callback", "This address only answers the slsync authorization callback.")
+            return
+        params = parse_qs(target.query, keep_blank_values=True)
+        states = params.get("state", [])
+        if len(states) != 1 or not secrets.compare_digest(states[0].encode(), self.state):
+            log.warning("callback server: ignored a callback with a missing or wrong state; still waiting")
+            request.reply(400, "Unexpected callback", "This is not the authorization slsync is waiting for.")
+            return
+        error, code = _first(params, "error"), _first(params, "code")
+        with self._lock:
+            if self.result is not None:
+                request.reply(400, "Already finished", "This authorization has already been answered.")
+                return
+            if error is None and not code:
+                log.warning("callback server: ignored a callback with neither a code nor an error; still waiting")
+                request.reply(400, "Incomplete callback", "The callback carries no authorization code.")
+                return
+            if error is not None:
+                self.result = CallbackResult(error=error or "error", description=_first(params, "error_description"))
+                detail = self.result.error + (f": {self.result.description}" if self.result.description else "")
+                request.reply(
+                    200,
+                    "slsync was not connected",
+                    f"{self.platform} answered: {detail}. Nothing was stored; you can close this tab.",
+                )
+            else:
+                self.result = CallbackResult(code=code)
+                request.reply(200, "slsync is connected", "You can close this tab and return to the terminal.")
+        self.done.set()  # after the page went out, so the browser has it before the server stops
+
+    def wait(self, timeout: float) -> CallbackResult | None:
+        thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        thread.start()
+        try:
+            self.done.wait(timeout)
+        finally:
+            self.shutdown()
+            thread.join()
+        return self.result
+
+
+def _first(params: dict[str, list[str]], name: str) -> str | None:
+    values = params.get(name)
+    return values[0] if values else None
+
+
+def _listen(port: int, path: str, state: str, platform: str, hint: str) -> _CallbackServer:
+    try:
+        return _CallbackServer(port, path, state, platform)
+    except OSError as exc:
+        reason = "the port is in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or type(exc).__name__)
+        raise UsageError(f"cannot listen on 127.0.0.1:{port} for the callback: {reason}; {hint}") from None
+
+
+def _open_browser(url: str) -> None:
+    """In a thread: a console browser (BROWSER=lynx) would otherwise hold the callback wait hostage."""
+
+    def run() -> None:
+        try:
+            webbrowser.open(url)
+        except Exception as exc:  # no browser is fine: the URL is on the screen
+            log.debug("could not open a browser: %s", type(exc).__name__)
+
+    threading.Thread(target=run, name="slsync-browser", daemon=True).start()
+
+
+def authorize(
+    app: OAuthApp,
+    *,
+    platform: str,
+    port: int | None,
+    timeout: float,
+    open_browser: bool,
+    out: TextIO | None = None,
+    now: Callable[[], datetime] = utcnow,
+) -> Token:
+    """Run the browser part of the flow and exchange the code: a token, or an error and nothing kept."""
+    redirect = redirect_for(app, port)
+    verifier, state = new_verifier(), new_state()
+    url = authorize_url(app, redirect_uri=redirect.uri, state=state, challenge=code_challenge(verifier))
+    hint = (
+        f"free the port or change {app.redirect_uri_setting} (and the callback registered with the platform)"
+        if app.redirect_uri
+        else "pass --port with a free port and register http://127.0.0.1:PORT/callback with the platform"
+    )
+    out = out or sys.stdout
+    with _listen(redirect.port, redirect.path, state, platform, hint) as server:
+        # Plain print, one line: rich would wrap the URL into pieces nobody can paste.
+        print(f"Open this URL in a browser to authorize slsync with {platform}:", file=out)
+        print(url, file=out, flush=True)
+        print(
+            f"Waiting up to {timeout:g} s for the browser to come back to {redirect.uri} on this machine "
+            f"(over SSH, forward the port first: ssh -L {redirect.port}:127.0.0.1:{redirect.port} HOST).",
+            file=out,
+            flush=True,
+        )
+        if open_browser:
+            _open_browser(url)
+        result = server.wait(timeout)
+    if result is None:
+        raise CallbackTimeout(f"no answer from the browser within {timeout:g} s; nothing was stored")
+    if result.error is not None:
+        detail = one_line(result.error + (f": {result.description}" if result.description else ""))
+        raise ConsentDenied(f"{platform} did not authorize slsync ({detail}); nothing was stored")
+    assert result.code is not None
+    return exchange_code(
+        app, code=result.code, redirect_uri=redirect.uri, verifier=verifier, platform=platform, now=now
+    )
+
+
+# --- the credentials of a run -----------------------------------------------------------------------
+
+
+def credentials_for(
+    connector: type[Connector],
+    source: Source,
+    settings: Settings,
+    *,
+    now: Callable[[], datetime] = utcnow,
+    on_refresh: Callable[[Token], None] | None = None,
+) -> Credentials:
+    if source.connection_type == "user":
+        app = connector.oauth_app(settings)
+        if app is None:
+            raise AuthError(f"{source.platform} sources cannot use user tokens")
+        try:
+            store = tokens.open_store(settings)
+        except UsageError as exc:  # no keyring under cron: a configuration problem, not a dead grant
+            raise Fatal(str(exc)) from None
+        token = store.get(source.id)
+        if token is None:
+            raise AuthError(f"no {_title(source.platform)} user token for source {source.id} in {store.where}")
+        return OAuthSession(store, source.id, app, token, now, platform=_title(source.platform), on_refresh=on_refresh)
+    credentials = connector.app_credentials(source, settings)
+    if credentials is not None:
+        return credentials
+    raise AuthError(f"no {source.platform} credentials for source {source.id}")
+
+
+def _title(platform: str) -> str:
+    """The platform's name for people ("X (Twitter)"), in messages about its tokens."""
+    info = PLATFORMS.get(platform)
+    return info.title if info else platform
+
+
+# --- `slsync connect` -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Connected:
+    source: Source
+    where: str  # where the token was stored
+
+
+def connect_source(
+    settings: Settings,
+    source_id: int,
+    *,
+    port: int | None,
+    timeout: float,
+    open_browser: bool,
+    out: TextIO | None = None,
+) -> Connected:
+    """Authorize a source in a browser and keep its token, holding the source's lock throughout."""
+    with db.connect(settings) as conn:
+        source = db.get_source(conn, source_id)
+        app = connector_class(source.platform).oauth_app(settings)
+        if app is None:
+            raise UsageError(f"{source.platform} sources do not need connecting")
+        title = _title(source.platform)
+        if not app.client_id:
+            raise UsageError(
+                f"{app.client_id_setting or 'the client id'} is not set: register an app with {title} "
+                "and set its OAuth 2.0 client id"
+            )
+        redirect_for(app, port)  # a bad callback setting fails here, before anything else
+        store = tokens.open_store(settings)  # no usable keyring: one line now, not after the browser
+        # The lock keeps a sync from refreshing (and so rotating) the token while it is being replaced.
+        if not db.try_lock_source(conn, source_id):
+            raise SlsyncError(f"source {source_id} is syncing now; connect it when the run has ended")
+        try:
+            token = authorize(app, platform=title, port=port, timeout=timeout, open_browser=open_browser, out=out)
+            connector = connector_class(source.platform)
+            with http.client(timeout=settings.http_timeout_seconds) as client:
+                token = connector.after_connect(token, source, settings, client)
+            if token.refresh_token is None and token.expires_at is not None:
+                log.warning(
+                    "%s issued no refresh token: source %s needs `slsync connect` again by %s",
+                    title,
+                    source_id,
+                    f"{token.expires_at:%Y-%m-%d %H:%M} UTC",
+                )
+            store.put(source_id, token)
+            db.mark_connected(conn, source_id, reconnect_by=token.reconnect_by)
+            return Connected(db.get_source(conn, source_id), store.where)
+        finally:
+            if not conn.closed:
+                db.unlock_source(conn, source_id)
