@@ -192,7 +192,7 @@ def test_three_pages_arrive_in_one_sync_and_the_next_sync_sends_since_id(x_cli: 
     assert x_api.searches[-1].params["since_id"] == max(ids, key=int)
     assert "start_time" not in x_api.searches[-1].params
     source = db.get_source(conn, source_id)
-    assert source.committed_cursor == {"since_ids": {query: max(newer, key=int)}}
+    assert source.committed_cursor == {"v": 2, "streams": {query: max(newer, key=int)}}
     status = x_cli.ok("status", str(source_id), "--json").json()
     assert status["rate_limit"]["remaining"] == x_api.remaining and status["rate_limit"]["limit"] == 450
 

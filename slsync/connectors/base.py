@@ -12,10 +12,11 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from slsync.auth import Credentials, OAuthApp, StaticToken
+from slsync import http
+from slsync.auth import BearerAuth, Credentials, OAuthApp, StaticToken
 from slsync.budget import RateBudgets
-from slsync.errors import UsageError
-from slsync.models import Page, Source
+from slsync.errors import RateLimited, UsageError
+from slsync.models import Page, RateLimit, Source
 
 if TYPE_CHECKING:
     import httpx
@@ -104,8 +105,6 @@ class Context:
     @property
     def http(self) -> httpx.Client:
         if self._http is None:
-            from slsync import http
-
             self._http = http.client(timeout=self.settings.http_timeout_seconds if self.settings else 30.0)
         return self._http
 
@@ -125,6 +124,8 @@ class Context:
 
 class Connector(ABC):
     platform: ClassVar[str]
+    # the platform's name in messages ("X", "Reddit")
+    title: ClassVar[str]
     # how a source of this platform authenticates by default ('none', 'app' or 'user'); a 'user' source
     # stays pending until `slsync connect`
     connection_type: ClassVar[str] = "none"
@@ -199,6 +200,36 @@ class Connector(ABC):
     def check_config(cls, config: Mapping[str, Any]) -> None:
         """Refuse (UsageError) at `source add` what the platform cannot be asked; by default anything goes."""
         return None
+
+    # --- what every connector's calls share ------------------------------------------------------------
+
+    def call(
+        self,
+        method: str,
+        url: str,
+        *,
+        read_limits: Callable[[httpx.Headers], RateLimit | None] | None = None,
+        auth: httpx.Auth | None = None,
+        **kwargs: Any,
+    ) -> tuple[httpx.Response, RateLimit | None]:
+        """One request under the retry policy and the run's deadline, counted in the credential's shared
+        window; `auth` defaults to the bearer flow that renews a refused token once. Returns the answer
+        (mapping its status to an error is the caller's) and the limits its headers report."""
+        credentials = self.context.credentials
+        with self.context.budgets.call(credentials.key, self.title):
+            response = http.send(
+                self.context.http, method, url, platform=self.title, read_limits=read_limits,
+                deadline=self.context.deadline, auth=auth or BearerAuth(credentials), **kwargs,
+            )  # fmt: skip
+            limits = read_limits(response.headers) if read_limits else None
+            self.context.budgets.record(credentials.key, limits)
+        return response, limits
+
+    def stop_if_spent(self, limits: RateLimit | None) -> None:
+        """Before a further call: stop as rate limited when the platform said its window is spent."""
+        if limits and limits.remaining == 0 and limits.reset_at and limits.reset_at > self.context.now():
+            until = f"{limits.reset_at:%Y-%m-%d %H:%M:%S} UTC"
+            raise RateLimited(f"{self.title} rate limit used up until {until}", limits.reset_at)
 
     @abstractmethod
     def pages(

@@ -8,23 +8,21 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from slsync import http
 from slsync.auth import OAuthApp
-from slsync.connectors.base import Connector
 from slsync.connectors.fields import by_key as _by_key
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import normalize_each
 from slsync.connectors.fields import text as _text
-from slsync.errors import Fatal, RateLimited, UsageError
-from slsync.models import Mention, Page, RateLimit
+from slsync.connectors.paging import Cursor, Fetched, PagedConnector, Walk
+from slsync.errors import Fatal, UsageError
+from slsync.models import Mention
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -42,6 +40,7 @@ SNOWFLAKE_EPOCH_MS = 1288834974657
 # Recent search reaches 7 days back; keep a margin so a request built now is still valid when it lands.
 LOOKBACK = timedelta(days=7)
 LOOKBACK_MARGIN = timedelta(minutes=1)
+READ_LIMITS = http.header_limits("x-rate-limit-")
 SEARCH_PARAMS = {
     "max_results": str(PAGE_SIZE),
     "tweet.fields": "author_id,created_at,public_metrics,entities,geo,lang,attachments,referenced_tweets,note_tweet",
@@ -219,8 +218,10 @@ def normalize_page(body: Any) -> tuple[list[Mention], int]:
 # --- the connector --------------------------------------------------------------------------------
 
 
-class TwitterConnector(Connector):
+class TwitterConnector(PagedConnector):
     platform = "twitter"
+    title = "X"
+    order = int
     connection_type = "app"
     max_lookback = LOOKBACK
 
@@ -250,77 +251,22 @@ class TwitterConnector(Connector):
     def check_config(cls, config: Mapping[str, Any]) -> None:
         build_queries(config)
 
-    def pages(
-        self,
-        cursor: Mapping[str, Any] | None,
-        *,
-        since: datetime | None,
-        resume: Mapping[str, Any] | None,
-    ) -> Iterator[Page]:
-        now = self.context.now()
-        earliest = now - LOOKBACK + LOOKBACK_MARGIN
-        queries = build_queries(self.source.config)
-        since_ids: dict[str, str] = dict(_dict((resume or cursor or {}).get("since_ids")))
-        active = _dict((resume or {}).get("active"))
-        if active.get("query") in queries:  # continue the interrupted query first
-            queries.remove(active["query"])
-            queries.insert(0, active["query"])
-        else:
-            active = {}
+    def streams(self) -> list[str]:
+        return build_queries(self.source.config)
 
-        for number, query in enumerate(queries):
-            last_query = number == len(queries) - 1
-            if active and query == active["query"]:
-                since_id, start_time = active.get("since_id"), active.get("start_time")
-                token, newest = active.get("next_token"), active.get("newest_id")
-            else:
-                since_id = since_ids.get(query) if since is None else None
-                if since_id and snowflake_time(since_id) < earliest:
-                    since_id = None  # X refuses a since_id older than its search window
-                start_time = None if since_id else _iso(max(since or earliest, earliest))
-                token, newest = None, None
-            while True:
-                body, limits = self._search(query, since_id, start_time, token)
-                mentions, errors = normalize_page(body)
-                ids = [m.external_id for m in mentions]
-                if newest is None and ids:
-                    newest = max(ids, key=int)
-                token = _text(_dict(body.get("meta")).get("next_token"))
-                if not token and newest and int(newest) > int(since_ids.get(query) or 0):
-                    since_ids[query] = newest
-                state: dict[str, Any] = {"since_ids": dict(since_ids)}
-                if token:
-                    state["active"] = {
-                        "query": query, "next_token": token, "newest_id": newest,
-                        "since_id": since_id, "start_time": start_time,
-                    }  # fmt: skip
-                yield Page(mentions=tuple(mentions), cursor=state, rate_limit=limits, errors=errors)
-                more = bool(token) or not last_query
-                if more and limits and limits.remaining == 0 and limits.reset_at and limits.reset_at > now:
-                    until = f"{limits.reset_at:%Y-%m-%d %H:%M:%S} UTC"
-                    raise RateLimited(f"X rate limit used up until {until}", limits.reset_at)
-                if not token:
-                    break
-            active = {}
+    def begin(self, stream: str, stored: Any, since: datetime | None) -> dict[str, str]:
+        earliest = self.context.now() - LOOKBACK + LOOKBACK_MARGIN
+        since_id = stored if since is None and isinstance(stored, str) and stored.isdigit() else None
+        if since_id and snowflake_time(since_id) < earliest:
+            since_id = None  # X refuses a since_id older than its search window
+        return {"since_id": since_id} if since_id else {"start_time": _iso(max(since or earliest, earliest))}
 
-    def _search(
-        self, query: str, since_id: str | None, start_time: str | None, token: str | None
-    ) -> tuple[dict[str, Any], RateLimit | None]:
-        params = {"query": query, **SEARCH_PARAMS}
-        if since_id:
-            params["since_id"] = since_id
-        elif start_time:
-            params["start_time"] = start_time
-        if token:
-            params["next_token"] = token
+    def fetch(self, walk: Walk) -> Fetched:
+        params = {"query": walk.stream, **SEARCH_PARAMS, **_dict(walk.bound)}
+        if walk.token:
+            params["next_token"] = walk.token
         url = self.context.settings.twitter_api_url.rstrip("/") + "/tweets/search/recent"  # type: ignore[union-attr]
-        credentials = self.context.credentials
-        with self.context.budgets.call(credentials.key, "X"):
-            response = self._get(url, params, credentials.access_token())
-            if response.status_code == 401:
-                response = self._get(url, params, credentials.refresh())
-            limits = http.rate_limit(response.headers, "x-rate-limit-")
-            self.context.budgets.record(credentials.key, limits)
+        response, limits = self.call("GET", url, read_limits=READ_LIMITS, params=params)
         http.raise_for_status(response, "X", limits)
         body = http.decode_json(response, "X")
         if not isinstance(body, dict) or not ("data" in body or "meta" in body):
@@ -329,13 +275,21 @@ class TwitterConnector(Connector):
             raise Fatal(f"X sent an unexpected response: {reason or 'no data and no meta'}")
         if not isinstance(body.get("data", []), list) or not isinstance(body.get("meta", {}), dict):
             raise Fatal("X sent an unexpected response: data is not a list of posts")
-        return body, limits
+        mentions, errors = normalize_page(body)
+        newest = max((m.external_id for m in mentions), key=int, default=None)
+        token = _text(_dict(body.get("meta")).get("next_token"))
+        return Fetched(mentions, token=token, newest=newest, errors=errors, limits=limits)
 
-    def _get(self, url: str, params: dict[str, str], token: str) -> httpx.Response:
-        return http.send(
-            self.context.http, "GET", url, platform="X", read_limits=http.header_limits("x-rate-limit-"),
-            deadline=self.context.deadline, params=params, headers={"Authorization": f"Bearer {token}"},
-        )  # fmt: skip
+    def legacy(self, doc: Mapping[str, Any]) -> Cursor:
+        """0.1.0: {"since_ids": {query: id}, "active": {"query", "next_token", "newest_id", "since_id" or
+        "start_time"}}."""
+        active, walk = _dict(doc.get("active")), None
+        if isinstance(active.get("query"), str):
+            bound = (
+                {"since_id": active["since_id"]} if active.get("since_id") else {"start_time": active.get("start_time")}
+            )
+            walk = Walk(active["query"], bound, active.get("next_token"), active.get("newest_id"))
+        return Cursor(dict(_dict(doc.get("since_ids"))), walk)
 
 
 def _iso(moment: datetime) -> str:
