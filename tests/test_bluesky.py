@@ -21,6 +21,7 @@ from slsync.connectors.bluesky import (
     Query,
     build_queries,
     jwt_expiry,
+    next_since,
     normalize_page,
     sort_time,
 )
@@ -280,7 +281,7 @@ def test_two_pages_then_an_incremental_sync_from_the_newest_sort_time(bsky: Cli,
     assert when(api.searches[-1].params["since"]) == newest_seen - OVERLAP  # re-asks only the overlap
     assert second["mentions_fetched"] == 3 + sum(1 for p in posts if when(p["indexedAt"]) >= newest_seen - OVERLAP)
     source = db.get_source(conn, source_id)
-    assert source.committed_cursor == {"since": {"en acme": iso(when(newer[0]["indexedAt"]) - OVERLAP)}}
+    assert source.committed_cursor == {"v": 2, "streams": {"en acme": iso(when(newer[0]["indexedAt"]) - OVERLAP)}}
     assert source.inflight_cursor is None
     status = bsky.ok("status", str(source_id), "--json").json()
     assert status["rate_limit"]["remaining"] == api.remaining and status["rate_limit"]["reset_at"]
@@ -312,7 +313,7 @@ def test_the_bound_follows_sort_time_when_an_authors_clock_runs_ahead(bsky: Cli,
     )
     assert later["uri"] in {r["external_id"] for r in conn.execute("SELECT external_id FROM sl_mentions")}
     # without an indexedAt to bound it, a createdAt ahead of the clock is capped at now
-    assert BlueskyConnector._next_since(None, now - timedelta(days=7), now + timedelta(hours=3), now) == now - OVERLAP
+    assert next_since(None, now - timedelta(days=7), now + timedelta(hours=3), now) == now - OVERLAP
 
 
 def test_each_term_is_its_own_query_and_the_results_merge(bsky: Cli, api: BlueskyApi, conn) -> None:
@@ -333,7 +334,7 @@ def test_each_term_is_its_own_query_and_the_results_merge(bsky: Cli, api: Bluesk
     ]
     assert all("lang" not in r.params for r in api.searches)
     assert result["mentions_fetched"] == 5 and result["mentions_saved"] == 4 and result["duplicates"] == 1
-    bounds = db.get_source(conn, source_id).committed_cursor["since"]
+    bounds = db.get_source(conn, source_id).committed_cursor["streams"]
     assert sorted(bounds) == ["* #acmecoffee -jobs", "* acme -jobs", "* mentions:acme.bsky.social -jobs"]
 
 
@@ -347,7 +348,7 @@ def test_a_429_ends_the_run_and_the_next_one_continues_after_the_reset(bsky: Cli
     assert limited.returncode == 1 and doc["status"] == "rate_limited" and doc["mentions_saved"] == 100
     source = db.get_source(conn, source_id)
     assert source.rate_limit_remaining == 0 and source.rate_limit_reset_at == api.reset_at
-    assert source.consecutive_failures == 0 and source.inflight_cursor["active"]["cursor"] == "100"
+    assert source.consecutive_failures == 0 and source.inflight_cursor["active"]["token"] == "100"
 
     again = bsky("sync", "source", str(source_id))
     assert again.returncode == 1 and "rate limited until" in again.stdout
@@ -410,7 +411,7 @@ def test_a_resumed_first_sync_keeps_its_reach_for_the_queries_left(bsky: Cli, ap
     source_id = add_source(conn, keywords=["acme", "roastery"])
     assert sync(bsky, source_id)["status"] == "rate_limited"
     inflight = db.get_source(conn, source_id).inflight_cursor
-    assert list(inflight["since"]) == ["* acme"] and inflight["start"] == api.searches[0].params["since"]
+    assert list(inflight["streams"]) == ["* acme"] and iso(when(inflight["since"])) == api.searches[0].params["since"]
 
     api.fail_429_from_call = None
     conn.execute("UPDATE sl_sources SET rate_limit_reset_at = now() - interval '1 second' WHERE id = %s", (source_id,))
@@ -418,4 +419,4 @@ def test_a_resumed_first_sync_keeps_its_reach_for_the_queries_left(bsky: Cli, ap
     assert resumed["success"] and resumed["mentions_saved"] == 1
     assert api.searches[-1].params == {**api.searches[0].params, "q": "roastery"}  # the same reach, not a new one
     committed = db.get_source(conn, source_id).committed_cursor
-    assert sorted(committed) == ["since"] and sorted(committed["since"]) == ["* acme", "* roastery"]
+    assert sorted(committed) == ["streams", "v"] and sorted(committed["streams"]) == ["* acme", "* roastery"]

@@ -20,7 +20,7 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -28,14 +28,15 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from slsync import http
-from slsync.connectors.base import Connector
+from slsync.auth import BearerAuth
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import normalize_each
 from slsync.connectors.fields import text as _text
-from slsync.errors import AuthError, Fatal, RateLimited, UsageError
-from slsync.models import Mention, Page, RateLimit
+from slsync.connectors.paging import Cursor, Fetched, PagedConnector, Walk
+from slsync.errors import AuthError, Fatal, UsageError
+from slsync.models import Mention
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -55,6 +56,7 @@ FIRST_SYNC = timedelta(days=7)
 # Renew the session this long before the access JWT's exp claim, so a page fetched right after gets through.
 REFRESH_MARGIN = timedelta(minutes=2)
 RATE_LIMIT_PREFIX = "ratelimit-"
+READ_LIMITS = http.header_limits(RATE_LIMIT_PREFIX)
 SEARCH = "app.bsky.feed.searchPosts"
 CREATE_SESSION = "com.atproto.server.createSession"
 REFRESH_SESSION = "com.atproto.server.refreshSession"
@@ -424,8 +426,9 @@ def session_for(settings: Settings) -> BlueskySession | None:
 # --- the connector --------------------------------------------------------------------------------
 
 
-class BlueskyConnector(Connector):
+class BlueskyConnector(PagedConnector):
     platform = "bluesky"
+    title = PLATFORM
     connection_type = "app"
 
     @classmethod
@@ -443,97 +446,23 @@ class BlueskyConnector(Connector):
     def check_config(cls, config: Mapping[str, Any]) -> None:
         build_queries(config)
 
-    def pages(
-        self,
-        cursor: Mapping[str, Any] | None,
-        *,
-        since: datetime | None,
-        resume: Mapping[str, Any] | None,
-    ) -> Iterator[Page]:
-        now = self.context.now()
-        queries = build_queries(self.source.config)
-        # per query: the `since` the next run asks with (newest sortAt seen minus the overlap)
-        bounds: dict[str, str] = {
-            k: v for k, v in _dict(_dict(resume or cursor).get("since")).items() if parse_time(v) is not None
-        }
-        active = _dict(_dict(resume).get("active"))
-        # this run's own reach (first sync or --since), kept in flight for the queries a resumed run has left
-        start = since or parse_time(_dict(resume).get("start"))
-        keys = [q.key for q in queries]
-        if active.get("key") in keys:  # continue the interrupted query first
-            queries.insert(0, queries.pop(keys.index(active["key"])))
-        else:
-            active = {}
+    def streams(self) -> list[str]:
+        self._queries = {q.key: q for q in build_queries(self.source.config)}
+        return list(self._queries)
 
-        for number, query in enumerate(queries):
-            last_query = number == len(queries) - 1
-            resumed = parse_time(active.get("since")) if active and query.key == active["key"] else None
-            if resumed is not None:
-                ask_since = resumed
-                page_cursor, newest = _text(active.get("cursor")), parse_time(active.get("newest"))
-            else:
-                stored = parse_time(bounds.get(query.key))
-                ask_since = start if start is not None else stored or now - FIRST_SYNC
-                page_cursor, newest = None, None
-            while True:
-                body, limits = self._search(query, ask_since, page_cursor)
-                mentions, errors = normalize_page(body)
-                sorts = [t for m in mentions if (t := sort_time(m.raw))]
-                if sorts:
-                    newest = max(sorts) if newest is None else max(newest, *sorts)
-                latest = [t for m in mentions if (t := latest_time(m.raw))]
-                next_cursor = _text(body.get("cursor"))
-                done = bool(
-                    not next_cursor
-                    or not body["posts"]
-                    or next_cursor == page_cursor  # a cursor that does not move would never end
-                    or (latest and max(latest) < ask_since)  # the server ignored `since`: nothing newer follows
-                )
-                if done:
-                    bounds[query.key] = _iso(self._next_since(bounds.get(query.key), ask_since, newest, now))
-                state: dict[str, Any] = {"since": dict(bounds)}
-                if start is not None and not (done and last_query):
-                    state["start"] = _iso(start)
-                if not done:
-                    state["active"] = {
-                        "key": query.key, "cursor": next_cursor, "since": _iso(ask_since),
-                        "newest": _iso(newest) if newest else None,
-                    }  # fmt: skip
-                yield Page(mentions=tuple(mentions), cursor=state, rate_limit=limits, errors=errors)
-                more = not done or not last_query
-                if more and limits and limits.remaining == 0 and limits.reset_at and limits.reset_at > now:
-                    until = f"{limits.reset_at:%Y-%m-%d %H:%M:%S} UTC"
-                    raise RateLimited(f"Bluesky rate limit used up until {until}", limits.reset_at)
-                if done:
-                    break
-                page_cursor = next_cursor
-            active = {}
+    def begin(self, stream: str, stored: Any, since: datetime | None) -> str:
+        return _iso(since or parse_time(stored) or self.context.now() - FIRST_SYNC)
 
-    @staticmethod
-    def _next_since(stored: str | None, asked: datetime, newest: datetime | None, now: datetime) -> datetime:
-        """Never later than the newest sortAt seen (nor than now, should a clock run ahead) minus the overlap,
-        and never earlier than what this pass or a previous one already covered."""
-        candidates = [asked]
-        if (previous := parse_time(stored)) is not None:
-            candidates.append(previous)
-        if newest is not None:
-            candidates.append(min(newest, now) - OVERLAP)
-        return max(candidates)
-
-    def _search(self, query: Query, since: datetime, cursor: str | None) -> tuple[dict[str, Any], RateLimit | None]:
-        params = {"q": query.q, "sort": "latest", "limit": str(PAGE_SIZE), "since": _iso(since)}
+    def fetch(self, walk: Walk) -> Fetched:
+        query, asked = self._queries[walk.stream], parse_time(walk.bound) or self.context.now() - FIRST_SYNC
+        params = {"q": query.q, "sort": "latest", "limit": str(PAGE_SIZE), "since": _iso(asked)}
         if query.lang:
             params["lang"] = query.lang
-        if cursor:
-            params["cursor"] = cursor
+        if walk.token:
+            params["cursor"] = walk.token
         url = f"{self.context.settings.bluesky_api_url.rstrip('/')}/{SEARCH}"  # type: ignore[union-attr]
-        credentials = self.context.credentials
-        with self.context.budgets.call(credentials.key, PLATFORM):
-            response = self._get(url, params, credentials.access_token())
-            if _refused_token(response):
-                response = self._get(url, params, credentials.refresh())
-            limits = http.rate_limit(response.headers, RATE_LIMIT_PREFIX)
-            self.context.budgets.record(credentials.key, limits)
+        auth = BearerAuth(self.context.credentials, _refused_token)
+        response, limits = self.call("GET", url, read_limits=READ_LIMITS, auth=auth, params=params)
         if _refused_token(response):
             raise AuthError(f"{PLATFORM} refused the session token (HTTP {response.status_code}: "
                             f"{http.platform_message(response)})")  # fmt: skip
@@ -542,13 +471,35 @@ class BlueskyConnector(Connector):
         if not isinstance(body, dict) or not isinstance(body.get("posts"), list):
             reason = _dict(body).get("message") or _dict(body).get("error")
             raise Fatal(f"Bluesky sent an unexpected response: {reason if isinstance(reason, str) else 'no posts'}")
-        return body, limits
+        mentions, errors = normalize_page(body)
+        sorts = [t for m in mentions if (t := sort_time(m.raw))]
+        latest = [t for m in mentions if (t := latest_time(m.raw))]
+        token = _text(body.get("cursor"))
+        if not body["posts"] or (latest and max(latest) < asked):
+            token = None  # the server ignored `since`: nothing newer follows
+        newest = _iso(max(sorts)) if sorts else None
+        return Fetched(mentions, token=token, newest=newest, errors=errors, limits=limits)
 
-    def _get(self, url: str, params: dict[str, str], token: str) -> httpx.Response:
-        return http.send(
-            self.context.http, "GET", url, platform=PLATFORM, read_limits=http.header_limits(RATE_LIMIT_PREFIX),
-            deadline=self.context.deadline, params=params, headers={"Authorization": f"Bearer {token}"},
-        )  # fmt: skip
+    def reached(self, walk: Walk, stored: Any) -> str:
+        asked = parse_time(walk.bound) or self.context.now() - FIRST_SYNC
+        return _iso(next_since(parse_time(stored), asked, parse_time(walk.newest), self.context.now()))
+
+    def legacy(self, doc: Mapping[str, Any]) -> Cursor:
+        """0.1.0: {"since": {key: iso}, "start": iso, "active": {"key", "cursor", "since", "newest"}}."""
+        active, walk = _dict(doc.get("active")), None
+        if isinstance(active.get("key"), str) and parse_time(active.get("since")):
+            walk = Walk(active["key"], active["since"], _text(active.get("cursor")), active.get("newest"))
+        start = parse_time(doc.get("start"))
+        return Cursor(dict(_dict(doc.get("since"))), walk, start)
+
+
+def next_since(stored: datetime | None, asked: datetime, newest: datetime | None, now: datetime) -> datetime:
+    """The `since` a query's next pass asks with: never later than the newest sortAt seen (nor than now, should
+    a clock run ahead) minus the overlap, and never earlier than what this pass or a previous one covered."""
+    candidates = [asked, *([stored] if stored is not None else [])]
+    if newest is not None:
+        candidates.append(min(newest, now) - OVERLAP)
+    return max(candidates)
 
 
 def _refused_token(response: httpx.Response) -> bool:
