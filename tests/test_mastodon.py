@@ -342,7 +342,7 @@ def test_a_spent_window_stops_the_run_before_the_next_call(api: MastodonApi, tmp
     first = next(pages)
     assert len(first.mentions) == 40 and first.rate_limit == RateLimit(300, 0, api.reset_at)
     fortieth = sorted((s["id"] for s in api.statuses), key=int, reverse=True)[39]
-    assert first.cursor["active"]["max_id"] == fortieth and first.cursor["newest"] == {}
+    assert first.cursor["active"]["token"] == fortieth and first.cursor["streams"] == {}
     with pytest.raises(RateLimited) as limited:
         next(pages)
     assert limited.value.reset_at == api.reset_at and len(api.content_calls) == 1
@@ -350,9 +350,9 @@ def test_a_spent_window_stops_the_run_before_the_next_call(api: MastodonApi, tmp
     api.remaining = 300
     resumed = list(run(api, config, tmp_path).pages(None, since=None, resume=first.cursor))
     assert [len(p.mentions) for p in resumed] == [10]
-    assert api.content_calls[1].param("max_id") == first.cursor["active"]["max_id"]
+    assert api.content_calls[1].param("max_id") == first.cursor["active"]["token"]
     assert api.content_calls[1].param("since_id") == api.content_calls[0].param("since_id")
-    assert resumed[-1].cursor == {"newest": {"tag:acme": max(s["id"] for s in api.statuses)}}
+    assert resumed[-1].cursor == {"v": 2, "streams": {"tag:acme": max(s["id"] for s in api.statuses)}}
 
 
 def test_instances_that_hide_timelines_or_refuse_a_token_mark_the_source_for_the_operator(
@@ -374,7 +374,7 @@ def test_an_unknown_hashtag_is_empty_and_a_wrong_shape_is_fatal(api: MastodonApi
     config = MastodonConnector.build_config({"hashtags": ["acme"]}, {"instance": "https://mastodon.social"})
     api.faults = [404]  # older Mastodon: {"error": ...} with 404 for a hashtag nobody used yet
     [page] = run(api, config, tmp_path).pages(None, since=None, resume=None)
-    assert page.mentions == () and page.cursor == {"newest": {}}
+    assert page.mentions == () and page.cursor == {"v": 2, "streams": {}}
     api.faults = ["wrong_shape"]
     with pytest.raises(Fatal, match="not a list of statuses"):
         list(run(api, config, tmp_path).pages(None, since=None, resume=None))
@@ -420,7 +420,7 @@ def test_two_pages_then_only_new_statuses_with_filters_applied_here(cli: Cli, ap
     second = cli.ok("sync", "source", str(source_id), "--json").json()
     assert second["mentions_saved"] == second["mentions_fetched"] == 3 and second["pages"] == 1
     assert api.content_calls[-1].param("since_id") == newest_first[0]["id"]
-    assert db.get_source(conn, source_id).committed_cursor == {"newest": {"tag:acme": max(newer, key=int)}}
+    assert db.get_source(conn, source_id).committed_cursor == {"v": 2, "streams": {"tag:acme": max(newer, key=int)}}
     limits = cli.ok("status", str(source_id), "--json").json()["rate_limit"]
     assert limits["remaining"] == api.remaining
     assert datetime.fromisoformat(limits["reset_at"]) == api.reset_at
@@ -458,7 +458,7 @@ def test_keyword_search_needs_the_token_and_never_prints_it(cli: Cli, api: Masto
     api.add_statuses(2, tag=None, newest=datetime.now(UTC), spacing=timedelta(milliseconds=50))
     second = cli("sync", "source", str(source_id), "--json")
     assert second.json()["mentions_saved"] == 2 and len(api.content_calls) == 5  # one page: it reached the stored
-    newest = db.get_source(conn, source_id).committed_cursor["newest"]['search:"acme coffee" -jobs language:en']
+    newest = db.get_source(conn, source_id).committed_cursor["streams"]['search:"acme coffee" -jobs language:en']
     assert newest == max(s["id"] for s in api.statuses)
     listed = cli.ok("source", "list", "--json")
     for result in (first, second, listed):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any
@@ -23,14 +23,15 @@ from urllib.parse import parse_qs, quote, urlsplit
 import httpx
 
 from slsync import http
-from slsync.connectors.base import Connector, flag
+from slsync.connectors.base import flag
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import normalize_each
 from slsync.connectors.fields import text as _text
-from slsync.errors import AuthError, Fatal, RateLimited, UsageError
-from slsync.models import Mention, Page, RateLimit
+from slsync.connectors.paging import Cursor, Fetched, PagedConnector, Walk
+from slsync.errors import AuthError, Fatal, UsageError
+from slsync.models import Mention, RateLimit
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -383,8 +384,10 @@ def _instance_host(source: Source) -> str:
 # --- the connector --------------------------------------------------------------------------------
 
 
-class MastodonConnector(Connector):
+class MastodonConnector(PagedConnector):
     platform = "mastodon"
+    title = PLATFORM
+    order = int
     connection_type = "app"
     options = {"instance": parse_instance, "anonymous": flag}
 
@@ -414,101 +417,81 @@ class MastodonConnector(Connector):
         if config["options"].get("anonymous") and config.get("keywords"):
             raise UsageError("Mastodon keyword search needs an access token; drop anonymous=true or the keywords")
 
-    def pages(
-        self,
-        cursor: Mapping[str, Any] | None,
-        *,
-        since: datetime | None,
-        resume: Mapping[str, Any] | None,
-    ) -> Iterator[Page]:
-        config = self.source.config
-        streams = build_streams(config)
-        credentials = self.context.credentials
-        if not credentials.access_token() and any(s.startswith("search:") for s in streams):
+    def streams(self) -> list[str]:
+        streams = build_streams(self.source.config)
+        if not self.context.credentials.access_token() and any(s.startswith("search:") for s in streams):
             raise AuthError(
                 "Mastodon keyword search needs an access token of this instance: MASTODON_ACCESS_TOKEN is not set,"
                 " or MASTODON_TOKEN_INSTANCE names another instance"
             )
-        now = self.context.now()
-        exclusions, languages = _exclusions(config), set(config.get("languages") or [])
-        newest: dict[str, str] = {
-            k: v for k, v in _dict((resume or cursor or {}).get("newest")).items() if _id(v) is not None
-        }
-        active = _dict((resume or {}).get("active"))
-        if active.get("stream") in streams:  # continue the interrupted stream first
-            streams.remove(active["stream"])
-            streams.insert(0, active["stream"])
-        else:
-            active = {}
+        return streams
 
-        for number, stream in enumerate(streams):
-            last_stream = number == len(streams) - 1
-            state = dict(active) if active and active["stream"] == stream else self._start(stream, newest, since, now)
-            active = {}
-            while True:
-                if stream.startswith("tag:"):
-                    body, limits, more = self._tag_page(stream.removeprefix("tag:"), state)
-                else:
-                    body, limits, more = self._search_page(stream.removeprefix("search:"), state)
-                mentions, errors = normalize_page(body, _instance_host(self.source))
-                kept = tuple(m for m in mentions if wanted(m, exclusions, languages))
-                found = _id(state.get("newest_id"))
-                if not more and found and found > (_id(newest.get(stream)) or 0):
-                    newest[stream] = str(found)
-                page_state: dict[str, Any] = {"newest": dict(newest)}
-                if more:
-                    page_state["active"] = dict(state)
-                yield Page(mentions=kept, cursor=page_state, rate_limit=limits, errors=errors)
-                reset_at = _spent_until(limits, self.context.now())
-                if reset_at and (more or not last_stream):  # calls are left to make and the window is spent
-                    raise RateLimited(f"Mastodon rate limit used up until {reset_at:%Y-%m-%d %H:%M:%S} UTC", reset_at)
-                if not more:
-                    break
-
-    def _start(self, stream: str, newest: Mapping[str, str], since: datetime | None, now: datetime) -> dict[str, Any]:
-        """Where a stream starts: above the committed newest id, or at `since` (first sync, --since)."""
-        stored = None if since is not None else newest.get(stream)
-        floor = since or now - BACKFILL
+    def begin(self, stream: str, stored: Any, since: datetime | None) -> dict[str, Any]:
+        """Above the committed newest id, or from `since` (first sync, --since)."""
+        stored = None if since is not None or _id(stored) is None else stored
+        floor = since or self.context.now() - BACKFILL
         if stream.startswith("tag:"):
-            return {"stream": stream, "since_id": stored or snowflake_at(floor), "max_id": None, "newest_id": None}
+            return {"since_id": stored or snowflake_at(floor)}
         if stored:  # arrival order stops the paging at `stored`; the time bound only trims the search
             floor = snowflake_time(stored) - SEARCH_OVERLAP
-        return {"stream": stream, "min_id": snowflake_at(floor), "stop_id": stored, "offset": 0, "newest_id": None}
+        return {"min_id": snowflake_at(floor), "stop_id": stored}
 
-    def _tag_page(self, tag: str, state: dict[str, Any]) -> tuple[list[Any], RateLimit | None, bool]:
-        """One page of the hashtag timeline; `state` moves to the next page. Returns (statuses, limits, more)."""
-        params = {"limit": str(PAGE_SIZE), "since_id": state["since_id"]}
-        if state.get("max_id"):
-            params["max_id"] = state["max_id"]
+    def fetch(self, walk: Walk) -> Fetched:
+        bound = _dict(walk.bound)
+        if walk.stream.startswith("tag:"):
+            body, limits, ids, token = self._tag_page(walk.stream.removeprefix("tag:"), bound, walk.token)
+        else:
+            body, limits, ids, token = self._search_page(walk.stream.removeprefix("search:"), bound, walk.token)
+        config = self.source.config
+        mentions, errors = normalize_page(body, _instance_host(self.source))
+        kept = [m for m in mentions if wanted(m, _exclusions(config), set(config.get("languages") or []))]
+        newest = str(max(ids)) if ids else None
+        first = str(ids[0]) if ids else None
+        return Fetched(kept, token=token, newest=newest, errors=errors, limits=limits, first=first)
+
+    def legacy(self, doc: Mapping[str, Any]) -> Cursor:
+        """0.1.0: {"newest": {stream: id}, "active": {"stream", "newest_id", and "since_id", "max_id" (a hashtag)
+        or "min_id", "stop_id", "offset" (a search)}}."""
+        active, walk = _dict(doc.get("active")), None
+        stream = active.get("stream")
+        if isinstance(stream, str) and stream.startswith("tag:") and active.get("since_id"):
+            walk = Walk(stream, {"since_id": active["since_id"]}, active.get("max_id"), active.get("newest_id"))
+        elif isinstance(stream, str) and active.get("min_id"):
+            bound = {"min_id": active["min_id"], "stop_id": active.get("stop_id")}
+            walk = Walk(stream, bound, active.get("offset") or None, active.get("newest_id"))
+        return Cursor({k: v for k, v in _dict(doc.get("newest")).items() if _id(v) is not None}, walk)
+
+    def _tag_page(
+        self, tag: str, bound: Mapping[str, Any], max_id: Any
+    ) -> tuple[list[Any], RateLimit | None, list[int], str | None]:
+        """One page of the hashtag timeline: (statuses, limits, their ids, the next page's max_id)."""
+        params = {"limit": str(PAGE_SIZE), "since_id": str(bound.get("since_id"))}
+        if max_id:
+            params["max_id"] = str(max_id)
         response, limits = self._get(f"/api/v1/timelines/tag/{quote(tag, safe='')}", params)
         if response.status_code == 404 and "error" in _dict(_json_or_none(response)):
             log.info("the instance does not know #%s yet", tag, extra={"event": "unknown_hashtag"})
-            return [], limits, False  # older Mastodon answers 404 for a hashtag nobody used yet
+            return [], limits, [], None  # older Mastodon answers 404 for a hashtag nobody used yet
         self._raise_for_status(response, limits)
         body = http.decode_json(response, PLATFORM)
         if not isinstance(body, list):
             raise Fatal(f"Mastodon sent an unexpected response: {_reason(body) or 'not a list of statuses'}")
         ids = [i for s in body if (i := _id(_dict(s).get("id"))) is not None]
-        if ids:
-            state["newest_id"] = str(max([*ids, _id(state.get("newest_id")) or 0]))
         following = _id(next_max_id(response.headers.get("link"))) or (min(ids) if ids else None)
-        more = len(body) >= PAGE_SIZE and following is not None and following > int(state["since_id"])
-        if more and state.get("max_id") and following >= int(state["max_id"]):
-            raise Fatal("Mastodon sent a next page that does not move back; stopped to avoid a loop")
-        state["max_id"] = str(following) if more else None
-        return body, limits, more
+        more = len(body) >= PAGE_SIZE and following is not None and following > int(params["since_id"])
+        return body, limits, ids, str(following) if more else None
 
-    def _search_page(self, query: str, state: dict[str, Any]) -> tuple[dict[str, Any], RateLimit | None, bool]:
+    def _search_page(
+        self, query: str, bound: Mapping[str, Any], offset: Any
+    ) -> tuple[dict[str, Any], RateLimit | None, list[int], int | None]:
         """One page of full-text search, newest first; paged by offset until empty or at the stored newest."""
+        offset = offset if isinstance(offset, int) else 0
         params = {
-            "q": query,
-            "type": "statuses",
-            "resolve": "false",
-            "limit": str(PAGE_SIZE),
-            "min_id": state["min_id"],
-        }
-        if state.get("offset"):
-            params["offset"] = str(state["offset"])
+            "q": query, "type": "statuses", "resolve": "false", "limit": str(PAGE_SIZE),
+            "min_id": str(bound.get("min_id")),
+        }  # fmt: skip
+        if offset:
+            params["offset"] = str(offset)
         response, limits = self._get("/api/v2/search", params)
         self._raise_for_status(response, limits)
         body = http.decode_json(response, PLATFORM)
@@ -516,29 +499,22 @@ class MastodonConnector(Connector):
             raise Fatal(f"Mastodon sent an unexpected response: {_reason(body) or 'no list of statuses'}")
         statuses = body.get("statuses", [])
         ids = [i for s in statuses if (i := _id(_dict(s).get("id"))) is not None]
-        if ids:
-            state["newest_id"] = str(max([*ids, _id(state.get("newest_id")) or 0]))
-        stop = _id(state.get("stop_id"))
+        stop = _id(bound.get("stop_id"))
         reached = stop is not None and any(i <= stop for i in ids)
-        state["offset"] = int(state.get("offset") or 0) + PAGE_SIZE
-        more = bool(statuses) and not reached and state["offset"] < MAX_SEARCH_OFFSET
-        return body, limits, more
+        offset += PAGE_SIZE
+        more = bool(statuses) and not reached and offset < MAX_SEARCH_OFFSET
+        return body, limits, ids, offset if more else None
 
     def _get(self, path: str, params: dict[str, str]) -> tuple[httpx.Response, RateLimit | None]:
         settings = self.context.settings
         instance = _dict(self.source.config.get("options")).get("instance")
         base = (settings.mastodon_api_url if settings and settings.mastodon_api_url else instance) or ""
-        credentials = self.context.credentials
-        token = credentials.access_token()
+        token = self.context.credentials.access_token()
+        # a token that is refused is not renewed: the call answers as it stands (see _raise_for_status)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        with self.context.budgets.call(credentials.key, PLATFORM):
-            response = http.send(
-                self.context.http, "GET", base.rstrip("/") + path, platform=PLATFORM,
-                read_limits=rate_limit, deadline=self.context.deadline, params=params, headers=headers,
-            )  # fmt: skip
-            limits = rate_limit(response.headers)
-            self.context.budgets.record(credentials.key, limits)
-        return response, limits
+        return self.call(
+            "GET", base.rstrip("/") + path, read_limits=rate_limit, auth=httpx.Auth(), params=params, headers=headers
+        )
 
     def _raise_for_status(self, response: httpx.Response, limits: RateLimit | None) -> None:
         status = response.status_code
@@ -551,13 +527,6 @@ class MastodonConnector(Connector):
                 f"Mastodon answers this only to a signed-in account (HTTP {status}: {http.platform_message(response)})"
             )
         http.raise_for_status(response, PLATFORM, limits)
-
-
-def _spent_until(limits: RateLimit | None, now: datetime) -> datetime | None:
-    """The reset time when the window has no call left, else None."""
-    if limits is None or limits.remaining != 0 or limits.reset_at is None or limits.reset_at <= now:
-        return None
-    return limits.reset_at
 
 
 def _json_or_none(response: httpx.Response) -> Any:
