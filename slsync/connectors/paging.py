@@ -113,6 +113,18 @@ def read_cursor(doc: Any) -> Cursor | None:
     return Cursor(dict(mapping(doc.get("streams"))), walk, _time(doc.get("since")), extra)
 
 
+def legacy_streams(doc: Mapping[str, Any], *, token: str, bound: str) -> Cursor:
+    """0.1.0's cursor of YouTube, Facebook and Instagram: {"streams": {name: {"after": bound}}, "active":
+    {"stream", `bound`, `token`, "newest", ...}}."""
+    streams = {
+        name: after for name, value in mapping(doc.get("streams")).items() if (after := mapping(value).get("after"))
+    }
+    active, walk = mapping(doc.get("active")), None
+    if isinstance(active.get("stream"), str) and active.get(bound):
+        walk = Walk(active["stream"], active[bound], active.get(token), active.get("newest"))
+    return Cursor(streams, walk)
+
+
 class PagedConnector(Connector):
     """A connector whose run is passes over streams, each paged newest first down to a bound."""
 

@@ -20,7 +20,7 @@ import html
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock
@@ -31,14 +31,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import httpx
 
 from slsync import http
-from slsync.connectors.base import Connector, flag
+from slsync.connectors.base import flag
 from slsync.connectors.fields import count_in_text as _int
 from slsync.connectors.fields import has_word, normalize_each
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import text as _text
+from slsync.connectors.paging import Cursor, Fetched, PagedConnector, Walk, legacy_streams
 from slsync.errors import AuthError, Fatal, RateLimited, UsageError
-from slsync.models import Mention, Page, RateLimit
+from slsync.models import Mention, RateLimit
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -401,8 +402,9 @@ class ApiKey:
 # --- the connector --------------------------------------------------------------------------------
 
 
-class YouTubeConnector(Connector):
+class YouTubeConnector(PagedConnector):
     platform = "youtube"
+    title = PLATFORM
     connection_type = "app"
     options = {
         "channels": _ids(_CHANNEL_ID, "YouTube channel id (UC and 22 letters, digits, - or _)"),
@@ -430,74 +432,41 @@ class YouTubeConnector(Connector):
     def check_config(cls, config: Mapping[str, Any]) -> None:
         build_streams(config)
 
-    def pages(
-        self,
-        cursor: Mapping[str, Any] | None,
-        *,
-        since: datetime | None,
-        resume: Mapping[str, Any] | None,
-    ) -> Iterator[Page]:
-        now = self.context.now()
-        streams = build_streams(self.source.config)
-        bounds: dict[str, str] = {
-            name: after
-            for name, value in _dict((resume or cursor or {}).get("streams")).items()
-            if isinstance(after := _dict(value).get("after"), str) and parse_time(after)
-        }
-        active = _dict((resume or {}).get("active"))
-        names = [s.name for s in streams]
-        if active.get("stream") in names and parse_time(active.get("after")):
-            streams.insert(0, streams.pop(names.index(active["stream"])))  # continue the interrupted stream
-        else:
-            active = {}
+    def streams(self) -> list[str]:
+        self._streams = {stream.name: stream for stream in build_streams(self.source.config)}
+        return list(self._streams)
 
-        for stream in streams:
-            if active and stream.name == active["stream"]:
-                bound = parse_time(active["after"]) or now - BACKFILL
-                token, newest = _text(active.get("page_token")), parse_time(active.get("newest"))
-            else:
-                bound = since or parse_time(bounds.get(stream.name)) or now - BACKFILL
-                token, newest = None, None
-            restarted = False
-            while True:
-                try:
-                    body, limits = self._call(stream, bound, token)
-                except _StaleToken:
-                    if restarted:
-                        raise Fatal(f"YouTube refused the page tokens of {stream.name} (invalidPageToken)") from None
-                    log.info("%s: YouTube no longer knows the page token; paging again", stream.name)
-                    token, restarted = None, True
-                    continue
-                except _Gone as gone:
-                    yield Page(mentions=(), cursor={"streams": _streams(bounds)}, rate_limit=gone.args[1], errors=1)
-                    break
-                mentions, errors = normalize_page(body)
-                token = _text(body.get("nextPageToken"))
-                if not stream.is_search:
-                    # newest first: a page that reaches past the bound is the last one needed
-                    if mentions and mentions[-1].published_at < bound:
-                        token = None
-                    mentions = [
-                        m for m in mentions if m.published_at >= bound and not has_word(m.content, stream.exclude)
-                    ]
-                for mention in mentions:
-                    if newest is None or mention.published_at > newest:
-                        newest = mention.published_at
-                state: dict[str, Any] = {"streams": _streams(bounds)}
-                if token:
-                    state["active"] = {
-                        "stream": stream.name, "page_token": token, "after": _iso(bound),
-                        "newest": _iso(newest) if newest else None,
-                    }  # fmt: skip
-                else:
-                    known = parse_time(bounds.get(stream.name))
-                    reached = max((t for t in (known, newest) if t is not None), default=bound)
-                    bounds[stream.name] = _iso(reached)
-                    state["streams"] = _streams(bounds)
-                yield Page(mentions=tuple(mentions), cursor=state, rate_limit=limits, errors=errors)
-                if not token:
-                    break
-            active = {}
+    def begin(self, stream: str, stored: Any, since: datetime | None) -> str:
+        return _iso(since or parse_time(stored) or self.context.now() - BACKFILL)
+
+    def fetch(self, walk: Walk) -> Fetched:
+        stream, bound = self._streams[walk.stream], parse_time(walk.bound) or self.context.now() - BACKFILL
+        try:
+            body, limits = self._call(stream, bound, walk.token)
+        except _StaleToken:
+            if walk.pages:  # a token this run was given minutes ago: forgotten again would loop
+                raise Fatal(f"YouTube refused the page tokens of {stream.name} (invalidPageToken)") from None
+            log.info("%s: YouTube no longer knows the page token; paging again", stream.name)
+            walk.restart()
+            body, limits = self._call(stream, bound, None)
+        except _Gone as gone:
+            return Fetched((), errors=1, limits=gone.args[1], advance=False)
+        mentions, errors = normalize_page(body)
+        token = _text(body.get("nextPageToken"))
+        if not stream.is_search:
+            # newest first: a page that reaches past the bound is the last one needed
+            if mentions and mentions[-1].published_at < bound:
+                token = None
+            mentions = [m for m in mentions if m.published_at >= bound and not has_word(m.content, stream.exclude)]
+        newest = _iso(max(m.published_at for m in mentions)) if mentions else None
+        return Fetched(mentions, token=token, newest=newest, errors=errors, limits=limits)
+
+    def reached(self, walk: Walk, stored: Any) -> Any:
+        return self.newest(stored, walk.newest) or walk.bound
+
+    def legacy(self, doc: Mapping[str, Any]) -> Cursor:
+        """0.1.0: {"streams": {name: {"after": iso}}, "active": {"stream", "page_token", "after", "newest"}}."""
+        return legacy_streams(doc, token="page_token", bound="after")
 
     # --- one call ---------------------------------------------------------------------------------
 
@@ -523,13 +492,12 @@ class YouTubeConnector(Connector):
             charge()  # a retry is another request: it needs its units first
             time.sleep(seconds)
 
-        with self.context.budgets.call(credentials.key, PLATFORM):
-            charge()
-            response = http.send(
-                self.context.http, "GET", url, platform=PLATFORM, deadline=self.context.deadline, sleep=retry_after,
-                params=params, headers={"X-Goog-Api-Key": credentials.access_token()},
-            )  # fmt: skip
-            self.context.budgets.record(credentials.key, limits[-1])
+        charge()
+        response, _ = self.call(
+            "GET", url, auth=httpx.Auth(), sleep=retry_after, params=params,
+            headers={"X-Goog-Api-Key": credentials.access_token()},
+        )  # fmt: skip
+        self.context.budgets.record(credentials.key, limits[-1])
         self._raise_for_error(response, stream, credentials, daily, limits[-1], paged=token is not None)
         body = http.decode_json(response, PLATFORM)
         if (
@@ -590,11 +558,6 @@ class YouTubeConnector(Connector):
                 raise AuthError(f"YouTube refused the API key ({detail})")
             raise Fatal(f"YouTube refused the request ({detail})")
         http.raise_for_status(response, PLATFORM)
-
-
-def _streams(bounds: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    """The cursor's part that outlives a run: per stream, the newest publishedAt it has reached."""
-    return {name: {"after": after} for name, after in bounds.items()}
 
 
 def _iso(moment: datetime) -> str:
