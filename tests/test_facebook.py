@@ -280,16 +280,16 @@ def test_visitor_posts_tags_and_comments_each_keep_their_bound(api: GraphApi) ->
     assert all(r.authorization == "Bearer EAAPAGE-direct" and "access_token" not in r.params for r in api.requests)
     cursor = pages[-1].cursor
     assert "active" not in cursor
-    assert cursor["streams"]["feed"]["after"] == api.feed[PAGE_ID][0]["created_time"][:19] + "Z"
-    assert cursor["streams"]["tagged"]["after"] == api.tagged[PAGE_ID][0]["created_time"][:19] + "Z"
+    assert cursor["streams"]["feed"] == api.feed[PAGE_ID][0]["created_time"][:19] + "Z"
+    assert cursor["streams"]["tagged"] == api.tagged[PAGE_ID][0]["created_time"][:19] + "Z"
     # the newest comment (the page's own reply) is the comments' bound
-    assert cursor["streams"]["comments"]["after"] == stamp(now - timedelta(minutes=1))[:19] + "Z"
+    assert cursor["streams"]["comments"] == stamp(now - timedelta(minutes=1))[:19] + "Z"
 
     api.requests.clear()
     newer = api.add_comments(own[1], 1, newest=now + timedelta(seconds=5))
     again = list(connector(api).pages(cursor, since=None, resume=None))
     assert [m.external_id for p in again for m in p.mentions] == [visitors[0], tagged[0], *newer]
-    since = {s: str(int(utc(cursor["streams"][s]["after"]).timestamp())) for s in ("feed", "tagged", "comments")}
+    since = {s: str(int(utc(cursor["streams"][s]).timestamp())) for s in ("feed", "tagged", "comments")}
     calls = {r.path.rsplit("/", 1)[-1]: r.params for r in api.content_calls}
     assert calls["feed"]["since"] == since["feed"] and calls["tagged"]["since"] == since["tagged"]
     assert calls["comments"]["since"] == since["comments"] and calls["comments"]["order"] == "reverse_chronological"
@@ -326,8 +326,8 @@ def test_an_interrupted_comment_stream_resumes_at_its_post_and_cursor(api: Graph
     pages = [next(run) for _ in range(4)]  # feed, tagged, the posts list, the first page of the first post
     run.close()
     state = pages[-1].cursor
-    assert state["active"]["stream"] == "comments" and state["active"]["posts"] == [own[0], own[1]]
-    assert "after" in state["active"]["params"] and "access_token" not in json.dumps(state)
+    assert state["active"]["stream"] == "comments" and state["active"]["token"]["posts"] == [own[0], own[1]]
+    assert "after" in state["active"]["token"]["params"] and "access_token" not in json.dumps(state)
     api.requests.clear()
     rest = list(connector(api).pages(None, since=None, resume=state))
     resumed = [m.external_id for p in rest for m in p.mentions]
@@ -335,7 +335,7 @@ def test_an_interrupted_comment_stream_resumes_at_its_post_and_cursor(api: Graph
     # the interrupted stream first, then the others of the round, from the bounds they had reached
     paths = [r.path.removeprefix("/v23.0/") for r in api.content_calls]
     assert paths == [f"{own[0]}/comments", f"{own[1]}/comments", f"{PAGE_ID}/feed", f"{PAGE_ID}/tagged"]
-    assert api.content_calls[2].params["since"] == str(int(utc(state["streams"]["feed"]["after"]).timestamp()))
+    assert api.content_calls[2].params["since"] == str(int(utc(state["streams"]["feed"]).timestamp()))
     assert {"feed", "tagged", "comments"} <= set(rest[-1].cursor["streams"])
 
 

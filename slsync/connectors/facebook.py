@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from slsync.connectors import meta
-from slsync.connectors.base import Connector, whole_number
+from slsync.connectors.base import whole_number
 from slsync.connectors.fields import count, has_word, items, mapping, normalize_each, text
+from slsync.connectors.paging import Cursor, Fetched, PagedConnector, Walk, legacy_streams
 from slsync.errors import UsageError
-from slsync.models import Mention, Page, RateLimit
+from slsync.models import Mention
 
 if TYPE_CHECKING:
     import httpx
@@ -226,13 +227,12 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class FacebookConnector(Connector):
+class FacebookConnector(PagedConnector):
     platform = PLATFORM
+    title = TITLE
     connection_type = "user"
     needs_search_terms = False
     options = {"page": _page_id, "comment_posts": whole_number("posts", MAX_COMMENT_POSTS)}
-    # per stream, the newest time reached (ISO); set by pages() from the cursor, moved as streams finish
-    _bounds: dict[str, str]
 
     @classmethod
     def oauth_app(cls, settings: Settings) -> OAuthApp:
@@ -264,34 +264,30 @@ class FacebookConnector(Connector):
 
     # --- paging -----------------------------------------------------------------------------------
 
-    def pages(
-        self,
-        cursor: Mapping[str, Any] | None,
-        *,
-        since: datetime | None,
-        resume: Mapping[str, Any] | None,
-    ) -> Iterator[Page]:
-        now = self.context.now()
-        state = mapping(resume or cursor)
-        self._bounds: dict[str, str] = {
-            name: after
-            for name, value in mapping(state.get("streams")).items()
-            if name in STREAMS and isinstance(after := mapping(value).get("after"), str) and meta.parse_time(after)
-        }
-        active = mapping(mapping(resume).get("active"))
-        if active.get("stream") not in STREAMS or meta.parse_time(active.get("bound")) is None:
-            active = {}
-        streams = [s for s in STREAMS if s != "comments" or self._comment_posts() > 0]
-        if active and active["stream"] in streams:  # continue the interrupted stream first
-            streams.remove(active["stream"])
-            streams.insert(0, active["stream"])
-        for stream in streams:
-            resumed = active if active.get("stream") == stream else {}
-            if stream == "comments":
-                yield from self._comments(now, since, resumed)
-            else:
-                yield from self._listing(stream, now, since, resumed)
-            active = {}
+    def streams(self) -> list[str]:
+        return [s for s in STREAMS if s != "comments" or self._comment_posts() > 0]
+
+    def begin(self, stream: str, stored: Any, since: datetime | None) -> str:
+        return _iso(since or meta.parse_time(stored) or self.context.now() - BACKFILL)
+
+    def fetch(self, walk: Walk) -> Fetched:
+        bound = meta.parse_time(walk.bound) or self.context.now() - BACKFILL
+        if walk.stream == "comments":
+            return self._comments(walk, bound)
+        return self._listing(walk, bound)
+
+    def reached(self, walk: Walk, stored: Any) -> str:
+        """A finished stream's bound: the newest time it reached, never behind where it stood."""
+        return self.newest(stored, walk.bound, walk.newest)
+
+    def legacy(self, doc: Mapping[str, Any]) -> Cursor:
+        """0.1.0: {"streams": {name: {"after": iso}}, "active": {"stream", "bound", "newest", and "params" (feed,
+        tagged) or "posts", "params", "started" (comments)}}."""
+        cursor = legacy_streams(doc, token="params", bound="bound")
+        active = mapping(doc.get("active"))
+        if cursor.active is not None and cursor.active.stream == "comments":
+            cursor.active.token = {k: active.get(k) for k in ("posts", "params", "started")}
+        return cursor
 
     @property
     def _page(self) -> str:
@@ -301,121 +297,74 @@ class FacebookConnector(Connector):
         value = mapping(self.source.config.get("options")).get("comment_posts", DEFAULT_COMMENT_POSTS)
         return value if isinstance(value, int) else DEFAULT_COMMENT_POSTS
 
-    def _bound(self, stream: str, now: datetime, since: datetime | None, resumed: Mapping[str, Any]) -> datetime:
-        if resumed:
-            return meta.parse_time(resumed.get("bound")) or now - BACKFILL
-        return since or meta.parse_time(self._bounds.get(stream)) or now - BACKFILL
-
-    def _state(self, active: dict[str, Any] | None = None) -> dict[str, Any]:
-        state: dict[str, Any] = {"streams": {name: {"after": after} for name, after in self._bounds.items()}}
-        if active:
-            state["active"] = active
-        return state
-
     def _url(self, *path: str) -> str:
         settings = self.context.settings
         assert settings is not None
         return "/".join([settings.facebook_api_url.rstrip("/"), *path])
 
-    def _listing(
-        self, stream: str, now: datetime, since: datetime | None, resumed: Mapping[str, Any]
-    ) -> Iterator[Page]:
+    def _listing(self, walk: Walk, bound: datetime) -> Fetched:
         """feed or tagged: newest first down to the bound; the page's own posts are not mentions."""
-        bound = self._bound(stream, now, since, resumed)
-        newest = meta.parse_time(resumed.get("newest"))
-        following = {str(k): str(v) for k, v in mapping(resumed.get("params")).items()}
-        base = {"fields": POST_FIELDS, "limit": str(PAGE_SIZE), "since": str(int(bound.timestamp()))}
-        while True:
-            answer = meta.graph_get(
-                self.context, self._url(self._page, stream), {**base, **following}, platform=PLATFORM
-            )
-            mentions, errors = normalize_page(answer.body)
-            newest = max([t for t in (newest, *(m.published_at for m in mentions)) if t], default=None)
-            upcoming = meta.next_params(answer.body)
-            if mentions and all(m.published_at < bound for m in mentions):
-                # `since` already bounds the list; a page wholly older than the bound means Meta did not
-                # apply it (feeds are not strictly ordered by created_time, so one old post is no sign)
-                upcoming = None
-            kept = self._keep(m for m in mentions if m.published_at >= bound)
-            active = None
-            if upcoming:
-                following = upcoming
-                active = {
-                    "stream": stream, "params": upcoming, "bound": _iso(bound),
-                    "newest": _iso(newest) if newest else None,
-                }  # fmt: skip
-            else:
-                self._advance(stream, bound, newest)
-            yield Page(mentions=tuple(kept), cursor=self._state(active), rate_limit=answer.limits, errors=errors)
-            if not upcoming:
-                return
+        following = {str(k): str(v) for k, v in mapping(walk.token).items()}
+        params = {"fields": POST_FIELDS, "limit": str(PAGE_SIZE), "since": str(int(bound.timestamp())), **following}
+        answer = meta.graph_get(self.context, self._url(self._page, walk.stream), params, platform=PLATFORM)
+        mentions, errors = normalize_page(answer.body)
+        upcoming = meta.next_params(answer.body)
+        if mentions and all(m.published_at < bound for m in mentions):
+            # `since` already bounds the list; a page wholly older than the bound means Meta did not
+            # apply it (feeds are not strictly ordered by created_time, so one old post is no sign)
+            upcoming = None
+        kept = self._keep(m for m in mentions if m.published_at >= bound)
+        return Fetched(
+            kept, token=upcoming or None, newest=_newest(mentions), errors=errors, limits=answer.limits,
+            first=mentions[0].external_id if mentions else None,
+        )  # fmt: skip
 
-    def _comments(self, now: datetime, since: datetime | None, resumed: Mapping[str, Any]) -> Iterator[Page]:
-        """Comments on the page's recent posts that changed since the bound, each post newest first."""
-        bound = self._bound("comments", now, since, resumed)
-        started = meta.parse_time(resumed.get("started")) or now
-        newest = meta.parse_time(resumed.get("newest"))
-        limits: RateLimit | None = None
-        if resumed:
-            posts = [p for p in items(resumed.get("posts")) if isinstance(p, str) and _GRAPH_ID.match(p)]
-            following = {str(k): str(v) for k, v in mapping(resumed.get("params")).items()}
-        else:
+    def _comments(self, walk: Walk, bound: datetime) -> Fetched:
+        """Comments on the page's recent posts that changed since the bound, each post newest first. The pass's
+        first call lists the posts; its token then holds the posts left, the paging of the first one, and
+        when the pass started."""
+        if walk.token is None:
             params = {"fields": RECENT_POST_FIELDS, "limit": str(self._comment_posts())}
             answer = meta.graph_get(self.context, self._url(self._page, "posts"), params, platform=PLATFORM)
-            limits = answer.limits
             posts = []
             for post in items(answer.body.get("data")):
                 post = mapping(post)
                 changed = meta.parse_time(post.get("updated_time")) or meta.parse_time(post.get("created_time"))
                 if isinstance(post.get("id"), str) and _GRAPH_ID.match(post["id"]) and changed and changed >= bound:
                     posts.append(post["id"])
-            following = {}
-
-        def active(remaining: list[str], params: Mapping[str, str]) -> dict[str, Any]:
-            return {
-                "stream": "comments", "posts": remaining, "params": dict(params), "bound": _iso(bound),
-                "started": _iso(started), "newest": _iso(newest) if newest else None,
-            }  # fmt: skip
-
+            started = _iso(self.context.now())
+            token = {"posts": posts, "params": {}, "started": started} if posts else None
+            return Fetched((), token=token, limits=answer.limits)
+        token = mapping(walk.token)
+        posts = [p for p in items(token.get("posts")) if isinstance(p, str) and _GRAPH_ID.match(p)]
         if not posts:
-            self._advance("comments", bound, None)
-            yield Page(mentions=(), cursor=self._state(), rate_limit=limits)
-            return
-        if not resumed:
-            yield Page(mentions=(), cursor=self._state(active(posts, {})), rate_limit=limits)
-        base = {
+            return Fetched(())
+        following = {str(k): str(v) for k, v in mapping(token.get("params")).items()}
+        params = {
             "fields": COMMENT_FIELDS, "filter": "stream", "order": "reverse_chronological",
-            "limit": str(PAGE_SIZE), "since": str(int(bound.timestamp())),
+            "limit": str(PAGE_SIZE), "since": str(int(bound.timestamp())), **following,
         }  # fmt: skip
-        while posts:
-            post_id = posts[0]
-            answer = meta.graph_get(
-                self.context, self._url(post_id, "comments"), {**base, **following}, platform=PLATFORM
-            )
-            mentions, errors = normalize_page(answer.body, post_id=post_id)
-            newest = max([t for t in (newest, *(m.published_at for m in mentions)) if t], default=None)
-            upcoming = meta.next_params(answer.body)
-            if mentions and min(m.published_at for m in mentions) < bound:
-                upcoming = None  # reverse_chronological: this page reached past the bound
-            kept = self._keep(m for m in mentions if m.published_at >= bound)
-            if upcoming:
-                following = upcoming
-            else:
-                posts, following = posts[1:], {}
-            if posts:
-                cursor = self._state(active(posts, following))
-            else:
-                # comments written while this run went through the posts may sit on posts already read:
-                # the next run starts from when this one started, unless nothing newer was seen
-                self._advance("comments", bound, min(newest, started) if newest else None)
-                cursor = self._state()
-            yield Page(mentions=tuple(kept), cursor=cursor, rate_limit=answer.limits, errors=errors)
+        answer = meta.graph_get(self.context, self._url(posts[0], "comments"), params, platform=PLATFORM)
+        mentions, errors = normalize_page(answer.body, post_id=posts[0])
+        upcoming = meta.next_params(answer.body)
+        if mentions and min(m.published_at for m in mentions) < bound:
+            upcoming = None  # reverse_chronological: this page reached past the bound
+        if not upcoming:
+            posts, upcoming = posts[1:], {}
+        # comments written while this run went through the posts may sit on posts already read: the next run
+        # starts from when this one started, unless nothing newer was seen
+        newest = _newest(mentions)
+        started = token.get("started") if isinstance(token.get("started"), str) else newest
+        return Fetched(
+            self._keep(m for m in mentions if m.published_at >= bound),
+            token={"posts": posts, "params": upcoming, "started": started} if posts else None,
+            newest=min(newest, started) if newest and started else newest, errors=errors, limits=answer.limits,
+        )  # fmt: skip
 
     def _keep(self, mentions: Iterable[Mention]) -> list[Mention]:
         wanted, excluded = _terms(self.source.config)
         return [m for m in mentions if m.author_handle != self._page and _kept(m, wanted, excluded)]
 
-    def _advance(self, stream: str, bound: datetime, reached: datetime | None) -> None:
-        """A finished stream's bound: the newest time it reached, never behind where it stood."""
-        known = meta.parse_time(self._bounds.get(stream))
-        self._bounds[stream] = _iso(max(t for t in (known, bound, reached) if t is not None))
+
+def _newest(mentions: Iterable[Mention]) -> str | None:
+    return max((_iso(m.published_at) for m in mentions), default=None)

@@ -172,7 +172,8 @@ class PagedConnector(Connector):
     ) -> Iterator[Page]:
         self.cursor = state = self.read(resume) if resume else self.read(cursor)
         bounds = dict(state.streams)
-        since = since or (state.since if resume else None)
+        # an interrupted run's own reach (first sync, --since) holds for the streams it had not finished
+        kept = state.since if resume and since is None else None
         streams = self.streams()
         active = state.active if resume else None
         if active is not None and active.stream in streams and self.resumable(active):
@@ -185,17 +186,18 @@ class PagedConnector(Connector):
                 walk = active
                 walk.tokens = [walk.token]
             else:
-                walk = Walk(stream, self.begin(stream, bounds.get(stream), since))
+                reach = since or (kept if bounds.get(stream) is None else None)
+                walk = Walk(stream, self.begin(stream, bounds.get(stream), reach))
             while True:
                 fetched = self.fetch(walk)
                 self._check_loop(walk, fetched)
                 walk.pages += 1
                 walk.newest = self.newest(walk.newest, fetched.newest)
-                written = Cursor(bounds, None, since if not last else None, self.extra())
+                written = Cursor(bounds, None, (since or kept) if not last else None, self.extra())
                 if fetched.token is not None:
                     walk.token = fetched.token
                     walk.tokens.append(fetched.token)
-                    written.active, written.since = walk, since
+                    written.active, written.since = walk, since or kept
                 elif fetched.advance and (reached := self.reached(walk, bounds.get(stream))) is not None:
                     bounds[stream] = reached
                 yield Page(tuple(fetched.mentions), written.as_json(), fetched.limits, fetched.errors)
