@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -27,15 +27,16 @@ from urllib.parse import urlsplit
 
 from slsync import http
 from slsync.connectors import meta
-from slsync.connectors.base import Connector, flag, whole_number
+from slsync.connectors.base import flag, whole_number
 from slsync.connectors.fields import count as _count
 from slsync.connectors.fields import has_word, normalize_each
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import text as _text
 from slsync.connectors.meta import parse_time
+from slsync.connectors.paging import Cursor, Fetched, PagedConnector, Walk, legacy_streams
 from slsync.errors import Fatal, Retriable, UsageError
-from slsync.models import Mention, Page, RateLimit
+from slsync.models import Mention, RateLimit
 
 if TYPE_CHECKING:
     import httpx
@@ -256,8 +257,9 @@ def _iso(moment: datetime) -> str:
 # --- the connector --------------------------------------------------------------------------------
 
 
-class InstagramConnector(Connector):
+class InstagramConnector(PagedConnector):
     platform = "instagram"
+    title = "Instagram"
     connection_type = "user"
     needs_search_terms = False
     # tags reach back as far as the account's history; recent_media 24 hours whatever is asked (README)
@@ -295,100 +297,84 @@ class InstagramConnector(Connector):
     def check_config(cls, config: Mapping[str, Any]) -> None:
         build_streams(config)
 
-    def pages(
-        self,
-        cursor: Mapping[str, Any] | None,
-        *,
-        since: datetime | None,
-        resume: Mapping[str, Any] | None,
-    ) -> Iterator[Page]:
-        now = self.context.now()
-        config = self.source.config
-        options = config.get("options") or {}
-        overlap = timedelta(minutes=options.get("overlap_minutes", DEFAULT_OVERLAP_MINUTES))
-        exclude = tuple(config.get("exclude") or [])
-        streams = build_streams(config)
-        state = resume or cursor or {}
-        bounds: dict[str, str] = {
-            name: after
-            for name, value in _dict(state.get("streams")).items()
-            if isinstance(after := _dict(value).get("after"), str) and parse_time(after)
-        }
-        active = _dict((resume or {}).get("active"))
-        names = [s.name for s in streams]
-        if active.get("stream") in names and parse_time(active.get("bound")):
-            streams.insert(0, streams.pop(names.index(active["stream"])))  # continue the interrupted stream
-        else:
-            active = {}
-        account = self._account(state, options)
+    def streams(self) -> list[str]:
+        self._streams = {stream.name: stream for stream in build_streams(self.source.config)}
+        self._paths: dict[str, str | None] = {}
+        self._account_cache: Account | None = None
+        return list(self._streams)
 
-        def saved_state(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-            doc: dict[str, Any] = {
-                "account": account.as_json(),
-                "streams": {n: {"after": a} for n, a in bounds.items()},
-            }
-            if extra:
-                doc["active"] = dict(extra)
-            return doc
+    @property
+    def _overlap(self) -> timedelta:
+        options = self.source.config.get("options") or {}
+        return timedelta(minutes=options.get("overlap_minutes", DEFAULT_OVERLAP_MINUTES))
 
-        for stream in streams:
-            if stream.hashtag is not None:
-                left = self.context.quota.use_unique(account.budget_key, stream.hashtag, HASHTAG_LIMIT, HASHTAG_WINDOW)
-                if left is None:
-                    log.warning(
-                        "#%s not queried: Instagram account %s has used its %d hashtags of the last 7 days "
-                        "(counted across its sources); it fits again when the oldest one is 7 days old",
-                        stream.hashtag, account.ig_user_id, HASHTAG_LIMIT,
-                        extra={"source": self.source.id, "event": "hashtag_budget"},
-                    )  # fmt: skip
-                    yield Page(mentions=(), cursor=saved_state(), rate_limit=self._last_limits, errors=1)
-                    continue
-                hashtag_id = account.hashtag_ids.get(stream.hashtag) or self._hashtag_id(account, stream.hashtag)
-                if hashtag_id is None:
-                    yield Page(mentions=(), cursor=saved_state(), rate_limit=self._last_limits, errors=1)
-                    continue
-                path = f"/{hashtag_id}/recent_media"
-            else:
-                path = f"/{account.ig_user_id}/tags"
+    def begin(self, stream: str, stored: Any, since: datetime | None) -> str:
+        now, known = self.context.now(), parse_time(stored)
+        bound = since or (known - self._overlap if known else now - BACKFILL)
+        if self._streams[stream].hashtag is not None:
+            bound = max(bound, now - RECENT_MEDIA_REACH - self._overlap)
+        return _iso(bound)
 
-            if active and stream.name == active["stream"]:
-                bound = parse_time(active["bound"]) or now - BACKFILL
-                paging = {str(k): str(v) for k, v in _dict(active.get("next")).items() if isinstance(v, str)}
-                newest = parse_time(active.get("newest"))
-            else:
-                known = parse_time(bounds.get(stream.name))
-                bound = since or (known - overlap if known else now - BACKFILL)
-                paging, newest = {}, None
-            if stream.hashtag is not None:
-                bound = max(bound, now - RECENT_MEDIA_REACH - overlap)
-            while True:
-                params = {"fields": stream.fields, "limit": str(PAGE_SIZE)}
-                if stream.hashtag is not None:
-                    params["user_id"] = account.ig_user_id
-                body, limits = self._get(path, {**paging, **params})
-                mentions, errors = normalize_page(body)
-                following = _following(body, paging, has_next_links=stream.hashtag is not None)
-                # newest first (recent_media "not always": the overlap covers that): a page that reaches past
-                # the bound is the last one needed
-                if mentions and min(m.published_at for m in mentions) < bound:
-                    following = None
-                mentions = [m for m in mentions if m.published_at >= bound and not has_word(m.content, exclude)]
-                for mention in mentions:
-                    if (newest is None or mention.published_at > newest) and mention.published_at <= now + overlap:
-                        newest = mention.published_at
-                if following is not None:
-                    paging = following
-                    flight = {"stream": stream.name, "next": paging, "bound": _iso(bound), "newest": None}
-                    if newest:
-                        flight["newest"] = _iso(newest)
-                    yield Page(mentions=tuple(mentions), cursor=saved_state(flight), rate_limit=limits, errors=errors)
-                    continue
-                reached = max((t for t in (parse_time(bounds.get(stream.name)), newest) if t), default=None)
-                if reached is not None:
-                    bounds[stream.name] = _iso(reached)
-                yield Page(mentions=tuple(mentions), cursor=saved_state(), rate_limit=limits, errors=errors)
-                break
-            active = {}
+    def fetch(self, walk: Walk) -> Fetched:
+        stream, now = self._streams[walk.stream], self.context.now()
+        if walk.stream not in self._paths:
+            self._paths[walk.stream] = self._path(stream)
+        path = self._paths[walk.stream]
+        if path is None:  # over the hashtag budget, or a hashtag Instagram will not search: skipped this run
+            return Fetched((), errors=1, limits=self._last_limits, advance=False)
+        bound = parse_time(walk.bound) or now - BACKFILL
+        paging = {str(k): str(v) for k, v in _dict(walk.token).items() if isinstance(v, str)}
+        params = {"fields": stream.fields, "limit": str(PAGE_SIZE)}
+        if stream.hashtag is not None:
+            params["user_id"] = self._account.ig_user_id
+        body, limits = self._get(path, {**paging, **params})
+        mentions, errors = normalize_page(body)
+        following = _following(body, paging, has_next_links=stream.hashtag is not None)
+        # newest first (recent_media "not always": the overlap covers that): a page that reaches past the bound
+        # is the last one needed
+        if mentions and min(m.published_at for m in mentions) < bound:
+            following = None
+        first = mentions[0].external_id if mentions else None
+        exclude = tuple(self.source.config.get("exclude") or [])
+        mentions = [m for m in mentions if m.published_at >= bound and not has_word(m.content, exclude)]
+        newest = max((m.published_at for m in mentions if m.published_at <= now + self._overlap), default=None)
+        return Fetched(
+            mentions, token=following, newest=_iso(newest) if newest else None, errors=errors, limits=limits,
+            first=first,
+        )  # fmt: skip
+
+    def legacy(self, doc: Mapping[str, Any]) -> Cursor:
+        """0.1.0: {"account": {...}, "streams": {name: {"after": iso}}, "active": {"stream", "next", "bound",
+        "newest"}}."""
+        cursor = legacy_streams(doc, token="next", bound="bound")
+        cursor.extra = {"account": _dict(doc.get("account"))}
+        return cursor
+
+    def extra(self) -> dict[str, Any]:
+        return {"account": self._account.as_json()} if self._account_cache else dict(self.cursor.extra)
+
+    @property
+    def _account(self) -> Account:
+        if self._account_cache is None:
+            self._account_cache = self._look_up(_dict(self.cursor.extra.get("account")))
+        return self._account_cache
+
+    def _path(self, stream: Stream) -> str | None:
+        """Where the stream's media are listed; None when a hashtag cannot be asked for this run."""
+        account = self._account
+        if stream.hashtag is None:
+            return f"/{account.ig_user_id}/tags"
+        left = self.context.quota.use_unique(account.budget_key, stream.hashtag, HASHTAG_LIMIT, HASHTAG_WINDOW)
+        if left is None:
+            log.warning(
+                "#%s not queried: Instagram account %s has used its %d hashtags of the last 7 days "
+                "(counted across its sources); it fits again when the oldest one is 7 days old",
+                stream.hashtag, account.ig_user_id, HASHTAG_LIMIT,
+                extra={"source": self.source.id, "event": "hashtag_budget"},
+            )  # fmt: skip
+            return None
+        hashtag_id = account.hashtag_ids.get(stream.hashtag) or self._hashtag_id(account, stream.hashtag)
+        return f"/{hashtag_id}/recent_media" if hashtag_id else None
 
     # --- calls ------------------------------------------------------------------------------------
 
@@ -401,10 +387,10 @@ class InstagramConnector(Connector):
             self._last_limits = answer.limits
         return answer.body, answer.limits
 
-    def _account(self, state: Mapping[str, Any], options: Mapping[str, Any]) -> Account:
+    def _look_up(self, cached: Mapping[str, Any]) -> Account:
         """The account from the cursor when it names the same page or user; else looked up (one call)."""
+        options = self.source.config.get("options") or {}
         page, ig_user = options.get("page"), options.get("ig_user")
-        cached = _dict(state.get("account"))
         hashtag_ids = {
             name: tag_id
             for name, tag_id in _dict(cached.get("hashtag_ids")).items()
