@@ -322,7 +322,7 @@ def test_a_resumed_listing_whose_post_is_gone_is_read_again_from_the_top(reddit_
     pages = list(_pages(reddit_api, since=None, resume=resume))
     assert [r.params.get("after") for r in reddit_api.searches] == ["t3_gone", None]
     assert sorted(m.external_id for p in pages for m in p.mentions) == sorted(names)
-    assert pages[-1].cursor["newest"]["id"] == names[-1]
+    assert pages[-1].cursor["streams"]["search"]["newest"]["id"] == names[-1]
 
 
 def test_a_resume_of_another_query_starts_afresh(reddit_api: RedditApi) -> None:
@@ -342,7 +342,7 @@ def test_the_listing_cap_ends_a_run_and_says_posts_may_be_missed(
         pages = list(_pages(reddit_api, cursor))
     assert len(pages) == 10 and sum(len(p.mentions) for p in pages) == 1000
     assert "may be missed" in caplog.text
-    assert pages[-1].cursor["newest"]["id"] == reddit_api.posts[-1]["name"]
+    assert pages[-1].cursor["streams"]["search"]["newest"]["id"] == reddit_api.posts[-1]["name"]
 
 
 def test_the_window_used_up_stops_before_the_next_page(reddit_api: RedditApi) -> None:
@@ -351,7 +351,7 @@ def test_the_window_used_up_stops_before_the_next_page(reddit_api: RedditApi) ->
     pages = _pages(reddit_api, since=datetime.now(UTC) - timedelta(days=1))
     first = next(pages)
     assert len(first.mentions) == 100 and first.rate_limit is not None and first.rate_limit.remaining == 0
-    assert first.cursor["active"]["after"] == reddit_api.posts[50]["name"]
+    assert first.cursor["active"]["token"] == reddit_api.posts[50]["name"]
     with pytest.raises(RateLimited, match="Reddit rate limit used up until") as limited:
         next(pages)
     assert limited.value.reset_at is not None and len(reddit_api.searches) == 1  # no call into a 429
@@ -410,8 +410,13 @@ def test_two_pages_then_an_incremental_sync_that_rereads_only_the_overlap(
     source = db.get_source(conn, source_id)
     newest = reddit_api.posts[-1]
     assert source.committed_cursor is not None and source.inflight_cursor is None
-    assert source.committed_cursor["newest"] == {"id": newest["name"], "created_utc": newest["created_utc"]}
-    assert abs(source.committed_cursor["floor"] - (now - timedelta(days=7)).timestamp()) < 60  # the 7-day reach
+    assert source.committed_cursor["streams"]["search"]["newest"] == {
+        "id": newest["name"],
+        "created_utc": newest["created_utc"],
+    }
+    assert (
+        abs(source.committed_cursor["streams"]["search"]["floor"] - (now - timedelta(days=7)).timestamp()) < 60
+    )  # the 7-day reach
     assert source.mentions_count == 149 and source.rate_limit_remaining == 598
 
     reddit_api.hidden.clear()  # the late post reaches the index
@@ -422,7 +427,7 @@ def test_two_pages_then_an_incremental_sync_that_rereads_only_the_overlap(
     assert len(reddit_api.searches) == 3
     stored = {r["external_id"] for r in conn.execute("SELECT external_id FROM sl_mentions").fetchall()}
     assert stored == set(names) | set(newer)
-    assert db.get_source(conn, source_id).committed_cursor["newest"]["id"] == newer[-1]
+    assert db.get_source(conn, source_id).committed_cursor["streams"]["search"]["newest"]["id"] == newer[-1]
     status = reddit_cli.ok("status", str(source_id), "--json").json()
     assert status["rate_limit"]["remaining"] == 597 and status["rate_limit"]["reset_at"]
 

@@ -339,10 +339,14 @@ def test_a_run_resumed_with_a_page_token_youtube_forgot_pages_again(api: YouTube
     after = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     resume = {"streams": {}, "active": {"stream": "search", "page_token": "yesterday", "after": after}}
     [page] = connector(api, ledger).pages(None, since=None, resume=resume)
-    assert len(page.mentions) == 3 and page.cursor == {  # 0.1.0's in-flight cursor, read as it is
-        "v": 2,
-        "streams": {"search": api.videos[0]["snippet"]["publishedAt"][:19] + "Z"},
-    }
+    assert (
+        len(page.mentions) == 3
+        and page.cursor
+        == {  # 0.1.0's in-flight cursor, read as it is
+            "v": 2,
+            "streams": {"search": api.videos[0]["snippet"]["publishedAt"][:19] + "Z"},
+        }
+    )
     assert [r.params.get("pageToken") for r in api.calls] == ["yesterday", None]
     assert all(r.params["publishedAfter"] == after for r in api.calls) and sum(ledger.used.values()) == 200
 

@@ -15,22 +15,21 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from slsync import http
 from slsync.auth import ClientCredentials, granted_token
-from slsync.connectors.base import Connector, whole_number
+from slsync.connectors.base import whole_number
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import normalize_each
 from slsync.connectors.fields import text as _text
-from slsync.errors import AuthError, Fatal, RateLimited, UsageError
-from slsync.models import Mention, Page, RateLimit
+from slsync.connectors.paging import Cursor, Fetched, PagedConnector, Walk
+from slsync.errors import AuthError, Fatal, UsageError
+from slsync.models import Mention, RateLimit
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -53,6 +52,8 @@ MAX_OVERLAP_MINUTES = 24 * 60
 TOKEN_MARGIN = timedelta(minutes=2)
 SEARCH_PARAMS = {"sort": "new", "limit": str(PAGE_SIZE), "raw_json": "1", "type": "link"}
 SITE = "https://www.reddit.com"
+# one listing per source: its bound is the newest stored post and the floor of the last pass
+STREAM = "search"
 USER_AGENT_EXAMPLE = "linux:com.example.brandwatch:v1.0 (by /u/yourname)"
 
 _WORD = re.compile(r"^\w+$")
@@ -349,8 +350,10 @@ class RedditAppCredentials(ClientCredentials):
 # --- the connector --------------------------------------------------------------------------------
 
 
-class RedditConnector(Connector):
+class RedditConnector(PagedConnector):
     platform = "reddit"
+    title = PLATFORM
+    order = staticmethod(lambda mark: mark["created_utc"])
     connection_type = "app"
     options = {"subreddits": parse_subreddits, "overlap_minutes": whole_number("minutes", MAX_OVERLAP_MINUTES)}
     # search reaches as far back as its ~1,000-item listings go; no fixed window
@@ -373,74 +376,70 @@ class RedditConnector(Connector):
     def check_config(cls, config: Mapping[str, Any]) -> None:
         build_query(config)
 
-    def pages(
-        self,
-        cursor: Mapping[str, Any] | None,
-        *,
-        since: datetime | None,
-        resume: Mapping[str, Any] | None,
-    ) -> Iterator[Page]:
+    def streams(self) -> list[str]:
         settings = self.context.settings
         assert settings is not None
         self._agent = require_user_agent(settings)  # before any call, token calls included
-        now = self.context.now()
-        query, path = build_query(self.source.config), search_path(self.source.config)
-        overlap = _dict(self.source.config.get("options")).get("overlap_minutes", DEFAULT_OVERLAP_MINUTES)
-        overlap = overlap if isinstance(overlap, int) and not isinstance(overlap, bool) else DEFAULT_OVERLAP_MINUTES
-        committed = _dict(cursor)
-        newest = _mark(committed.get("newest"))
-        active = _dict(_dict(resume).get("active"))
-        if (
-            active.get("query") != query
-            or active.get("path") != path
-            or not isinstance(active.get("after"), str)
-            or not _is_number(active.get("boundary"))
-        ):
-            active = {}  # nothing to resume, or a listing of another query
+        return [STREAM]
 
+    def begin(self, stream: str, stored: Any, since: datetime | None) -> dict[str, Any]:
+        boundary = _boundary(_dict(stored), since, self._overlap, self.context.now())
+        return {"boundary": boundary, **self._listing}
+
+    def resumable(self, walk: Walk) -> bool:
+        bound = _dict(walk.bound)
+        same = all(bound.get(k) == v for k, v in self._listing.items())  # not a listing of another query
+        return same and _is_number(bound.get("boundary")) and isinstance(walk.token, str)
+
+    def fetch(self, walk: Walk) -> Fetched:
+        boundary = float(_dict(walk.bound)["boundary"])
+        body, limits = self._search(self._listing["path"], self._listing["query"], walk.token)
+        mentions, errors = normalize_page(body)
+        next_after = _text(_dict(body.get("data")).get("after"))
+        if walk.token and not walk.pages and not mentions and next_after is None:
+            # the post the listing was to continue after is gone (deleted, removed): start again at the top
+            log.info("the interrupted listing is gone; reading it again from the top", extra={"event": "restart"})
+            walk.restart()
+            return self.fetch(walk)
+        kept = [m for m in mentions if m.published_at.timestamp() >= boundary]
+        reached = len(kept) < len(mentions)
+        number = walk.pages + 1
+        more = bool(next_after) and not reached and number < MAX_PAGES
+        if not more and not reached and number >= 10:
+            log.warning(
+                "Reddit's listing ended before %s: posts older than its last one may be missed "
+                "(Reddit lists about 1,000 items; sync this source more often or narrow its search)",
+                f"{datetime.fromtimestamp(boundary, UTC):%Y-%m-%d %H:%M:%S} UTC",
+                extra={"event": "listing_exhausted"},
+            )
+        newest = None
+        for mention in kept:
+            newest = _newer(newest, mention)
+        return Fetched(kept, token=next_after if more else None, newest=newest, errors=errors, limits=limits)
+
+    def reached(self, walk: Walk, stored: Any) -> dict[str, Any]:
+        return {
+            "newest": _newer(_mark(_dict(stored).get("newest")), walk.newest),
+            "floor": _dict(walk.bound)["boundary"],
+        }
+
+    def legacy(self, doc: Mapping[str, Any]) -> Cursor:
+        """0.1.0: {"newest": mark, "floor": seconds, "active": {"query", "path", "after", "boundary", "newest"}}."""
+        stored = {k: doc[k] for k in ("newest", "floor") if k in doc}
+        active, walk = _dict(doc.get("active")), None
         if active:
-            boundary, after = float(active["boundary"]), active["after"]
-            run_newest = _mark(active.get("newest"))
-        else:
-            boundary, after, run_newest = _boundary(committed, since, overlap, now), None, None
-        resumed = bool(active)
-        seen_any = False  # a resumed listing that comes back empty at once is restarted from the top
-        for number in range(1, MAX_PAGES + 1):
-            body, limits = self._search(path, query, after)
-            mentions, errors = normalize_page(body)
-            listing = _dict(body.get("data"))
-            kept = [m for m in mentions if m.published_at.timestamp() >= boundary]
-            reached = len(kept) < len(mentions)
-            for mention in kept:
-                run_newest = _newer(run_newest, mention)
-            next_after = _text(listing.get("after"))
-            if next_after == after:
-                next_after = None  # a listing that points at itself ends here
-            if resumed and not seen_any and not mentions and next_after is None:
-                # the post the listing was to continue after is gone (deleted, removed): start again at the top
-                log.info("the interrupted listing is gone; reading it again from the top", extra={"event": "restart"})
-                resumed, after = False, None
-                continue
-            seen_any = seen_any or bool(mentions)
-            more = bool(next_after) and not reached and number < MAX_PAGES
-            if not more:
-                if not reached and number >= 10:
-                    log.warning(
-                        "Reddit's listing ended before %s: posts older than its last one may be missed "
-                        "(Reddit lists about 1,000 items; sync this source more often or narrow its search)",
-                        f"{datetime.fromtimestamp(boundary, UTC):%Y-%m-%d %H:%M:%S} UTC",
-                        extra={"event": "listing_exhausted"},
-                    )
-                final = {"newest": _newer(newest, run_newest), "floor": boundary}
-                yield Page(mentions=tuple(kept), cursor=final, rate_limit=limits, errors=errors)
-                return
-            assert next_after is not None
-            after = next_after
-            state = _state(newest, boundary, run_newest, query, path, after)
-            yield Page(mentions=tuple(kept), cursor=state, rate_limit=limits, errors=errors)
-            if limits and limits.remaining == 0 and limits.reset_at and limits.reset_at > self.context.now():
-                until = f"{limits.reset_at:%Y-%m-%d %H:%M:%S} UTC"
-                raise RateLimited(f"{PLATFORM} rate limit used up until {until}", limits.reset_at)
+            bound = {"boundary": active.get("boundary"), "query": active.get("query"), "path": active.get("path")}
+            walk = Walk(STREAM, bound, active.get("after"), _mark(active.get("newest")))
+        return Cursor({STREAM: stored}, walk)
+
+    @property
+    def _listing(self) -> dict[str, str]:
+        return {"query": build_query(self.source.config), "path": search_path(self.source.config)}
+
+    @property
+    def _overlap(self) -> int:
+        overlap = _dict(self.source.config.get("options")).get("overlap_minutes", DEFAULT_OVERLAP_MINUTES)
+        return overlap if isinstance(overlap, int) and not isinstance(overlap, bool) else DEFAULT_OVERLAP_MINUTES
 
     def _search(self, path: str, query: str, after: str | None) -> tuple[dict[str, Any], RateLimit | None]:
         params = {"q": query, **SEARCH_PARAMS}
@@ -449,13 +448,11 @@ class RedditConnector(Connector):
         if after:
             params["after"] = after
         url = self.context.settings.reddit_api_url.rstrip("/") + path  # type: ignore[union-attr]
-        credentials = self.context.credentials
-        with self.context.budgets.call(credentials.key, PLATFORM):
-            response = self._get(url, params, credentials.access_token())
-            if response.status_code == 401:
-                response = self._get(url, params, credentials.refresh())
-            limits = rate_limit(response.headers, self.context.now())
-            self.context.budgets.record(credentials.key, limits)
+        # Reddit's -reset is seconds from now, not an epoch time: its own reader
+        response, limits = self.call(
+            "GET", url, read_limits=lambda headers: rate_limit(headers, self.context.now()), params=params,
+            headers={"User-Agent": self._agent},
+        )  # fmt: skip
         if response.status_code == 429 and (limits is None or limits.reset_at is None):
             wait = http.retry_after(response, self.context.now())
             if wait is not None:
@@ -470,14 +467,6 @@ class RedditConnector(Connector):
             reason = _dict(body).get("message") or _dict(body).get("error") if isinstance(body, dict) else None
             raise Fatal(f"{PLATFORM} sent an unexpected response: {str(reason)[:100] if reason else 'not a listing'}")
         return body, limits
-
-    def _get(self, url: str, params: dict[str, str], token: str) -> httpx.Response:
-        # Reddit's -reset is seconds from now, not an epoch time: its own reader
-        return http.send(
-            self.context.http, "GET", url, platform=PLATFORM, deadline=self.context.deadline, params=params,
-            read_limits=lambda headers: rate_limit(headers, self.context.now()),
-            headers={"Authorization": f"Bearer {token}", "User-Agent": self._agent},
-        )  # fmt: skip
 
 
 def _mark(value: Any) -> dict[str, Any] | None:
@@ -517,21 +506,3 @@ def _newer(current: Mapping[str, Any] | None, candidate: Mention | Mapping[str, 
     if not current or float(candidate["created_utc"]) > float(current["created_utc"]):
         return dict(candidate)
     return dict(current)
-
-
-def _state(
-    newest: Mapping[str, Any] | None,
-    boundary: float,
-    run_newest: Mapping[str, Any] | None,
-    query: str,
-    path: str,
-    after: str,
-) -> dict[str, Any]:
-    """The in-flight cursor: the committed mark unchanged, and where this run's listing goes on."""
-    state: dict[str, Any] = {"newest": dict(newest) if newest else None}
-    if after:
-        state["active"] = {
-            "query": query, "path": path, "after": after, "boundary": boundary,
-            "newest": dict(run_newest) if run_newest else None,
-        }  # fmt: skip
-    return state
