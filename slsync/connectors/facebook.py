@@ -306,7 +306,7 @@ class FacebookConnector(PagedConnector):
         """feed or tagged: newest first down to the bound; the page's own posts are not mentions."""
         following = {str(k): str(v) for k, v in mapping(walk.token).items()}
         params = {"fields": POST_FIELDS, "limit": str(PAGE_SIZE), "since": str(int(bound.timestamp())), **following}
-        answer = meta.graph_get(self.context, self._url(self._page, walk.stream), params, platform=PLATFORM)
+        answer = meta.graph_get(self, self._url(self._page, walk.stream), params)
         mentions, errors = normalize_page(answer.body)
         upcoming = meta.next_params(answer.body)
         if mentions and all(m.published_at < bound for m in mentions):
@@ -325,7 +325,7 @@ class FacebookConnector(PagedConnector):
         when the pass started."""
         if walk.token is None:
             params = {"fields": RECENT_POST_FIELDS, "limit": str(self._comment_posts())}
-            answer = meta.graph_get(self.context, self._url(self._page, "posts"), params, platform=PLATFORM)
+            answer = meta.graph_get(self, self._url(self._page, "posts"), params)
             posts = []
             for post in items(answer.body.get("data")):
                 post = mapping(post)
@@ -344,7 +344,7 @@ class FacebookConnector(PagedConnector):
             "fields": COMMENT_FIELDS, "filter": "stream", "order": "reverse_chronological",
             "limit": str(PAGE_SIZE), "since": str(int(bound.timestamp())), **following,
         }  # fmt: skip
-        answer = meta.graph_get(self.context, self._url(posts[0], "comments"), params, platform=PLATFORM)
+        answer = meta.graph_get(self, self._url(posts[0], "comments"), params)
         mentions, errors = normalize_page(answer.body, post_id=posts[0])
         upcoming = meta.next_params(answer.body)
         if mentions and min(m.published_at for m in mentions) < bound:

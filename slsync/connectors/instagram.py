@@ -382,7 +382,7 @@ class InstagramConnector(PagedConnector):
         settings = self.context.settings
         assert settings is not None
         url = settings.instagram_api_url.rstrip("/") + path
-        answer = meta.graph_get(self.context, url, params, platform="instagram")
+        answer = meta.graph_get(self, url, params)
         if answer.limits is not None:
             self._last_limits = answer.limits
         return answer.body, answer.limits

@@ -38,6 +38,7 @@ from slsync.connectors.fields import has_word, normalize_each
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import text as _text
+from slsync.connectors.paging import Walk, check_loop
 from slsync.errors import AuthError, Fatal, RateLimited, UsageError
 from slsync.models import Mention, Page
 
@@ -263,6 +264,7 @@ class AccessDenied(AuthError):
 
 class LinkedInConnector(Connector):
     platform = "linkedin"
+    title = PLATFORM
     connection_type = "user"
     needs_search_terms = False
     max_lookback = RETENTION
@@ -334,11 +336,13 @@ class LinkedInConnector(Connector):
         if start >= end:
             start = end - OVERLAP
 
+        walk = Walk(f"{organization} {_ms(start)}..{_ms(end)}", None, offset, tokens=[offset])
         while True:
             body = self._notifications(organization, start, end, offset)
             elements = _list(body.get("elements"))
             posts = self._posts([urn for n in elements if (urn := needs_post(n))])
             mentions, errors = normalize_page(body, posts)
+            check_loop(PLATFORM, walk, None, mentions[0].external_id if mentions else None)
             mentions = [m for m in mentions if kept(m, wanted, exclude)]
             page_newest = newest_time(body)
             if page_newest and (newest is None or page_newest > newest):
@@ -399,24 +403,12 @@ class LinkedInConnector(Connector):
         settings = self.context.settings
         assert settings is not None
         url = settings.linkedin_api_url.rstrip("/") + path + "?" + query
-        credentials = self.context.credentials
-        with self.context.budgets.call(credentials.key, PLATFORM):
-            response = self._send(url, credentials.access_token(), settings.linkedin_version)
-            if response.status_code == 401:
-                response = self._send(url, credentials.refresh(), settings.linkedin_version)
+        headers = {"LinkedIn-Version": settings.linkedin_version, "X-Restli-Protocol-Version": RESTLI_PROTOCOL,
+                   "Accept": "application/json"}  # fmt: skip
+        # no read_limits: a 429 means a daily limit, never one to wait out inside a run
+        response, _ = self.call("GET", url, headers=headers)
         self._raise_for_error(response, settings.linkedin_version)
         return http.decode_json(response, PLATFORM)
-
-    def _send(self, url: str, token: str, version: str) -> httpx.Response:
-        headers = {
-            "Authorization": f"Bearer {token}",
-            "LinkedIn-Version": version,
-            "X-Restli-Protocol-Version": RESTLI_PROTOCOL,
-            "Accept": "application/json",
-        }
-        # no read_limits: a 429 means a daily limit, never one to wait out inside a run
-        return http.send(self.context.http, "GET", url, platform=PLATFORM, deadline=self.context.deadline,
-                         headers=headers)  # fmt: skip
 
     def _raise_for_error(self, response: httpx.Response, version: str) -> None:
         status = response.status_code

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 
 from slsync import http
-from slsync.auth import OAuthApp
+from slsync.auth import BearerAuth, OAuthApp
 from slsync.connectors.fields import mapping, text
 from slsync.errors import AuthError, Fatal, RateLimited, Retriable, UsageError
 from slsync.models import RateLimit
@@ -28,7 +28,7 @@ from slsync.tokens import Token
 
 if TYPE_CHECKING:
     from slsync.config import Settings
-    from slsync.connectors.base import Context
+    from slsync.connectors.base import Connector
 
 log = logging.getLogger("slsync.meta")
 
@@ -303,33 +303,24 @@ class GraphResponse:
     limits: RateLimit | None
 
 
-def graph_get(context: Context, url: str, params: Mapping[str, str], *, platform: str) -> GraphResponse:
+def graph_get(connector: Connector, url: str, params: Mapping[str, str]) -> GraphResponse:
     """One Graph API GET with the source's token, under the retry policy and the run's shared budget.
 
-    The token travels in `Authorization: Bearer`, never in the URL. The usage headers are recorded in the
-    run's budgets for the credential, so once usage passes the threshold the next call of this run (and
-    of every worker sharing the credential) stops as rate limited instead of being made.
+    The token travels in `Authorization: Bearer`, never in the URL; a page token cannot be renewed, so a
+    refused one is an error at once. The usage headers are recorded in the run's budgets for the
+    credential, so once usage passes the threshold the next call of this run (and of every worker sharing
+    the credential) stops as rate limited instead of being made.
     """
-    name = title(platform)
-    credentials = context.credentials
-    with context.budgets.call(credentials.key, name):
-        token = credentials.access_token()
-        response = http.send(
-            context.http,
-            "GET",
-            url,
-            platform=name,
-            read_limits=lambda headers: usage_limits(headers, context.now()),
-            deadline=context.deadline,
-            params=dict(params),
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        limits = usage_limits(response.headers, context.now())
-        context.budgets.record(credentials.key, limits)
+    context, platform = connector.context, connector.platform
+    response, limits = connector.call(
+        "GET", url, read_limits=lambda headers: usage_limits(headers, context.now()),
+        auth=BearerAuth(context.credentials, is_refused=lambda _: False), params=dict(params),
+    )  # fmt: skip
+    token = context.credentials.access_token()
     raise_for_error(response, limits, platform=platform, token=token, now=context.now())
-    body = http.decode_json(response, name)
+    body = http.decode_json(response, connector.title)
     if not isinstance(body, dict):
-        raise Fatal(f"{name} sent an unexpected response: not a JSON object")
+        raise Fatal(f"{connector.title} sent an unexpected response: not a JSON object")
     if "error" in body:  # an error object with HTTP 200 (batch-style answers): classified the same way
         as_error = httpx.Response(400, content=json.dumps({"error": body["error"]}).encode())
         raise_for_error(as_error, limits, platform=platform, token=token, now=context.now())

@@ -179,6 +179,7 @@ def generate(platform: str, source_id: int, term: str, count: int, now: datetime
 
 class MockConnector(Connector):
     platform = "mock"
+    title = "Mock"
     connection_type = "none"
     options = {"page_delay": _non_negative_float, "fail_after_page": _page_number, "fail_with": _failure_kind}
 

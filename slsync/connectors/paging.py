@@ -113,6 +113,23 @@ def read_cursor(doc: Any) -> Cursor | None:
     return Cursor(dict(mapping(doc.get("streams"))), walk, _time(doc.get("since")), extra)
 
 
+def check_loop(platform: str, walk: Walk, token: Any, first: str | None) -> None:
+    """Stop when a page sends the pass back: a next-page token it already followed, or a first item an
+    earlier page of the pass began with."""
+    if token is not None and token in walk.tokens:
+        what = "the same next-page token twice"
+    elif first is not None and first in walk.firsts:
+        what = "a page it had already sent (the same first item twice)"
+    else:
+        if first is not None:
+            walk.firsts.add(first)
+        return
+    raise PagingLoop(
+        f"{platform} sent {what} while paging {walk.stream}: stopped to avoid a loop "
+        "(the pages before it are saved; the next run starts again from the last finished sync)"
+    )
+
+
 def legacy_streams(doc: Mapping[str, Any], *, token: str, bound: str) -> Cursor:
     """0.1.0's cursor of YouTube, Facebook and Instagram: {"streams": {name: {"after": bound}}, "active":
     {"stream", `bound`, `token`, "newest", ...}}."""
@@ -190,7 +207,8 @@ class PagedConnector(Connector):
                 walk = Walk(stream, self.begin(stream, bounds.get(stream), reach))
             while True:
                 fetched = self.fetch(walk)
-                self._check_loop(walk, fetched)
+                first = fetched.first or (fetched.mentions[0].external_id if fetched.mentions else None)
+                check_loop(self.title, walk, fetched.token, first)
                 walk.pages += 1
                 walk.newest = self.newest(walk.newest, fetched.newest)
                 written = Cursor(bounds, None, (since or kept) if not last else None, self.extra())
@@ -211,18 +229,3 @@ class PagedConnector(Connector):
         if not doc:
             return Cursor({})
         return read_cursor(doc) or self.legacy(doc)
-
-    def _check_loop(self, walk: Walk, fetched: Fetched) -> None:
-        first = fetched.first or (fetched.mentions[0].external_id if fetched.mentions else None)
-        if fetched.token is not None and fetched.token in walk.tokens:
-            what = "the same next-page token twice"
-        elif first is not None and first in walk.firsts:
-            what = "a page it had already sent (the same first item twice)"
-        else:
-            if first is not None:
-                walk.firsts.add(first)
-            return
-        raise PagingLoop(
-            f"{self.title} sent {what} while paging {walk.stream}: stopped to avoid a loop "
-            f"(the pages before it are saved; the next run starts again from the last finished sync)"
-        )

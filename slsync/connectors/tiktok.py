@@ -41,13 +41,14 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from slsync import http
-from slsync.auth import ClientCredentials, granted_token
+from slsync.auth import BearerAuth, ClientCredentials, Credentials, granted_token
 from slsync.connectors.base import Connector, whole_number
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import normalize_each
 from slsync.connectors.fields import text as _text
+from slsync.connectors.paging import Walk, check_loop
 from slsync.errors import AuthError, Fatal, RateLimited, Retriable, UsageError
 from slsync.models import Mention, Page, RateLimit
 
@@ -377,33 +378,39 @@ class TikTokAppCredentials(ClientCredentials):
 # --- the connector --------------------------------------------------------------------------------
 
 
-class _Meter(httpx.Auth):
-    """Puts the bearer token on each request and charges it one request unit of the daily ledger.
+class _Meter(BearerAuth):
+    """The bearer flow, charging each request it sends one request unit of the daily ledger.
 
     http.send retries inside itself, and httpx runs an Auth flow for every request that leaves, so the
     ledger counts exactly the requests sent: a retry costs one more unit whether or not the retry policy
-    slept before it, and a call that fails after its retries has paid for each attempt. The first unit is
-    paid before the call is begun (so a call that does not fit is never made); `prepaid` says it is still
-    unused, and the caller gives it back when nothing was sent.
+    slept before it, the request sent again after a token refresh costs one, and a call that fails after its
+    retries has paid for each attempt. The first unit is paid before the call is begun (so a call that does
+    not fit is never made); `prepaid` says it is still unused, and the caller gives it back when nothing
+    was sent.
     """
 
-    def __init__(self, token: str, spend: Callable[[], RateLimit], first: RateLimit) -> None:
-        self.token = token
+    def __init__(self, credentials: Credentials, spend: Callable[[], RateLimit], first: RateLimit) -> None:
+        super().__init__(credentials, _refused_token)
         self.limits = first
         self.prepaid = True
         self._spend = spend
 
-    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+    def sign(self, request: httpx.Request, token: str) -> None:
         if self.prepaid:
             self.prepaid = False
         else:
             self.limits = self._spend()  # RateLimited when it does not fit: that request is not sent
-        request.headers["Authorization"] = f"Bearer {self.token}"
-        yield request
+        super().sign(request, token)
+
+
+def _refused_token(response: httpx.Response) -> bool:
+    """A 401 that says the token expired early or was revoked (or says nothing): refresh, once more."""
+    return response.status_code == 401 and read_error(response).code in TOKEN_CODES | {""}
 
 
 class TikTokConnector(Connector):
     platform = "tiktok"
+    title = PLATFORM
     connection_type = "app"
     options = {
         "regions": parse_regions,
@@ -478,7 +485,7 @@ class TikTokConnector(Connector):
 
         spans = windows(start, end)
         for number, (first, last) in enumerate(spans):
-            restarted = False
+            restarted, walk = False, Walk(f"{first}..{last}", None, offset, tokens=[offset])
             while True:
                 try:
                     body, limits = self._query(query, first, last, offset, search_id)
@@ -487,6 +494,7 @@ class TikTokConnector(Connector):
                         raise Fatal(f"{PLATFORM} refused the search_id of a search it had just begun") from None
                     log.info("TikTok no longer knows the search_id; querying %s..%s again", first, last)
                     offset, search_id, restarted = 0, None, True
+                    walk.restart()
                     continue
                 mentions, errors = normalize_page(body)
                 data = _dict(body.get("data"))
@@ -495,12 +503,9 @@ class TikTokConnector(Connector):
                 if wanted:
                     chosen = _choose(chosen, mentions, read, wanted)
                 next_offset = data.get("cursor")
-                more = data.get("has_more") is True and _whole(next_offset) and next_offset > offset
-                if data.get("has_more") is True and not more:
-                    log.warning(
-                        "TikTok said has_more without moving its cursor; ending %s..%s here", first, last,
-                        extra={"event": "cursor_stuck"},
-                    )  # fmt: skip
+                more = data.get("has_more") is True and _whole(next_offset)
+                check_loop(PLATFORM, walk, next_offset if more else None, mentions[0].external_id if mentions else None)
+                walk.tokens.append(next_offset)
                 if more:
                     offset, search_id = int(next_offset), _text(data.get("search_id")) or search_id
                     state = in_flight(first, offset, search_id)
@@ -634,14 +639,9 @@ class TikTokConnector(Connector):
 
         meter: _Meter | None = None
         try:
-            token = credentials.access_token()
-            meter = _Meter(token, lambda: self._spend_request(requests_key, daily_requests), first)
-            with self.context.budgets.call(credentials.key, PLATFORM):
-                response = self._post(url, fields, body, meter)
-                if response.status_code == 401 and read_error(response).code in TOKEN_CODES | {""}:
-                    meter.token = credentials.refresh()  # the token expired early or was revoked: once more
-                    response = self._post(url, fields, body, meter)
-                self.context.budgets.record(credentials.key, meter.limits)
+            meter = _Meter(credentials, lambda: self._spend_request(requests_key, daily_requests), first)
+            response, _ = self.call("POST", url, auth=meter, sleep=time.sleep, params={"fields": fields}, json=body)
+            self.context.budgets.record(credentials.key, meter.limits)
             self._raise_for_error(response, digest=digest, refuse=refuse, limits=meter.limits, release=release)
             doc = http.decode_json(response, PLATFORM)
             data = _dict(doc).get("data") if isinstance(doc, dict) else None
@@ -675,12 +675,6 @@ class TikTokConnector(Connector):
                 reset_at,
             )
         return day
-
-    def _post(self, url: str, fields: str, body: dict[str, Any], meter: _Meter) -> httpx.Response:
-        return http.send(
-            self.context.http, "POST", url, platform=PLATFORM, deadline=self.context.deadline, sleep=time.sleep,
-            params={"fields": fields}, json=body, auth=meter,
-        )  # fmt: skip
 
     def _raise_for_error(
         self,
