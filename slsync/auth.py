@@ -404,6 +404,7 @@ class ClientCredentials(ABC):
         token, lifetime = self.grant()
         self._token = token
         self._expires_at = requested_at + timedelta(seconds=lifetime) if lifetime else None
+        log.info("fetched an app token for %s", self.key.split(":", 1)[0], extra={"event": "token_fetched"})
 
     @abstractmethod
     def grant(self) -> tuple[str, float | None]:

@@ -1,16 +1,54 @@
-"""Settings: the only reader of the environment (and of `.env` in the working directory)."""
+"""Settings: the only reader of the environment (and of `.env` in the working directory).
+
+`Settings` holds the SLSYNC_* core. Each platform declares its own settings beside its connector, as a
+`PlatformSettings` whose fields name their variables (TWITTER_CLIENT_ID, SLSYNC_TWITTER_API_URL ...);
+`Settings.of(model)` reads one from the same environment and .env, once, when a platform first needs it.
+`slsync.connectors.setting_models()` lists them all (the core first), for documentation and checks.
+"""
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from slsync.errors import UsageError
+
+P = TypeVar("P", bound="PlatformSettings")
+
+
+def _unset_if_blank(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _usage_error(exc: ValidationError, env_name: Any) -> UsageError:
+    """A bad value as one line naming the variable."""
+    first = exc.errors()[0]
+    field = str(first["loc"][0]) if first.get("loc") else ""
+    return UsageError(f"invalid setting {env_name(field) if field else 'a setting'}: {first['msg']}")
+
+
+class PlatformSettings(BaseSettings):
+    """A platform's settings. Each field names its variable with `validation_alias`; a blank value of a
+    setting that may be unset counts as unset."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object, info: ValidationInfo) -> object:
+        optional = info.field_name is not None and cls.model_fields[info.field_name].default is None
+        return _unset_if_blank(value) if optional else value
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        alias = cls.model_fields[field].validation_alias if field in cls.model_fields else None
+        return alias if isinstance(alias, str) else field.upper()
 
 
 class Settings(BaseSettings):
@@ -32,103 +70,54 @@ class Settings(BaseSettings):
     # Finished runs older than this are deleted from sl_sync_runs by `sync due`.
     run_log_days: int = Field(90, ge=1, le=3650)
 
-    # X (Twitter). Credentials keep the platform's own names; endpoints can be pointed elsewhere.
-    twitter_client_id: str | None = Field(None, validation_alias=AliasChoices("TWITTER_CLIENT_ID"))
-    twitter_client_secret: SecretStr | None = Field(None, validation_alias=AliasChoices("TWITTER_CLIENT_SECRET"))
-    twitter_bearer_token: SecretStr | None = Field(None, validation_alias=AliasChoices("TWITTER_BEARER_TOKEN"))
-    twitter_oauth_callback: str | None = Field(None, validation_alias=AliasChoices("TWITTER_OAUTH_CALLBACK"))
-    twitter_api_url: str = "https://api.x.com/2"
-    twitter_authorize_url: str = "https://x.com/i/oauth2/authorize"
-    twitter_token_url: str = "https://api.x.com/2/oauth2/token"
-
-    # Reddit: app-only OAuth (client credentials); a unique user agent is required by Reddit.
-    reddit_client_id: str | None = Field(None, validation_alias=AliasChoices("REDDIT_CLIENT_ID"))
-    reddit_client_secret: SecretStr | None = Field(None, validation_alias=AliasChoices("REDDIT_CLIENT_SECRET"))
-    reddit_user_agent: str | None = Field(None, validation_alias=AliasChoices("REDDIT_USER_AGENT"))
-    reddit_api_url: str = "https://oauth.reddit.com"
-    reddit_token_url: str = "https://www.reddit.com/api/v1/access_token"
-
-    # YouTube Data API v3: an API key, and its daily quota in units (10,000 unless Google granted more).
-    youtube_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("YOUTUBE_API_KEY"))
-    youtube_api_url: str = "https://www.googleapis.com/youtube/v3"
-    youtube_daily_quota: int = Field(10_000, ge=1)
-
-    # Bluesky: an app password for an account; sessions are created and refreshed as needed.
-    bluesky_handle: str | None = Field(None, validation_alias=AliasChoices("BLUESKY_HANDLE"))
-    bluesky_app_password: SecretStr | None = Field(None, validation_alias=AliasChoices("BLUESKY_APP_PASSWORD"))
-    bluesky_api_url: str = "https://bsky.social/xrpc"
-
-    # Mastodon: each source names its instance; this, when set, replaces every instance (tests, proxies).
-    mastodon_access_token: SecretStr | None = Field(None, validation_alias=AliasChoices("MASTODON_ACCESS_TOKEN"))
-    # the instance that issued the token: it is sent to that instance's sources and to no other server
-    mastodon_token_instance: str | None = Field(None, validation_alias=AliasChoices("MASTODON_TOKEN_INSTANCE"))
-    mastodon_api_url: str | None = None
-
-    # Facebook and Instagram: one Meta app (Facebook Login); Graph API endpoints carry the API version.
-    facebook_app_id: str | None = Field(None, validation_alias=AliasChoices("FACEBOOK_APP_ID"))
-    facebook_app_secret: SecretStr | None = Field(None, validation_alias=AliasChoices("FACEBOOK_APP_SECRET"))
-    facebook_oauth_callback: str | None = Field(None, validation_alias=AliasChoices("FACEBOOK_OAUTH_CALLBACK"))
-    facebook_api_url: str = "https://graph.facebook.com/v23.0"
-    facebook_authorize_url: str = "https://www.facebook.com/v23.0/dialog/oauth"
-    facebook_token_url: str = "https://graph.facebook.com/v23.0/oauth/access_token"
-    instagram_api_url: str = "https://graph.facebook.com/v23.0"
-    instagram_authorize_url: str = "https://www.facebook.com/v23.0/dialog/oauth"
-    instagram_token_url: str = "https://graph.facebook.com/v23.0/oauth/access_token"
-
-    # LinkedIn Community Management API: a versioned REST API (LinkedIn-Version: YYYYMM).
-    linkedin_client_id: str | None = Field(None, validation_alias=AliasChoices("LINKEDIN_CLIENT_ID"))
-    linkedin_client_secret: SecretStr | None = Field(None, validation_alias=AliasChoices("LINKEDIN_CLIENT_SECRET"))
-    linkedin_oauth_callback: str | None = Field(None, validation_alias=AliasChoices("LINKEDIN_OAUTH_CALLBACK"))
-    linkedin_api_url: str = "https://api.linkedin.com/rest"
-    linkedin_authorize_url: str = "https://www.linkedin.com/oauth/v2/authorization"
-    linkedin_token_url: str = "https://www.linkedin.com/oauth/v2/accessToken"
-    linkedin_version: str = Field("202609", pattern=r"^\d{6}$")
-
-    # TikTok Research API: client credentials; daily limits per app as granted (requests and records).
-    tiktok_client_key: str | None = Field(None, validation_alias=AliasChoices("TIKTOK_CLIENT_KEY"))
-    tiktok_client_secret: SecretStr | None = Field(None, validation_alias=AliasChoices("TIKTOK_CLIENT_SECRET"))
-    tiktok_api_url: str = "https://open.tiktokapis.com/v2"
-    tiktok_token_url: str = "https://open.tiktokapis.com/v2/oauth/token/"
-    tiktok_daily_requests: int = Field(1_000, ge=1)
-    tiktok_daily_records: int = Field(100_000, ge=1)
-
-    @field_validator(
-        "database_url",
-        "twitter_client_id",
-        "twitter_client_secret",
-        "twitter_bearer_token",
-        "twitter_oauth_callback",
-        "reddit_client_id",
-        "reddit_client_secret",
-        "reddit_user_agent",
-        "youtube_api_key",
-        "bluesky_handle",
-        "bluesky_app_password",
-        "mastodon_access_token",
-        "mastodon_token_instance",
-        "mastodon_api_url",
-        "facebook_app_id",
-        "facebook_app_secret",
-        "facebook_oauth_callback",
-        "linkedin_client_id",
-        "linkedin_client_secret",
-        "linkedin_oauth_callback",
-        "tiktok_client_key",
-        "tiktok_client_secret",
-        mode="before",
-    )
+    @field_validator("database_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
+        return _unset_if_blank(value)
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    # the platforms' settings read so far; the .env file they are read from (that of the core); variables
+    # given by name (Settings(TWITTER_CLIENT_ID=...)), which a platform's settings take before the environment
+    _platforms: dict[type[PlatformSettings], PlatformSettings] = PrivateAttr(default_factory=dict)
+    _env_file_of_platforms: Any = PrivateAttr(default=".env")
+    _variables: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def __init__(self, **values: Any) -> None:
+        variables = {k: v for k, v in values.items() if k.isupper()}
+        super().__init__(**{k: v for k, v in values.items() if k not in variables})
+        self._env_file_of_platforms = values.get("_env_file", ".env")
+        self._variables = variables
+
     @property
     def is_production(self) -> bool:
         return self.env == "production"
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        return f"SLSYNC_{field.upper()}"
+
+    def of(self, model: type[P]) -> P:
+        """A platform's settings (read once; a bad value is a usage error naming its variable)."""
+        with self._lock:
+            if model not in self._platforms:
+                try:
+                    names = {model.env_name(field) for field in model.model_fields}
+                    given = {k: v for k, v in self._variables.items() if k in names}
+                    self._platforms[model] = model(_env_file=self._env_file_of_platforms, **given)
+                except ValidationError as exc:
+                    raise _usage_error(exc, model.env_name) from None
+            return self._platforms[model]  # type: ignore[return-value]
+
+    def using(self, *platforms: PlatformSettings) -> Settings:
+        """These platforms' settings instead of the environment's (tests, embedding programs)."""
+        for platform in platforms:
+            self._platforms[type(platform)] = platform
+        return self
 
 
 @lru_cache(maxsize=1)
@@ -137,7 +126,4 @@ def get_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = str(first["loc"][0]) if first.get("loc") else ""
-        name = field.upper() if field.isupper() else f"SLSYNC_{field.upper()}" if field else "a setting"
-        raise UsageError(f"invalid setting {name}: {first['msg']}") from None
+        raise _usage_error(exc, Settings.env_name) from None

@@ -304,7 +304,10 @@ def credentials_for(
         if token is None:
             raise AuthError(f"no {_title(source.platform)} user token for source {source.id} in {store.where}")
         return OAuthSession(store, source.id, app, token, now, platform=_title(source.platform), on_refresh=on_refresh)
-    credentials = connector.app_credentials(source, settings)
+    try:
+        credentials = connector.app_credentials(source, settings)
+    except UsageError as exc:  # a platform setting with a bad value: this source cannot run until it is fixed
+        raise Fatal(str(exc)) from None
     if credentials is not None:
         return credentials
     raise AuthError(f"no {source.platform} credentials for source {source.id}")

@@ -125,6 +125,16 @@ def platform_message(response: httpx.Response) -> str:
     return response.reason_phrase or f"HTTP {response.status_code}"
 
 
+def error_object(response: httpx.Response) -> dict[str, Any]:
+    """The `error` object of an answer ({"error": {...}}, as Google, TikTok and others send), or {}."""
+    try:
+        body = json.loads(response.content)
+    except (ValueError, RecursionError):
+        return {}
+    error = body.get("error") if isinstance(body, dict) else None
+    return storable(error) if isinstance(error, dict) else {}
+
+
 def raise_for_status(response: httpx.Response, platform: str, limits: RateLimit | None = None) -> None:
     status = response.status_code
     if status < 400:

@@ -256,7 +256,7 @@ def connector(api: GraphApi, **search: Any) -> FacebookConnector:
         inflight_cursor=None, rate_limit_limit=None, rate_limit_remaining=None, rate_limit_reset_at=None,
         consecutive_failures=0, mentions_count=0, created_at=now,
     )  # fmt: skip
-    settings = Settings(facebook_api_url=api.url, _env_file=None)
+    settings = Settings(SLSYNC_FACEBOOK_API_URL=api.url, _env_file=None)
     context = Context(now=lambda: datetime.now(UTC), settings=settings, credentials=lambda: PageToken(token))
     return FacebookConnector(source, context)
 

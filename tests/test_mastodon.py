@@ -324,7 +324,7 @@ def api() -> Any:
 
 def run(api: MastodonApi, config: dict[str, Any], tmp_path: Path, token: str | None = None) -> MastodonConnector:
     values = {"MASTODON_ACCESS_TOKEN": token, "MASTODON_TOKEN_INSTANCE": config["options"]["instance"]} if token else {}
-    settings = Settings(data_dir=tmp_path, _env_file=None, mastodon_api_url=api.url, **values)
+    settings = Settings(data_dir=tmp_path, _env_file=None, SLSYNC_MASTODON_API_URL=api.url, **values)
     source = make_source(config)
     context = Context(
         now=lambda: datetime.now(UTC), settings=settings,

@@ -527,7 +527,10 @@ def settings_for(tmp_path: Path, **values: str) -> Settings:
 
 def test_credentials_for_a_connected_source_is_a_refreshing_session(x_auth: XAuth, tmp_path: Path) -> None:
     settings = settings_for(
-        tmp_path, TWITTER_CLIENT_ID=x_auth.client_id, twitter_token_url=x_auth.token_url, TWITTER_BEARER_TOKEN="app"
+        tmp_path,
+        TWITTER_CLIENT_ID=x_auth.client_id,
+        SLSYNC_TWITTER_TOKEN_URL=x_auth.token_url,
+        TWITTER_BEARER_TOKEN="app",
     )
     clock = Clock(datetime(2026, 11, 20, 8, 0, tzinfo=UTC))
     store = FileStore(settings.data_dir / "tokens.json")

@@ -254,8 +254,8 @@ def _settings(api: RedditApi, **overrides: Any) -> Settings:
         REDDIT_CLIENT_ID=values["REDDIT_CLIENT_ID"],
         REDDIT_CLIENT_SECRET=values["REDDIT_CLIENT_SECRET"],
         REDDIT_USER_AGENT=values["REDDIT_USER_AGENT"],
-        reddit_api_url=values["SLSYNC_REDDIT_API_URL"],
-        reddit_token_url=values["SLSYNC_REDDIT_TOKEN_URL"],
+        SLSYNC_REDDIT_API_URL=values["SLSYNC_REDDIT_API_URL"],
+        SLSYNC_REDDIT_TOKEN_URL=values["SLSYNC_REDDIT_TOKEN_URL"],
     )
 
 

@@ -206,7 +206,7 @@ def api() -> Iterator[TikTokApi]:
 def settings_for(api: TikTokApi, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "_env_file": None, "TIKTOK_CLIENT_KEY": CLIENT_KEY, "TIKTOK_CLIENT_SECRET": CLIENT_SECRET,
-        "tiktok_api_url": api.url, "tiktok_token_url": api.url + "/oauth/token/",
+        "SLSYNC_TIKTOK_API_URL": api.url, "SLSYNC_TIKTOK_TOKEN_URL": api.url + "/oauth/token/",
     }  # fmt: skip
     return Settings(**{**values, **overrides})
 
@@ -241,7 +241,7 @@ def test_a_refused_client_key_is_an_auth_error_with_advice_and_no_secret(api: Ti
 
 
 def test_without_settings_a_source_has_no_credentials(api: TikTokApi) -> None:
-    settings = Settings(_env_file=None, tiktok_api_url=api.url)
+    settings = Settings(_env_file=None, SLSYNC_TIKTOK_API_URL=api.url)
     assert TikTokConnector.app_credentials(source_for(config(keywords=["acme"])), settings) is None
     assert "TIKTOK_CLIENT_KEY" in TikTokConnector.reconnect_advice(4) and "sync source 4" in (
         TikTokConnector.reconnect_advice(4)
@@ -308,7 +308,7 @@ def test_a_call_whose_records_do_not_fit_is_not_made_and_its_request_goes_back(
         "INSERT INTO sl_quota_ledger (credential_key, quota_day, units_used, daily_limit) VALUES (%s, %s, 950, 1000)",
         (RECORDS_KEY, today()),
     )
-    pages = connector(api, conn, tiktok_daily_records=1000).pages(None, since=datetime.now(UTC), resume=None)
+    pages = connector(api, conn, SLSYNC_TIKTOK_DAILY_RECORDS=1000).pages(None, since=datetime.now(UTC), resume=None)
     with pytest.raises(RateLimited, match="record quota spent until") as limited:
         list(pages)
     assert limited.value.reset_at == quota_day(datetime.now(UTC))[1]

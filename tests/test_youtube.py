@@ -257,7 +257,9 @@ def no_waits(monkeypatch: pytest.MonkeyPatch) -> None:
 def connector(
     api: YouTubeApi, ledger: Ledger, options: dict[str, str] | None = None, **search: list[str]
 ) -> YouTubeConnector:
-    settings = Settings(youtube_api_url=api.url, youtube_api_key=API_KEY, youtube_daily_quota=1000, _env_file=None)
+    settings = Settings(
+        SLSYNC_YOUTUBE_API_URL=api.url, YOUTUBE_API_KEY=API_KEY, SLSYNC_YOUTUBE_DAILY_QUOTA=1000, _env_file=None
+    )
     now = datetime.now(UTC)
     built = config(options, **(search or {"keywords": ["acme"]}))
     source = Source(

@@ -6,9 +6,12 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import TYPE_CHECKING
 
+from slsync.config import PlatformSettings, Settings
 from slsync.errors import NotFound, UsageError
 
 if TYPE_CHECKING:
+    from pydantic.fields import FieldInfo
+
     from slsync.connectors.base import Connector
 
 
@@ -69,3 +72,23 @@ def connector_class(name: str) -> type[Connector]:
         raise UsageError(f"platform {name!r} is planned but not available yet (see: slsync platforms)")
     module, _, cls = info.connector.partition(":")
     return getattr(import_module(module), cls)
+
+
+def setting_models() -> list[type[Settings] | type[PlatformSettings]]:
+    """The core settings, then each active platform's (a model two platforms share, once)."""
+    models: list[type[Settings] | type[PlatformSettings]] = [Settings]
+    for name, info in PLATFORMS.items():
+        model = connector_class(name).settings_model if info.connector else None
+        if model is not None and model.model_fields and model not in models:
+            models.append(model)
+    return models
+
+
+def settings_by_variable() -> dict[str, tuple[type[Settings] | type[PlatformSettings], str, FieldInfo]]:
+    """Every setting by the variable that sets it (SLSYNC_DATA_DIR, TWITTER_CLIENT_ID ...): its model, field
+    and declaration (default, description, constraints)."""
+    found: dict[str, tuple[type[Settings] | type[PlatformSettings], str, FieldInfo]] = {}
+    for model in setting_models():
+        for field, info in model.model_fields.items():
+            found.setdefault(model.env_name(field), (model, field, info))
+    return found

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from slsync import http
 from slsync.auth import BearerAuth, Credentials, OAuthApp, StaticToken
 from slsync.budget import RateBudgets
-from slsync.errors import RateLimited, UsageError
+from slsync.config import PlatformSettings
+from slsync.errors import Fatal, RateLimited, UsageError
 from slsync.models import Page, RateLimit, Source
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from slsync.tokens import Token
 
 SEARCH_KEYS = ("keywords", "hashtags", "mentions", "exclude", "languages")
+# a cursor as stored: connector-owned JSON (None before a first sync)
+CursorDoc = Mapping[str, Any] | None
 
 
 # --- option parsers that several connectors share (`options = {"name": parser}`) --------------------
@@ -54,6 +57,29 @@ def whole_number(unit: str, maximum: int) -> Callable[[str], int]:
         return number
 
     return parse
+
+
+class NoSettings(PlatformSettings):
+    """A platform that needs no settings."""
+
+
+def oauth_app(
+    settings: Any, scopes: tuple[str, ...], *, authorize_url: str = "", token_url: str = "", **options: Any
+) -> OAuthApp:
+    """A platform's OAuth app from its settings' client_id, client_secret, oauth_callback, authorize_url
+    and token_url (unless given), with the variables that set them named for messages."""
+    return OAuthApp(
+        authorize_url=authorize_url or settings.authorize_url,
+        token_url=token_url or settings.token_url,
+        client_id=settings.client_id,
+        client_secret=settings.client_secret,
+        scopes=scopes,
+        redirect_uri=settings.oauth_callback,
+        client_id_setting=settings.env_name("client_id"),
+        client_secret_setting=settings.env_name("client_secret"),
+        redirect_uri_setting=settings.env_name("oauth_callback"),
+        **options,
+    )
 
 
 class Quota(Protocol):
@@ -135,10 +161,33 @@ class Connector(ABC):
     max_lookback: ClassVar[timedelta | None] = None
     # False where a source listens to what an option names (a page, an organization), not to search terms
     needs_search_terms: ClassVar[bool] = True
+    # the platform's settings, declared beside the connector (config.Settings.of reads them)
+    settings_model: ClassVar[type[PlatformSettings]] = NoSettings
+    # options a source must give, and search keys the platform cannot use, each with what `source add` says
+    requires: ClassVar[Mapping[str, str]] = {}
+    refuses: ClassVar[Mapping[str, str]] = {}
+    # what turns a source's config into the platform's queries, raising UsageError for what cannot be asked
+    builds: ClassVar[Callable[[Mapping[str, Any]], Any] | None] = None
+    # what an operator does after the platform refused the credentials ({source_id} is filled in)
+    reconnect: ClassVar[str] = "fix the {platform} credentials, then: slsync sync source {source_id}"
 
     def __init__(self, source: Source, context: Context) -> None:
         self.source = source
         self.context = context
+
+    @classmethod
+    def settings_of(cls, settings: Settings) -> Any:
+        """The platform's settings (a bad value is a usage error naming its variable)."""
+        return settings.of(cls.settings_model)
+
+    @property
+    def settings(self) -> Any:
+        """The platform's settings for this run; a bad value fails the run with the variable named."""
+        assert self.context.settings is not None
+        try:
+            return self.settings_of(self.context.settings)
+        except UsageError as exc:
+            raise Fatal(str(exc)) from None
 
     @classmethod
     def oauth_app(cls, settings: Settings) -> OAuthApp | None:
@@ -173,8 +222,7 @@ class Connector(ABC):
 
     @classmethod
     def reconnect_advice(cls, source_id: int) -> str:
-        """What an operator does after the platform refused the credentials."""
-        return f"fix the {cls.platform} credentials, then: slsync sync source {source_id}"
+        return cls.reconnect.format(platform=cls.platform, source_id=source_id)
 
     @classmethod
     def build_config(cls, search: Mapping[str, list[str]], options: Mapping[str, str]) -> dict[str, Any]:
@@ -198,8 +246,16 @@ class Connector(ABC):
 
     @classmethod
     def check_config(cls, config: Mapping[str, Any]) -> None:
-        """Refuse (UsageError) at `source add` what the platform cannot be asked; by default anything goes."""
-        return None
+        """Refuse (UsageError) at `source add` what the platform cannot be asked: by default what building
+        the platform's queries (`builds`) refuses, else anything goes."""
+        for name, reason in cls.requires.items():
+            if not (config.get("options") or {}).get(name):
+                raise UsageError(reason)
+        for key, reason in cls.refuses.items():
+            if config.get(key):
+                raise UsageError(reason)
+        if cls.builds is not None:
+            cls.builds(config)
 
     # --- what every connector's calls share ------------------------------------------------------------
 
@@ -232,13 +288,7 @@ class Connector(ABC):
             raise RateLimited(f"{self.title} rate limit used up until {until}", limits.reset_at)
 
     @abstractmethod
-    def pages(
-        self,
-        cursor: Mapping[str, Any] | None,
-        *,
-        since: datetime | None,
-        resume: Mapping[str, Any] | None,
-    ) -> Iterator[Page]:
+    def pages(self, cursor: CursorDoc, *, since: datetime | None, resume: CursorDoc) -> Iterator[Page]:
         """Yield pages from the API, one call each.
 
         cursor: what the last successful run committed (None on a first sync).

@@ -26,9 +26,11 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from pydantic import Field, SecretStr
 
 from slsync import http
-from slsync.auth import BearerAuth
+from slsync.auth import BearerAuth, ClientCredentials
+from slsync.config import PlatformSettings
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
@@ -148,6 +150,12 @@ def parse_time(value: Any) -> datetime | None:
         return parsed.astimezone(UTC)
     except (OverflowError, ValueError):
         return None
+
+
+def _iso(moment: datetime) -> str:
+    """What searchPosts' since expects: an RFC 3339 datetime in UTC, cut (never rounded up) to the millisecond."""
+    utc = moment.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
 def _times(post: Any) -> list[datetime]:
@@ -293,7 +301,15 @@ def _xrpc_error(response: httpx.Response) -> str | None:
     return error if isinstance(error, str) else None
 
 
-class BlueskySession:
+class BlueskySettings(PlatformSettings):
+    """Bluesky: an app password of an account; sessions are created and refreshed as needed."""
+
+    handle: str | None = Field(None, validation_alias="BLUESKY_HANDLE")
+    app_password: SecretStr | None = Field(None, validation_alias="BLUESKY_APP_PASSWORD")
+    api_url: str = Field("https://bsky.social/xrpc", validation_alias="SLSYNC_BLUESKY_API_URL")
+
+
+class BlueskySession(ClientCredentials):
     """An app-password session, held in memory only: created with createSession, renewed with refreshSession.
 
     One per handle and process, shared by every source that uses it: createSession is limited to
@@ -301,6 +317,8 @@ class BlueskySession:
     over many sources must not sign in once per source. A refresh JWT is used once (the PDS rotates
     it); when it is refused, the session is created again from the app password.
     """
+
+    margin = REFRESH_MARGIN
 
     def __init__(
         self,
@@ -311,36 +329,27 @@ class BlueskySession:
         timeout: float = 30.0,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        # sources on this account share its rate-limit window; a digest names it without holding it
+        super().__init__(f"bluesky:session:{hashlib.sha256(handle.lower().encode()).hexdigest()[:16]}", now)
         self._api = api_url.rstrip("/")
         self._handle = handle
         self._password = password
         self._timeout = timeout
-        self._now = now
-        # sources on this account share its rate-limit window; a digest names it without holding it
-        self.key = f"bluesky:session:{hashlib.sha256(handle.lower().encode()).hexdigest()[:16]}"
-        self._lock = threading.Lock()
         self._access: str | None = None
         self._refresh: str | None = None
-        self._expires_at: datetime | None = None
         # what this session did, for tests and logs: counts only, never tokens
         self.created = 0
         self.refreshed = 0
 
-    def access_token(self) -> str:
-        with self._lock:
-            if self._access is None:
-                self._create()
-            elif self._expires_at is not None and self._expires_at - self._now() <= REFRESH_MARGIN:
-                self._renew()
-            assert self._access is not None
-            return self._access
-
-    def refresh(self) -> str:
-        """After the PDS refused the access token: a new one (refreshed, else a new session), or AuthError."""
-        with self._lock:
+    def grant(self) -> tuple[str, float | None]:
+        """A new session the first time; then the session renewed (refreshed, else created again)."""
+        if self._access is None:
+            self._create()
+        else:
             self._renew()
-            assert self._access is not None
-            return self._access
+        assert self._access is not None
+        expiry = jwt_expiry(self._access)
+        return self._access, (expiry - self._now()).total_seconds() if expiry else None
 
     def _renew(self) -> None:
         if self._refresh is None:
@@ -396,7 +405,6 @@ class BlueskySession:
         if not isinstance(access, str) or not access or not isinstance(refresh, str) or not refresh:
             raise Fatal(f"{PLATFORM} {method} answered without an access and a refresh token")
         self._access, self._refresh = access, refresh
-        self._expires_at = jwt_expiry(access)
 
     def _scrub(self, text: str) -> str:
         """A platform message with the password taken out, should a server ever echo it."""
@@ -410,11 +418,12 @@ _SESSIONS_LOCK = threading.Lock()
 
 def session_for(settings: Settings) -> BlueskySession | None:
     """The process's session for the configured account; None when the settings name no account."""
-    handle = (settings.bluesky_handle or "").strip().lstrip("@")
-    password = settings.bluesky_app_password
+    account = settings.of(BlueskySettings)
+    handle = (account.handle or "").strip().lstrip("@")
+    password = account.app_password
     if not handle or password is None or not password.get_secret_value():
         return None
-    api = settings.bluesky_api_url.rstrip("/")
+    api = account.api_url.rstrip("/")
     digest = hashlib.sha256(password.get_secret_value().encode()).hexdigest()
     with _SESSIONS_LOCK:
         key = (api, handle.lower(), digest)
@@ -428,6 +437,14 @@ def session_for(settings: Settings) -> BlueskySession | None:
 
 class BlueskyConnector(PagedConnector):
     platform = "bluesky"
+    backfill = FIRST_SYNC
+    time_text = staticmethod(_iso)
+    settings_model = BlueskySettings
+    builds = staticmethod(build_queries)
+    reconnect = (
+        f"set {SETTINGS_NAMES} (an app password from Bluesky's Settings > Privacy and security > "
+        "App passwords), then: slsync sync source {source_id}"
+    )
     title = PLATFORM
     connection_type = "app"
 
@@ -435,32 +452,17 @@ class BlueskyConnector(PagedConnector):
     def app_credentials(cls, source: Source, settings: Settings) -> BlueskySession | None:
         return session_for(settings)
 
-    @classmethod
-    def reconnect_advice(cls, source_id: int) -> str:
-        return (
-            f"set {SETTINGS_NAMES} (an app password from Bluesky's Settings > Privacy and security > "
-            f"App passwords), then: slsync sync source {source_id}"
-        )
-
-    @classmethod
-    def check_config(cls, config: Mapping[str, Any]) -> None:
-        build_queries(config)
-
-    def streams(self) -> list[str]:
-        self._queries = {q.key: q for q in build_queries(self.source.config)}
-        return list(self._queries)
-
-    def begin(self, stream: str, stored: Any, since: datetime | None) -> str:
-        return _iso(since or parse_time(stored) or self.context.now() - FIRST_SYNC)
+    def streams(self) -> dict[str, Query]:
+        return {query.key: query for query in build_queries(self.source.config)}
 
     def fetch(self, walk: Walk) -> Fetched:
-        query, asked = self._queries[walk.stream], parse_time(walk.bound) or self.context.now() - FIRST_SYNC
+        query, asked = self.plan[walk.stream], self.time_bound(None, walk.bound)
         params = {"q": query.q, "sort": "latest", "limit": str(PAGE_SIZE), "since": _iso(asked)}
         if query.lang:
             params["lang"] = query.lang
         if walk.token:
             params["cursor"] = walk.token
-        url = f"{self.context.settings.bluesky_api_url.rstrip('/')}/{SEARCH}"  # type: ignore[union-attr]
+        url = f"{self.settings.api_url.rstrip('/')}/{SEARCH}"
         auth = BearerAuth(self.context.credentials, _refused_token)
         response, limits = self.call("GET", url, read_limits=READ_LIMITS, auth=auth, params=params)
         if _refused_token(response):
@@ -505,9 +507,3 @@ def next_since(stored: datetime | None, asked: datetime, newest: datetime | None
 def _refused_token(response: httpx.Response) -> bool:
     """401, or the 400 the PDS answers an expired or unknown token with (ExpiredToken / InvalidToken)."""
     return response.status_code == 401 or (response.status_code == 400 and _xrpc_error(response) in TOKEN_ERRORS)
-
-
-def _iso(moment: datetime) -> str:
-    """What searchPosts' since expects: an RFC 3339 datetime in UTC, cut (never rounded up) to the millisecond."""
-    utc = moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"

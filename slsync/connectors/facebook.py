@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from slsync.connectors import meta
 from slsync.connectors.base import whole_number
-from slsync.connectors.fields import count, has_word, items, mapping, normalize_each, text
+from slsync.connectors.fields import count, has_word, iso_time, items, mapping, normalize_each, text
 from slsync.connectors.paging import Cursor, Fetched, PagedConnector, Walk, legacy_streams
 from slsync.errors import UsageError
 from slsync.models import Mention
@@ -98,7 +98,7 @@ def _graph_id(value: Any) -> str:
 
 
 def _published(item: Mapping[str, Any]) -> datetime:
-    published = meta.parse_time(item.get("created_time"))
+    published = iso_time(item.get("created_time"))
     if published is None:
         raise ValueError("a record without a valid created_time")
     return published
@@ -230,13 +230,20 @@ def _iso(moment: datetime) -> str:
 class FacebookConnector(PagedConnector):
     platform = PLATFORM
     title = TITLE
+    settings_model = meta.MetaSettings
+    reconnect = "reconnect: slsync connect {source_id} (with an account that manages the page)"
+    requires = {"page": "a Facebook source names the page it listens to: --option page=<page id>"}
+    refuses = {
+        "mentions": "Facebook cannot search for @mentions: the source listens to its page's feed, tags and comments",
+        "languages": "Facebook posts carry no language to filter on; drop --language",
+    }
     connection_type = "user"
     needs_search_terms = False
     options = {"page": _page_id, "comment_posts": whole_number("posts", MAX_COMMENT_POSTS)}
 
     @classmethod
     def oauth_app(cls, settings: Settings) -> OAuthApp:
-        return meta.oauth_app(settings, platform=PLATFORM, scopes=SCOPES)
+        return meta.oauth_app(cls.settings_of(settings), platform=PLATFORM, scopes=SCOPES)
 
     @classmethod
     def after_connect(cls, token: Token, source: Source, settings: Settings, http: httpx.Client) -> Token:
@@ -244,34 +251,17 @@ class FacebookConnector(PagedConnector):
         page = mapping(source.config.get("options")).get("page")
         if not isinstance(page, str) or not _PAGE_ID.match(page):
             raise UsageError(f"source {source.id} names no Facebook page (--option page=<page id>)")
-        user = meta.long_lived_user_token(token, settings, http, platform=PLATFORM)
-        return meta.page_token(user, page, settings.facebook_api_url, http, platform=PLATFORM)
-
-    @classmethod
-    def reconnect_advice(cls, source_id: int) -> str:
-        return f"reconnect: slsync connect {source_id} (with an account that manages the page)"
-
-    @classmethod
-    def check_config(cls, config: Mapping[str, Any]) -> None:
-        if not mapping(config.get("options")).get("page"):
-            raise UsageError("a Facebook source names the page it listens to: --option page=<page id>")
-        if config.get("mentions"):
-            raise UsageError(
-                "Facebook cannot search for @mentions: the source listens to its page's feed, tags and comments"
-            )
-        if config.get("languages"):
-            raise UsageError("Facebook posts carry no language to filter on; drop --language")
+        app = cls.settings_of(settings)
+        user = meta.long_lived_user_token(token, app, http, platform=PLATFORM)
+        return meta.page_token(user, page, app.url(PLATFORM, "api"), http, platform=PLATFORM)
 
     # --- paging -----------------------------------------------------------------------------------
 
     def streams(self) -> list[str]:
         return [s for s in STREAMS if s != "comments" or self._comment_posts() > 0]
 
-    def begin(self, stream: str, stored: Any, since: datetime | None) -> str:
-        return _iso(since or meta.parse_time(stored) or self.context.now() - BACKFILL)
-
     def fetch(self, walk: Walk) -> Fetched:
-        bound = meta.parse_time(walk.bound) or self.context.now() - BACKFILL
+        bound = self.time_bound(None, walk.bound)
         if walk.stream == "comments":
             return self._comments(walk, bound)
         return self._listing(walk, bound)
@@ -298,9 +288,7 @@ class FacebookConnector(PagedConnector):
         return value if isinstance(value, int) else DEFAULT_COMMENT_POSTS
 
     def _url(self, *path: str) -> str:
-        settings = self.context.settings
-        assert settings is not None
-        return "/".join([settings.facebook_api_url.rstrip("/"), *path])
+        return "/".join([self.settings.url(PLATFORM, "api").rstrip("/"), *path])
 
     def _listing(self, walk: Walk, bound: datetime) -> Fetched:
         """feed or tagged: newest first down to the bound; the page's own posts are not mentions."""
@@ -329,7 +317,7 @@ class FacebookConnector(PagedConnector):
             posts = []
             for post in items(answer.body.get("data")):
                 post = mapping(post)
-                changed = meta.parse_time(post.get("updated_time")) or meta.parse_time(post.get("created_time"))
+                changed = iso_time(post.get("updated_time")) or iso_time(post.get("created_time"))
                 if isinstance(post.get("id"), str) and _GRAPH_ID.match(post["id"]) and changed and changed >= bound:
                     posts.append(post["id"])
             started = _iso(self.context.now())

@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from slsync.models import Mention
@@ -42,6 +44,29 @@ def items(value: Any) -> list[Any]:
 def text(value: Any) -> str | None:
     """A non-empty string, or None."""
     return value if isinstance(value, str) and value else None
+
+
+def iso_time(value: Any) -> datetime | None:
+    """An ISO 8601 time (2021-07-09T19:09:52+0000, ...Z), in UTC when it names no zone; None for anything else."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def path_match(url: Any, pattern: re.Pattern[str]) -> re.Match[str] | None:
+    """`pattern` matched against the path of a URL (a profile's handle, a post's shortcode); None when the
+    value is not a URL or its path does not match."""
+    text_url = text(url)
+    if text_url is None:
+        return None
+    try:
+        return pattern.match(urlsplit(text_url).path)
+    except ValueError:
+        return None
 
 
 def normalize_each(

@@ -23,17 +23,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from slsync import http
 from slsync.connectors import meta
 from slsync.connectors.base import flag, whole_number
 from slsync.connectors.fields import count as _count
-from slsync.connectors.fields import has_word, normalize_each
+from slsync.connectors.fields import has_word, normalize_each, path_match
+from slsync.connectors.fields import iso_time as parse_time
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import text as _text
-from slsync.connectors.meta import parse_time
 from slsync.connectors.paging import Cursor, Fetched, PagedConnector, Walk, legacy_streams
 from slsync.errors import Fatal, Retriable, UsageError
 from slsync.models import Mention, RateLimit
@@ -143,13 +142,7 @@ def shortcode_time(permalink: Any) -> datetime | None:
 
     The time is that of the upload, which can be a few minutes before the post was published.
     """
-    url = _text(permalink)
-    if url is None:
-        return None
-    try:
-        match = _SHORTCODE_PATH.match(urlsplit(url).path)
-    except ValueError:
-        return None
+    match = path_match(permalink, _SHORTCODE_PATH)
     if not match:
         return None
     number = 0
@@ -260,6 +253,9 @@ def _iso(moment: datetime) -> str:
 class InstagramConnector(PagedConnector):
     platform = "instagram"
     title = "Instagram"
+    settings_model = meta.MetaSettings
+    builds = staticmethod(build_streams)
+    reconnect = "reconnect: slsync connect {source_id} (Meta's user tokens last about 60 days)"
     connection_type = "user"
     needs_search_terms = False
     # tags reach back as far as the account's history; recent_media 24 hours whatever is asked (README)
@@ -275,7 +271,7 @@ class InstagramConnector(PagedConnector):
 
     @classmethod
     def oauth_app(cls, settings: Settings) -> OAuthApp:
-        return meta.oauth_app(settings, platform="instagram", scopes=SCOPES)
+        return meta.oauth_app(cls.settings_of(settings), platform="instagram", scopes=SCOPES)
 
     @classmethod
     def after_connect(cls, token: Token, source: Source, settings: Settings, http_client: httpx.Client) -> Token:
@@ -284,24 +280,16 @@ class InstagramConnector(PagedConnector):
         Hashtag search and recent_media answer only a *user* token (Meta's reference), so a page token,
         which would not expire, cannot serve a hashtag source; `reconnect_by` tells `status` the end.
         """
-        long_lived = meta.long_lived_user_token(token, settings, http_client, platform="instagram")
+        app = cls.settings_of(settings)
+        long_lived = meta.long_lived_user_token(token, app, http_client, platform="instagram")
         options = source.config.get("options") or {}
-        _look_up_account(long_lived, options, settings.instagram_api_url, http_client)
+        _look_up_account(long_lived, options, app.url("instagram", "api"), http_client)
         return long_lived
 
-    @classmethod
-    def reconnect_advice(cls, source_id: int) -> str:
-        return f"reconnect: slsync connect {source_id} (Meta's user tokens last about 60 days)"
-
-    @classmethod
-    def check_config(cls, config: Mapping[str, Any]) -> None:
-        build_streams(config)
-
-    def streams(self) -> list[str]:
-        self._streams = {stream.name: stream for stream in build_streams(self.source.config)}
+    def streams(self) -> dict[str, Stream]:
         self._paths: dict[str, str | None] = {}
         self._account_cache: Account | None = None
-        return list(self._streams)
+        return {stream.name: stream for stream in build_streams(self.source.config)}
 
     @property
     def _overlap(self) -> timedelta:
@@ -311,12 +299,12 @@ class InstagramConnector(PagedConnector):
     def begin(self, stream: str, stored: Any, since: datetime | None) -> str:
         now, known = self.context.now(), parse_time(stored)
         bound = since or (known - self._overlap if known else now - BACKFILL)
-        if self._streams[stream].hashtag is not None:
+        if self.plan[stream].hashtag is not None:
             bound = max(bound, now - RECENT_MEDIA_REACH - self._overlap)
         return _iso(bound)
 
     def fetch(self, walk: Walk) -> Fetched:
-        stream, now = self._streams[walk.stream], self.context.now()
+        stream, now = self.plan[walk.stream], self.context.now()
         if walk.stream not in self._paths:
             self._paths[walk.stream] = self._path(stream)
         path = self._paths[walk.stream]
@@ -379,9 +367,7 @@ class InstagramConnector(PagedConnector):
     # --- calls ------------------------------------------------------------------------------------
 
     def _get(self, path: str, params: Mapping[str, str]) -> tuple[dict[str, Any], RateLimit | None]:
-        settings = self.context.settings
-        assert settings is not None
-        url = settings.instagram_api_url.rstrip("/") + path
+        url = self.settings.url("instagram", "api").rstrip("/") + path
         answer = meta.graph_get(self, url, params)
         if answer.limits is not None:
             self._last_limits = answer.limits

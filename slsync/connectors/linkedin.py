@@ -30,16 +30,18 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
+from pydantic import Field, SecretStr
 
 from slsync import http
 from slsync.auth import OAuthApp
-from slsync.connectors.base import Connector
+from slsync.config import PlatformSettings
+from slsync.connectors.base import Connector, CursorDoc, oauth_app
 from slsync.connectors.fields import has_word, normalize_each
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import text as _text
 from slsync.connectors.paging import Walk, check_loop
-from slsync.errors import AuthError, Fatal, RateLimited, UsageError
+from slsync.errors import AuthError, Fatal, RateLimited
 from slsync.models import Mention, Page
 
 if TYPE_CHECKING:
@@ -259,11 +261,34 @@ class AccessDenied(AuthError):
     """HTTP 403: the member is not an administrator of the organization, or the app lacks the product."""
 
 
+class LinkedInSettings(PlatformSettings):
+    """LinkedIn Community Management API: an app's OAuth client, and the API version (LinkedIn-Version: YYYYMM)."""
+
+    client_id: str | None = Field(None, validation_alias="LINKEDIN_CLIENT_ID")
+    client_secret: SecretStr | None = Field(None, validation_alias="LINKEDIN_CLIENT_SECRET")
+    oauth_callback: str | None = Field(None, validation_alias="LINKEDIN_OAUTH_CALLBACK")
+    api_url: str = Field("https://api.linkedin.com/rest", validation_alias="SLSYNC_LINKEDIN_API_URL")
+    authorize_url: str = Field(
+        "https://www.linkedin.com/oauth/v2/authorization", validation_alias="SLSYNC_LINKEDIN_AUTHORIZE_URL"
+    )
+    token_url: str = Field(
+        "https://www.linkedin.com/oauth/v2/accessToken", validation_alias="SLSYNC_LINKEDIN_TOKEN_URL"
+    )
+    version: str = Field("202609", pattern=r"^\d{6}$", validation_alias="SLSYNC_LINKEDIN_VERSION")
+
+
 # --- the connector --------------------------------------------------------------------------------
 
 
 class LinkedInConnector(Connector):
     platform = "linkedin"
+    settings_model = LinkedInSettings
+    reconnect = "reconnect as an administrator of the organization: slsync connect {source_id}"
+    requires = {"organization": "a LinkedIn source names its organization: --option organization=ID"}
+    refuses = {
+        "mentions": "LinkedIn sources listen to one organization (--option organization=ID); --mention has no meaning",
+        "languages": "LinkedIn notifications carry no language, so --language cannot be applied",
+    }
     title = PLATFORM
     connection_type = "user"
     needs_search_terms = False
@@ -272,20 +297,8 @@ class LinkedInConnector(Connector):
 
     @classmethod
     def oauth_app(cls, settings: Settings) -> OAuthApp:
-        return OAuthApp(
-            authorize_url=settings.linkedin_authorize_url,
-            token_url=settings.linkedin_token_url,
-            client_id=settings.linkedin_client_id,
-            client_secret=settings.linkedin_client_secret,
-            scopes=SCOPES,
-            redirect_uri=settings.linkedin_oauth_callback,
-            client_id_setting="LINKEDIN_CLIENT_ID",
-            client_secret_setting="LINKEDIN_CLIENT_SECRET",
-            redirect_uri_setting="LINKEDIN_OAUTH_CALLBACK",
-            client_auth="form",
-            # LinkedIn turns PKCE on per app only on request; the web flow binds the code with the secret
-            pkce=False,
-        )
+        # LinkedIn turns PKCE on per app only on request; the web flow binds the code with the secret
+        return oauth_app(cls.settings_of(settings), SCOPES, client_auth="form", pkce=False)
 
     @classmethod
     def after_connect(cls, token: Token, source: Source, settings: Settings, http: httpx.Client) -> Token:
@@ -298,28 +311,7 @@ class LinkedInConnector(Connector):
             )
         return token
 
-    @classmethod
-    def reconnect_advice(cls, source_id: int) -> str:
-        return f"reconnect as an administrator of the organization: slsync connect {source_id}"
-
-    @classmethod
-    def check_config(cls, config: Mapping[str, Any]) -> None:
-        if not _dict(config.get("options")).get("organization"):
-            raise UsageError("a LinkedIn source names its organization: --option organization=ID")
-        if config.get("mentions"):
-            raise UsageError(
-                "LinkedIn sources listen to one organization (--option organization=ID); --mention has no meaning"
-            )
-        if config.get("languages"):
-            raise UsageError("LinkedIn notifications carry no language, so --language cannot be applied")
-
-    def pages(
-        self,
-        cursor: Mapping[str, Any] | None,
-        *,
-        since: datetime | None,
-        resume: Mapping[str, Any] | None,
-    ) -> Iterator[Page]:
+    def pages(self, cursor: CursorDoc, *, since: datetime | None, resume: CursorDoc) -> Iterator[Page]:
         now = self.context.now()
         organization = str(self.source.config["options"]["organization"])
         wanted, exclude = _filters(self.source.config)
@@ -400,14 +392,13 @@ class LinkedInConnector(Connector):
         return found
 
     def _get(self, path: str, query: str) -> Any:
-        settings = self.context.settings
-        assert settings is not None
-        url = settings.linkedin_api_url.rstrip("/") + path + "?" + query
-        headers = {"LinkedIn-Version": settings.linkedin_version, "X-Restli-Protocol-Version": RESTLI_PROTOCOL,
+        settings = self.settings
+        url = settings.api_url.rstrip("/") + path + "?" + query
+        headers = {"LinkedIn-Version": settings.version, "X-Restli-Protocol-Version": RESTLI_PROTOCOL,
                    "Accept": "application/json"}  # fmt: skip
         # no read_limits: a 429 means a daily limit, never one to wait out inside a run
         response, _ = self.call("GET", url, headers=headers)
-        self._raise_for_error(response, settings.linkedin_version)
+        self._raise_for_error(response, settings.version)
         return http.decode_json(response, PLATFORM)
 
     def _raise_for_error(self, response: httpx.Response, version: str) -> None:

@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
+from pydantic import Field, SecretStr
 
 from slsync import http
+from slsync.config import PlatformSettings
 from slsync.connectors.base import flag
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
@@ -354,6 +356,16 @@ def normalize_page(body: Any, instance_host: str | None = None) -> tuple[list[Me
     return list(unique.values()), errors
 
 
+class MastodonSettings(PlatformSettings):
+    """Mastodon: each source names its instance; an optional access token, sent to its own instance only."""
+
+    access_token: SecretStr | None = Field(None, validation_alias="MASTODON_ACCESS_TOKEN")
+    # the instance that issued the token: it is sent to that instance's sources and to no other server
+    token_instance: str | None = Field(None, validation_alias="MASTODON_TOKEN_INSTANCE")
+    # when set, replaces every source's instance (tests, proxies)
+    api_url: str | None = Field(None, validation_alias="SLSYNC_MASTODON_API_URL")
+
+
 # --- credentials ----------------------------------------------------------------------------------
 
 
@@ -386,6 +398,11 @@ def _instance_host(source: Source) -> str:
 
 class MastodonConnector(PagedConnector):
     platform = "mastodon"
+    settings_model = MastodonSettings
+    reconnect = (
+        "set MASTODON_ACCESS_TOKEN to an access token of the source's instance (scopes read:statuses "
+        "read:search), then: slsync sync source {source_id}"
+    )
     title = PLATFORM
     order = int
     connection_type = "app"
@@ -395,19 +412,13 @@ class MastodonConnector(PagedConnector):
     def app_credentials(cls, source: Source, settings: Settings) -> MastodonCredentials:
         anonymous = bool(_dict(source.config.get("options")).get("anonymous"))
         host = _instance_host(source)
-        token = None if anonymous else settings.mastodon_access_token
+        account = cls.settings_of(settings)
+        token = None if anonymous else account.access_token
         # A token belongs to the instance that issued it: never hand it to another instance's server.
-        owner = urlsplit(settings.mastodon_token_instance or "").netloc.lower()
+        owner = urlsplit(account.token_instance or "").netloc.lower()
         if token is not None and owner != host.lower():
             token = None
         return MastodonCredentials(host, token)
-
-    @classmethod
-    def reconnect_advice(cls, source_id: int) -> str:
-        return (
-            "set MASTODON_ACCESS_TOKEN to an access token of the source's instance (scopes read:statuses "
-            f"read:search), then: slsync sync source {source_id}"
-        )
 
     @classmethod
     def check_config(cls, config: Mapping[str, Any]) -> None:
@@ -506,9 +517,8 @@ class MastodonConnector(PagedConnector):
         return body, limits, ids, offset if more else None
 
     def _get(self, path: str, params: dict[str, str]) -> tuple[httpx.Response, RateLimit | None]:
-        settings = self.context.settings
         instance = _dict(self.source.config.get("options")).get("instance")
-        base = (settings.mastodon_api_url if settings and settings.mastodon_api_url else instance) or ""
+        base = self.settings.api_url or instance or ""
         token = self.context.credentials.access_token()
         # a token that is refused is not renewed: the call answers as it stands (see _raise_for_status)
         headers = {"Authorization": f"Bearer {token}"} if token else {}

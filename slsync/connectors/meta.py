@@ -18,16 +18,18 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
+from pydantic import Field, SecretStr
 
 from slsync import http
 from slsync.auth import BearerAuth, OAuthApp
+from slsync.config import PlatformSettings
+from slsync.connectors import base
 from slsync.connectors.fields import mapping, text
 from slsync.errors import AuthError, Fatal, RateLimited, Retriable, UsageError
 from slsync.models import RateLimit
 from slsync.tokens import Token
 
 if TYPE_CHECKING:
-    from slsync.config import Settings
     from slsync.connectors.base import Connector
 
 log = logging.getLogger("slsync.meta")
@@ -58,37 +60,51 @@ def title(platform: str) -> str:
 # --- the app and its tokens -----------------------------------------------------------------------
 
 
-def oauth_app(settings: Settings, *, platform: str, scopes: tuple[str, ...]) -> OAuthApp:
+GRAPH = "https://graph.facebook.com/v23.0"
+DIALOG = "https://www.facebook.com/v23.0/dialog/oauth"
+
+
+class MetaSettings(PlatformSettings):
+    """The one Meta app (Facebook Login) that Facebook and Instagram sources connect through, and each
+    platform's Graph API and Facebook Login endpoints (the API version is part of the URL)."""
+
+    client_id: str | None = Field(None, validation_alias="FACEBOOK_APP_ID")
+    client_secret: SecretStr | None = Field(None, validation_alias="FACEBOOK_APP_SECRET")
+    oauth_callback: str | None = Field(None, validation_alias="FACEBOOK_OAUTH_CALLBACK")
+    facebook_api_url: str = Field(GRAPH, validation_alias="SLSYNC_FACEBOOK_API_URL")
+    facebook_authorize_url: str = Field(DIALOG, validation_alias="SLSYNC_FACEBOOK_AUTHORIZE_URL")
+    facebook_token_url: str = Field(f"{GRAPH}/oauth/access_token", validation_alias="SLSYNC_FACEBOOK_TOKEN_URL")
+    instagram_api_url: str = Field(GRAPH, validation_alias="SLSYNC_INSTAGRAM_API_URL")
+    instagram_authorize_url: str = Field(DIALOG, validation_alias="SLSYNC_INSTAGRAM_AUTHORIZE_URL")
+    instagram_token_url: str = Field(f"{GRAPH}/oauth/access_token", validation_alias="SLSYNC_INSTAGRAM_TOKEN_URL")
+
+    def url(self, platform: str, which: str) -> str:
+        """A platform's `api`, `authorize` or `token` endpoint."""
+        return str(getattr(self, f"{platform}_{which}_url"))
+
+
+def oauth_app(settings: MetaSettings, *, platform: str, scopes: tuple[str, ...]) -> OAuthApp:
     """The Facebook Login dialog for `slsync connect`; the token endpoint is read with GET, secret in the query."""
-    return OAuthApp(
-        authorize_url=getattr(settings, f"{platform}_authorize_url"),
-        token_url=getattr(settings, f"{platform}_token_url"),
-        client_id=settings.facebook_app_id,
-        client_secret=settings.facebook_app_secret,
-        scopes=scopes,
-        redirect_uri=settings.facebook_oauth_callback,
-        client_id_setting="FACEBOOK_APP_ID",
-        client_secret_setting="FACEBOOK_APP_SECRET",
-        redirect_uri_setting="FACEBOOK_OAUTH_CALLBACK",
-        client_auth="form",
-        token_method="GET",
+    authorize_url, token_url = settings.url(platform, "authorize"), settings.url(platform, "token")
+    return base.oauth_app(
+        settings, scopes, authorize_url=authorize_url, token_url=token_url, client_auth="form", token_method="GET"
     )
 
 
-def long_lived_user_token(token: Token, settings: Settings, client: httpx.Client, *, platform: str) -> Token:
+def long_lived_user_token(token: Token, settings: MetaSettings, client: httpx.Client, *, platform: str) -> Token:
     """Swap the short-lived user token of the code exchange (about an hour) for a long-lived one (about
     60 days): a page token made from a long-lived user token does not expire."""
     name = title(platform)
-    if not settings.facebook_app_id or settings.facebook_app_secret is None:
+    if not settings.client_id or settings.client_secret is None:
         raise UsageError("FACEBOOK_APP_ID and FACEBOOK_APP_SECRET must both be set to connect a Meta source")
     params = {
         "grant_type": "fb_exchange_token",
-        "client_id": settings.facebook_app_id,
-        "client_secret": settings.facebook_app_secret.get_secret_value(),
+        "client_id": settings.client_id,
+        "client_secret": settings.client_secret.get_secret_value(),
         "fb_exchange_token": token.access_token,
     }
     requested_at = datetime.now(UTC)
-    response = _plain_get(client, getattr(settings, f"{platform}_token_url"), f"{name} token endpoint", params=params)
+    response = _plain_get(client, settings.url(platform, "token"), f"{name} token endpoint", params=params)
     if response.status_code >= 400:
         error = read_error(response, secrets=(token.access_token, params["client_secret"]))
         if response.status_code >= 500 or error.transient:
@@ -354,14 +370,3 @@ def next_params(body: Mapping[str, Any]) -> dict[str, str] | None:
             return None
         query["after"] = after
     return {str(k): str(v) for k, v in query.items()}
-
-
-def parse_time(value: Any) -> datetime | None:
-    """Graph times look like 2021-07-09T19:09:52+0000; None for anything else."""
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

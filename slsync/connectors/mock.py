@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from slsync.connectors.base import Connector
+from slsync.connectors.base import Connector, CursorDoc
 from slsync.errors import AuthError, Fatal, RateLimited, Retriable
 from slsync.models import Mention, Page, RateLimit
 
@@ -183,13 +183,7 @@ class MockConnector(Connector):
     connection_type = "none"
     options = {"page_delay": _non_negative_float, "fail_after_page": _page_number, "fail_with": _failure_kind}
 
-    def pages(
-        self,
-        cursor: Mapping[str, Any] | None,
-        *,
-        since: datetime | None,
-        resume: Mapping[str, Any] | None,
-    ) -> Iterator[Page]:
+    def pages(self, cursor: CursorDoc, *, since: datetime | None, resume: CursorDoc) -> Iterator[Page]:
         source_id = self.source.id
         options = self.source.config.get("options") or {}
         term = search_term(self.source.config)

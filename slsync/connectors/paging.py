@@ -25,11 +25,11 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
-from slsync.connectors.base import Connector
-from slsync.connectors.fields import mapping
+from slsync.connectors.base import Connector, CursorDoc
+from slsync.connectors.fields import iso_time, mapping
 from slsync.errors import Fatal
 from slsync.models import Mention, Page, RateLimit
 
@@ -147,15 +147,19 @@ class PagedConnector(Connector):
 
     # orders bound values (ids, times) so that the engine can keep the newest
     order: ClassVar[Callable[[Any], Any]] = str
+    # how far back a time-bounded stream never read begins
+    backfill: ClassVar[timedelta] = timedelta(days=7)
 
     @abstractmethod
-    def streams(self) -> list[str]:
-        """The source's streams, in the order a run reads them (raise here what makes the run impossible)."""
+    def streams(self) -> list[str] | Mapping[str, Any]:
+        """The source's streams, in the order a run reads them: their names, or each name with what the
+        connector needs to fetch it (kept in `self.plan`). Raise here what makes the run impossible."""
 
-    @abstractmethod
     def begin(self, stream: str, stored: Any, since: datetime | None) -> Any:
         """The bound a fresh pass over `stream` asks from: `since` when given, else from `stored` (the bound
-        the last finished pass left, None for a stream never read)."""
+        the last finished pass left, None for a stream never read). By default a time: `backfill` back from
+        now for a stream never read, kept as `time_text` writes it."""
+        return self.time_text(self.time_bound(since, stored, self.backfill))
 
     @abstractmethod
     def fetch(self, walk: Walk) -> Fetched:
@@ -177,21 +181,25 @@ class PagedConnector(Connector):
         """Connector-owned parts to keep in every cursor written."""
         return {}
 
+    def time_bound(self, since: datetime | None, stored: Any, back: timedelta | None = None) -> datetime:
+        """A time bound: `since`, else the stored one, else `back` (the backfill) from now."""
+        return since or iso_time(stored) or self.context.now() - (back or self.backfill)
+
+    def time_text(self, moment: datetime) -> str:
+        """A time bound as the cursor keeps it (and most APIs take it): ISO 8601 to the second, in UTC."""
+        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
     def newest(self, *values: Any) -> Any:
         return max((v for v in values if v is not None), key=type(self).order, default=None)
 
-    def pages(
-        self,
-        cursor: Mapping[str, Any] | None,
-        *,
-        since: datetime | None,
-        resume: Mapping[str, Any] | None,
-    ) -> Iterator[Page]:
+    def pages(self, cursor: CursorDoc, *, since: datetime | None, resume: CursorDoc) -> Iterator[Page]:
         self.cursor = state = self.read(resume) if resume else self.read(cursor)
         bounds = dict(state.streams)
         # an interrupted run's own reach (first sync, --since) holds for the streams it had not finished
         kept = state.since if resume and since is None else None
-        streams = self.streams()
+        planned = self.streams()
+        self.plan = dict(planned) if isinstance(planned, Mapping) else {name: name for name in planned}
+        streams = list(self.plan)
         active = state.active if resume else None
         if active is not None and active.stream in streams and self.resumable(active):
             streams.insert(0, streams.pop(streams.index(active.stream)))  # the interrupted stream first

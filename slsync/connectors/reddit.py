@@ -19,8 +19,11 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field, SecretStr
+
 from slsync import http
 from slsync.auth import ClientCredentials, granted_token
+from slsync.config import PlatformSettings
 from slsync.connectors.base import whole_number
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
@@ -295,8 +298,8 @@ def _after(now: datetime, seconds: float) -> datetime:
 # --- credentials ----------------------------------------------------------------------------------
 
 
-def require_user_agent(settings: Settings) -> str:
-    agent = (settings.reddit_user_agent or "").strip()
+def require_user_agent(settings: RedditSettings) -> str:
+    agent = (settings.user_agent or "").strip()
     if not agent:
         raise AuthError(
             "REDDIT_USER_AGENT is not set: Reddit requires a unique user agent on every call, "
@@ -317,17 +320,18 @@ class RedditAppCredentials(ClientCredentials):
         settings: Settings,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self._platform = settings.of(RedditSettings)
         super().__init__(f"reddit:app:{hashlib.sha256(client_id.encode()).hexdigest()[:16]}", now)
         self._client_id = client_id
         self._secret = client_secret
         self._settings = settings
 
     def grant(self) -> tuple[str, float | None]:
-        agent = require_user_agent(self._settings)
+        agent = require_user_agent(self._platform)
         where = f"{PLATFORM} token endpoint"
         with http.client(timeout=self._settings.http_timeout_seconds) as client:
             response = http.send(
-                client, "POST", self._settings.reddit_token_url, platform=where,
+                client, "POST", self._platform.token_url, platform=where,
                 data={"grant_type": "client_credentials"},
                 auth=(self._client_id, self._secret.get_secret_value()),
                 headers={"User-Agent": agent, "Accept": "application/json"},
@@ -342,9 +346,17 @@ class RedditAppCredentials(ClientCredentials):
         if isinstance(doc, dict) and doc.get("error") is not None:  # some refusals come as 200 with an error
             reason = str(doc.get("error"))[:80]
             raise AuthError(f"{PLATFORM} refused the client-credentials grant ({reason}); {check}")
-        granted = granted_token(doc, where)
-        log.info("fetched a Reddit app token", extra={"event": "token_fetched"})
-        return granted
+        return granted_token(doc, where)
+
+
+class RedditSettings(PlatformSettings):
+    """Reddit: app-only OAuth (client credentials); Reddit requires a unique user agent on every call."""
+
+    client_id: str | None = Field(None, validation_alias="REDDIT_CLIENT_ID")
+    client_secret: SecretStr | None = Field(None, validation_alias="REDDIT_CLIENT_SECRET")
+    user_agent: str | None = Field(None, validation_alias="REDDIT_USER_AGENT")
+    api_url: str = Field("https://oauth.reddit.com", validation_alias="SLSYNC_REDDIT_API_URL")
+    token_url: str = Field("https://www.reddit.com/api/v1/access_token", validation_alias="SLSYNC_REDDIT_TOKEN_URL")
 
 
 # --- the connector --------------------------------------------------------------------------------
@@ -352,6 +364,12 @@ class RedditAppCredentials(ClientCredentials):
 
 class RedditConnector(PagedConnector):
     platform = "reddit"
+    settings_model = RedditSettings
+    builds = staticmethod(build_query)
+    reconnect = (
+        "set REDDIT_CLIENT_ID, REDDIT_CLIENT_SECRET and REDDIT_USER_AGENT (a Reddit app of type script), "
+        "then: slsync sync source {source_id}"
+    )
     title = PLATFORM
     order = staticmethod(lambda mark: mark["created_utc"])
     connection_type = "app"
@@ -361,25 +379,13 @@ class RedditConnector(PagedConnector):
 
     @classmethod
     def app_credentials(cls, source: Source, settings: Settings) -> RedditAppCredentials | None:
-        if not settings.reddit_client_id or settings.reddit_client_secret is None:
+        app = cls.settings_of(settings)
+        if not app.client_id or app.client_secret is None:
             return None
-        return RedditAppCredentials(settings.reddit_client_id, settings.reddit_client_secret, settings)
-
-    @classmethod
-    def reconnect_advice(cls, source_id: int) -> str:
-        return (
-            "set REDDIT_CLIENT_ID, REDDIT_CLIENT_SECRET and REDDIT_USER_AGENT (a Reddit app of type script), "
-            f"then: slsync sync source {source_id}"
-        )
-
-    @classmethod
-    def check_config(cls, config: Mapping[str, Any]) -> None:
-        build_query(config)
+        return RedditAppCredentials(app.client_id, app.client_secret, settings)
 
     def streams(self) -> list[str]:
-        settings = self.context.settings
-        assert settings is not None
-        self._agent = require_user_agent(settings)  # before any call, token calls included
+        self._agent = require_user_agent(self.settings)  # before any call, token calls included
         return [STREAM]
 
     def begin(self, stream: str, stored: Any, since: datetime | None) -> dict[str, Any]:
@@ -447,7 +453,7 @@ class RedditConnector(PagedConnector):
             params["restrict_sr"] = "1"
         if after:
             params["after"] = after
-        url = self.context.settings.reddit_api_url.rstrip("/") + path  # type: ignore[union-attr]
+        url = self.settings.api_url.rstrip("/") + path
         # Reddit's -reset is seconds from now, not an epoch time: its own reader
         response, limits = self.call(
             "GET", url, read_limits=lambda headers: rate_limit(headers, self.context.now()), params=params,

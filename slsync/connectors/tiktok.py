@@ -39,10 +39,12 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from pydantic import Field, SecretStr
 
 from slsync import http
 from slsync.auth import BearerAuth, ClientCredentials, Credentials, granted_token
-from slsync.connectors.base import Connector, whole_number
+from slsync.config import PlatformSettings
+from slsync.connectors.base import Connector, CursorDoc, whole_number
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
@@ -294,10 +296,7 @@ class ApiError:
 
 
 def read_error(response: httpx.Response) -> ApiError:
-    try:
-        error = _dict(_dict(http.decode_json(response, PLATFORM)).get("error"))
-    except Fatal:
-        error = {}
+    error = http.error_object(response)
     code = error.get("code") if isinstance(error.get("code"), str) else ""
     message = error.get("message") if isinstance(error.get("message"), str) else ""
     return ApiError(code[:60], " ".join(message.split())[:200])
@@ -337,6 +336,7 @@ class TikTokAppCredentials(ClientCredentials):
         settings: Settings,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self._token_url = settings.of(TikTokSettings).token_url
         super().__init__(f"tiktok:app:{key_digest(client_key)}", now)
         self._client_key = client_key
         self._secret = client_secret
@@ -347,7 +347,7 @@ class TikTokAppCredentials(ClientCredentials):
         check = "check TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET (the research client of an approved project)"
         with http.client(timeout=self._settings.http_timeout_seconds) as client:
             response = http.send(
-                client, "POST", self._settings.tiktok_token_url, platform=where,
+                client, "POST", self._token_url, platform=where,
                 data={
                     "client_key": self._client_key, "client_secret": self._secret.get_secret_value(),
                     "grant_type": "client_credentials",
@@ -370,9 +370,18 @@ class TikTokAppCredentials(ClientCredentials):
         http.raise_for_status(response, where)
         if reason:  # TikTok's OAuth errors carry {"error", "error_description", "log_id"}
             raise Fatal(f"{PLATFORM} refused the client-credentials grant ({detail})")
-        granted = granted_token(doc, where)
-        log.info("fetched a TikTok client access token", extra={"event": "token_fetched"})
-        return granted
+        return granted_token(doc, where)
+
+
+class TikTokSettings(PlatformSettings):
+    """TikTok Research API: client credentials; daily limits per client as TikTok granted them."""
+
+    client_key: str | None = Field(None, validation_alias="TIKTOK_CLIENT_KEY")
+    client_secret: SecretStr | None = Field(None, validation_alias="TIKTOK_CLIENT_SECRET")
+    api_url: str = Field("https://open.tiktokapis.com/v2", validation_alias="SLSYNC_TIKTOK_API_URL")
+    token_url: str = Field("https://open.tiktokapis.com/v2/oauth/token/", validation_alias="SLSYNC_TIKTOK_TOKEN_URL")
+    daily_requests: int = Field(1_000, ge=1, validation_alias="SLSYNC_TIKTOK_DAILY_REQUESTS")
+    daily_records: int = Field(100_000, ge=1, validation_alias="SLSYNC_TIKTOK_DAILY_RECORDS")
 
 
 # --- the connector --------------------------------------------------------------------------------
@@ -410,6 +419,12 @@ def _refused_token(response: httpx.Response) -> bool:
 
 class TikTokConnector(Connector):
     platform = "tiktok"
+    settings_model = TikTokSettings
+    builds = staticmethod(build_query)
+    reconnect = (
+        "set TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET (the research client of an approved Research API "
+        "project), then: slsync sync source {source_id}"
+    )
     title = PLATFORM
     connection_type = "app"
     options = {
@@ -424,28 +439,12 @@ class TikTokConnector(Connector):
 
     @classmethod
     def app_credentials(cls, source: Source, settings: Settings) -> TikTokAppCredentials | None:
-        if not settings.tiktok_client_key or settings.tiktok_client_secret is None:
+        app = cls.settings_of(settings)
+        if not app.client_key or app.client_secret is None:
             return None
-        return TikTokAppCredentials(settings.tiktok_client_key, settings.tiktok_client_secret, settings)
+        return TikTokAppCredentials(app.client_key, app.client_secret, settings)
 
-    @classmethod
-    def reconnect_advice(cls, source_id: int) -> str:
-        return (
-            "set TIKTOK_CLIENT_KEY and TIKTOK_CLIENT_SECRET (the research client of an approved Research API "
-            f"project), then: slsync sync source {source_id}"
-        )
-
-    @classmethod
-    def check_config(cls, config: Mapping[str, Any]) -> None:
-        build_query(config)
-
-    def pages(
-        self,
-        cursor: Mapping[str, Any] | None,
-        *,
-        since: datetime | None,
-        resume: Mapping[str, Any] | None,
-    ) -> Iterator[Page]:
+    def pages(self, cursor: CursorDoc, *, since: datetime | None, resume: CursorDoc) -> Iterator[Page]:
         now = self.context.now()
         today = now.astimezone(UTC).date()
         query = build_query(self.source.config)
@@ -464,7 +463,7 @@ class TikTokConnector(Connector):
             read = _read_videos(phase.get("read"))
             if not queue:  # nothing usable left to read: end the run on the day it had reached
                 yield Page(mentions=(), cursor=_final_state(reached, newest, read))
-            yield from self._comment_pages(through, newest, digest, reached, queue, offset, read)
+            yield from self._comment_pages(_CommentPhase(through, newest, digest, reached, queue, offset, read))
             return
 
         active = _dict(_dict(resume).get("active"))
@@ -514,14 +513,14 @@ class TikTokConnector(Connector):
                     state = in_flight(spans[number + 1][0], 0, None)
                 elif chosen:
                     # the videos are saved with this page; the comments follow, and a resume starts there
-                    state = _comment_state(through, newest, digest, end, chosen, 0, read)
+                    state = _CommentPhase(through, newest, digest, end, chosen, 0, read).cursor()
                 else:
                     state = _final_state(end, newest, read if wanted else None)
                 yield Page(mentions=tuple(mentions), cursor=state, rate_limit=limits, errors=errors)
                 if not more:
                     break
         if chosen:
-            yield from self._comment_pages(through, newest, digest, end, chosen, 0, read)
+            yield from self._comment_pages(_CommentPhase(through, newest, digest, end, chosen, 0, read))
 
     def _span(self, through: date | None, since: datetime | None, today: date) -> date:
         """The first day this run asks for: `since`'s day, else the last day reached less the overlap."""
@@ -535,23 +534,14 @@ class TikTokConnector(Connector):
 
     # --- comments ---------------------------------------------------------------------------------
 
-    def _comment_pages(
-        self,
-        through: date | None,
-        newest: str | None,
-        digest: str,
-        reached: date,
-        queue: list[dict[str, Any]],
-        offset: int,
-        read: dict[str, list[Any]],
-    ) -> Iterator[Page]:
+    def _comment_pages(self, phase: _CommentPhase) -> Iterator[Page]:
         """The comments of the chosen videos, newest video first, one page per call (an empty page for a
         video that was skipped, so that a resume does not ask for it again)."""
         failing_before = False
-        while queue:
-            video = queue[0]
+        while phase.queue:
+            video = phase.queue[0]
             try:
-                body, limits = self._list_comments(video["id"], offset)
+                body, limits = self._list_comments(video["id"], phase.offset)
             except _Unreadable as exc:
                 if exc.failing and failing_before:
                     raise Retriable(f"{PLATFORM} failed on the comments of two videos in a row ({exc})") from None
@@ -559,30 +549,22 @@ class TikTokConnector(Connector):
                 log.warning(
                     "skipped the comments of TikTok video %s: %s", video["id"], exc, extra={"event": "comments_skipped"}
                 )
-                if not exc.failing:  # refused for this video: not asked again until its comment_count grows
-                    read[video["id"]] = [video["count"], video["at"]]
-                queue, offset = queue[1:], 0
-                state = _comment_state(through, newest, digest, reached, queue, 0, read) if queue else None
-                yield Page(mentions=(), cursor=state or _final_state(reached, newest, read), rate_limit=exc.limits)
+                phase.done(video, read=not exc.failing)  # refused for this video: not asked again until it grows
+                yield Page(mentions=(), cursor=phase.cursor(), rate_limit=exc.limits)
                 continue
             failing_before = False
             mentions, errors = normalize_comments_page(body, video.get("url"))
             data = _dict(body.get("data"))
             next_offset = data.get("cursor")
-            more = data.get("has_more") is True and _whole(next_offset) and next_offset > offset
+            more = data.get("has_more") is True and _whole(next_offset) and next_offset > phase.offset
             if more and next_offset >= COMMENT_CURSOR_END:
                 log.info("TikTok serves only the first %d comments of video %s", COMMENT_CURSOR_END, video["id"])
                 more = False
             if more:
-                offset = int(next_offset)
+                phase.offset = int(next_offset)
             else:
-                read[video["id"]] = [video["count"], video["at"]]
-                queue, offset = queue[1:], 0
-            state = _comment_state(through, newest, digest, reached, queue, offset, read) if queue else None
-            yield Page(
-                mentions=tuple(mentions), cursor=state or _final_state(reached, newest, read), rate_limit=limits,
-                errors=errors,
-            )  # fmt: skip
+                phase.done(video, read=True)
+            yield Page(mentions=tuple(mentions), cursor=phase.cursor(), rate_limit=limits, errors=errors)
 
     def _list_comments(self, video_id: str, offset: int) -> tuple[dict[str, Any], RateLimit]:
         body = {"video_id": int(video_id), "max_count": PAGE_SIZE, "cursor": offset}
@@ -618,13 +600,12 @@ class TikTokConnector(Connector):
         """One call under the daily ledger: a request unit and max_count records are taken before it (none of
         it is sent when they do not fit), each retry takes one more request unit (see _Meter), and the records
         that did not come are given back afterwards."""
-        settings = self.context.settings
-        assert settings is not None
+        settings = self.settings
         credentials = self.context.credentials
         digest = credentials.key.rsplit(":", 1)[-1]  # tiktok:app:<digest of the client key>
         requests_key, records_key = f"tiktok:requests:{digest}", f"tiktok:records:{digest}"
-        daily_requests, daily_records = settings.tiktok_daily_requests, settings.tiktok_daily_records
-        url = settings.tiktok_api_url.rstrip("/") + path
+        daily_requests, daily_records = settings.daily_requests, settings.daily_records
+        url = settings.api_url.rstrip("/") + path
 
         first = self._spend_request(requests_key, daily_requests)
         day = self._reserve_records(requests_key, records_key, daily_requests, daily_records)
@@ -693,13 +674,12 @@ class TikTokConnector(Connector):
             return
         release(0)  # before a spent quota is marked below, not after
         detail = f"HTTP {status} {error.code or 'no code'}: {error.message or response.reason_phrase}"
-        settings = self.context.settings
-        assert settings is not None
+        settings = self.settings
         if error.code in QUOTA_CODES or (status == 429 and "quota" in error.message.lower()):
             # TikTok counted otherwise (another program on this client, or a lower grant): believe it
             day, reset_at = quota_day(self.context.now())
-            self.context.quota.exhaust(f"tiktok:requests:{digest}", settings.tiktok_daily_requests, day)
-            self.context.quota.exhaust(f"tiktok:records:{digest}", settings.tiktok_daily_records, day)
+            self.context.quota.exhaust(f"tiktok:requests:{digest}", settings.daily_requests, day)
+            self.context.quota.exhaust(f"tiktok:records:{digest}", settings.daily_records, day)
             raise RateLimited(f"{PLATFORM} daily quota spent until {_utc(reset_at)} ({detail})", reset_at)
         if status == 429:
             wait = http.retry_after(response, self.context.now())
@@ -817,25 +797,37 @@ def _choose(
     return sorted(by_id.values(), key=lambda video: (video["at"], int(video["id"])), reverse=True)[:wanted]
 
 
-def _comment_state(
-    through: date | None,
-    newest: str | None,
-    digest: str,
-    reached: date,
-    queue: list[dict[str, Any]],
-    offset: int,
-    read: dict[str, list[Any]],
-) -> dict[str, Any]:
-    """The in-flight cursor of the comment phase: the committed day unchanged, the videos still to read (the
-    first from `cursor`), the day this run reached and what has been read."""
-    return {
-        "through": through.isoformat() if through else None,
-        "newest": newest,
-        "comments": {
-            "query": digest, "reached": reached.isoformat(), "queue": queue, "cursor": offset,
-            "read": _recent(read, reached),
-        },
-    }  # fmt: skip
+@dataclass
+class _CommentPhase:
+    """The comment phase of a run: the committed day and newest time (unchanged until the run ends), the query,
+    the day this run reached, the videos still to read (the first from `offset`) and what has been read."""
+
+    through: date | None
+    newest: str | None
+    digest: str
+    reached: date
+    queue: list[dict[str, Any]]
+    offset: int
+    read: dict[str, list[Any]]
+
+    def done(self, video: Mapping[str, Any], *, read: bool) -> None:
+        """On to the next video; `read`: remember this one's comment_count, so it is read again only once it grows."""
+        if read:
+            self.read[video["id"]] = [video["count"], video["at"]]
+        self.queue, self.offset = self.queue[1:], 0
+
+    def cursor(self) -> dict[str, Any]:
+        """In flight while videos are left; after the last, the cursor the next run starts from."""
+        if not self.queue:
+            return _final_state(self.reached, self.newest, self.read)
+        return {
+            "through": self.through.isoformat() if self.through else None,
+            "newest": self.newest,
+            "comments": {
+                "query": self.digest, "reached": self.reached.isoformat(), "queue": self.queue, "cursor": self.offset,
+                "read": _recent(self.read, self.reached),
+            },
+        }  # fmt: skip
 
 
 def _final_state(reached: date, newest: str | None, read: dict[str, list[Any]] | None) -> dict[str, Any]:

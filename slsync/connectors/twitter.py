@@ -12,8 +12,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field, SecretStr
+
 from slsync import http
 from slsync.auth import OAuthApp
+from slsync.config import PlatformSettings
+from slsync.connectors.base import oauth_app
 from slsync.connectors.fields import by_key as _by_key
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
@@ -25,8 +29,6 @@ from slsync.errors import Fatal, UsageError
 from slsync.models import Mention
 
 if TYPE_CHECKING:
-    from pydantic import SecretStr
-
     from slsync.config import Settings
 
 log = logging.getLogger("slsync.twitter")
@@ -215,6 +217,18 @@ def normalize_page(body: Any) -> tuple[list[Mention], int]:
     return mentions, errors + len(partial)
 
 
+class TwitterSettings(PlatformSettings):
+    """X: an app's OAuth 2.0 client (user tokens through `slsync connect`) or an app-only bearer token."""
+
+    client_id: str | None = Field(None, validation_alias="TWITTER_CLIENT_ID")
+    client_secret: SecretStr | None = Field(None, validation_alias="TWITTER_CLIENT_SECRET")
+    bearer_token: SecretStr | None = Field(None, validation_alias="TWITTER_BEARER_TOKEN")
+    oauth_callback: str | None = Field(None, validation_alias="TWITTER_OAUTH_CALLBACK")
+    api_url: str = Field("https://api.x.com/2", validation_alias="SLSYNC_TWITTER_API_URL")
+    authorize_url: str = Field("https://x.com/i/oauth2/authorize", validation_alias="SLSYNC_TWITTER_AUTHORIZE_URL")
+    token_url: str = Field("https://api.x.com/2/oauth2/token", validation_alias="SLSYNC_TWITTER_TOKEN_URL")
+
+
 # --- the connector --------------------------------------------------------------------------------
 
 
@@ -225,31 +239,17 @@ class TwitterConnector(PagedConnector):
     connection_type = "app"
     max_lookback = LOOKBACK
 
+    settings_model = TwitterSettings
+    builds = staticmethod(build_queries)
+    reconnect = "reconnect: slsync connect {source_id} (or set TWITTER_BEARER_TOKEN for app-only access)"
+
     @classmethod
     def oauth_app(cls, settings: Settings) -> OAuthApp:
-        return OAuthApp(
-            authorize_url=settings.twitter_authorize_url,
-            token_url=settings.twitter_token_url,
-            client_id=settings.twitter_client_id,
-            client_secret=settings.twitter_client_secret,
-            scopes=SCOPES,
-            redirect_uri=settings.twitter_oauth_callback,
-            client_id_setting="TWITTER_CLIENT_ID",
-            client_secret_setting="TWITTER_CLIENT_SECRET",
-            redirect_uri_setting="TWITTER_OAUTH_CALLBACK",
-        )
+        return oauth_app(cls.settings_of(settings), SCOPES)
 
     @classmethod
     def app_token(cls, settings: Settings) -> SecretStr | None:
-        return settings.twitter_bearer_token
-
-    @classmethod
-    def reconnect_advice(cls, source_id: int) -> str:
-        return f"reconnect: slsync connect {source_id} (or set TWITTER_BEARER_TOKEN for app-only access)"
-
-    @classmethod
-    def check_config(cls, config: Mapping[str, Any]) -> None:
-        build_queries(config)
+        return cls.settings_of(settings).bearer_token
 
     def streams(self) -> list[str]:
         return build_queries(self.source.config)
@@ -265,7 +265,7 @@ class TwitterConnector(PagedConnector):
         params = {"query": walk.stream, **SEARCH_PARAMS, **_dict(walk.bound)}
         if walk.token:
             params["next_token"] = walk.token
-        url = self.context.settings.twitter_api_url.rstrip("/") + "/tweets/search/recent"  # type: ignore[union-attr]
+        url = self.settings.api_url.rstrip("/") + "/tweets/search/recent"
         response, limits = self.call("GET", url, read_limits=READ_LIMITS, params=params)
         http.raise_for_status(response, "X", limits)
         body = http.decode_json(response, "X")

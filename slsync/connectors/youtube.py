@@ -25,15 +25,17 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
+from pydantic import Field, SecretStr
 
 from slsync import http
+from slsync.config import PlatformSettings
 from slsync.connectors.base import flag
 from slsync.connectors.fields import count_in_text as _int
-from slsync.connectors.fields import has_word, normalize_each
+from slsync.connectors.fields import has_word, normalize_each, path_match
+from slsync.connectors.fields import iso_time as parse_time
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import text as _text
@@ -241,16 +243,6 @@ def _record_id(value: Any) -> str:
     return value
 
 
-def parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def _published(snippet: Mapping[str, Any]) -> datetime:
     published = parse_time(snippet.get("publishedAt"))
     if published is None:
@@ -260,13 +252,7 @@ def _published(snippet: Mapping[str, Any]) -> datetime:
 
 def _handle(channel_url: Any) -> str | None:
     """The author's @handle from a channel URL such as https://www.youtube.com/@acme (without the @)."""
-    url = _text(channel_url)
-    if url is None:
-        return None
-    try:
-        match = _HANDLE_PATH.match(urlsplit(url).path)
-    except ValueError:
-        return None
+    match = path_match(channel_url, _HANDLE_PATH)
     return match.group(1) if match else None
 
 
@@ -359,10 +345,7 @@ class ApiError:
 
 
 def read_error(response: httpx.Response) -> ApiError:
-    try:
-        error = _dict(_dict(http.decode_json(response, PLATFORM)).get("error"))
-    except Fatal:
-        error = {}
+    error = http.error_object(response)
     reasons = {r for e in _list(error.get("errors")) if isinstance(r := _dict(e).get("reason"), str)}
     reasons |= {r for d in _list(error.get("details")) if isinstance(r := _dict(d).get("reason"), str)}
     domains = {d for e in _list(error.get("errors")) if isinstance(d := _dict(e).get("domain"), str)}
@@ -399,11 +382,25 @@ class ApiKey:
         raise AuthError("YouTube refused the API key")
 
 
+class YouTubeSettings(PlatformSettings):
+    """YouTube Data API v3: an API key, and its daily quota in units (10,000 unless Google granted more)."""
+
+    api_key: SecretStr | None = Field(None, validation_alias="YOUTUBE_API_KEY")
+    api_url: str = Field("https://www.googleapis.com/youtube/v3", validation_alias="SLSYNC_YOUTUBE_API_URL")
+    daily_quota: int = Field(10_000, ge=1, validation_alias="SLSYNC_YOUTUBE_DAILY_QUOTA")
+
+
 # --- the connector --------------------------------------------------------------------------------
 
 
 class YouTubeConnector(PagedConnector):
     platform = "youtube"
+    settings_model = YouTubeSettings
+    builds = staticmethod(build_streams)
+    reconnect = (
+        "set YOUTUBE_API_KEY to a valid key of a Google Cloud project with the YouTube Data API v3 enabled, "
+        "then: slsync sync source {source_id}"
+    )
     title = PLATFORM
     connection_type = "app"
     options = {
@@ -413,34 +410,15 @@ class YouTubeConnector(PagedConnector):
     }
 
     @classmethod
-    def app_token(cls, settings: Settings) -> SecretStr | None:
-        return settings.youtube_api_key
-
-    @classmethod
     def app_credentials(cls, source: Source, settings: Settings) -> Credentials | None:
-        secret = settings.youtube_api_key
+        secret = cls.settings_of(settings).api_key
         return ApiKey(secret) if secret is not None else None
 
-    @classmethod
-    def reconnect_advice(cls, source_id: int) -> str:
-        return (
-            "set YOUTUBE_API_KEY to a valid key of a Google Cloud project with the YouTube Data API v3 enabled, "
-            f"then: slsync sync source {source_id}"
-        )
-
-    @classmethod
-    def check_config(cls, config: Mapping[str, Any]) -> None:
-        build_streams(config)
-
-    def streams(self) -> list[str]:
-        self._streams = {stream.name: stream for stream in build_streams(self.source.config)}
-        return list(self._streams)
-
-    def begin(self, stream: str, stored: Any, since: datetime | None) -> str:
-        return _iso(since or parse_time(stored) or self.context.now() - BACKFILL)
+    def streams(self) -> dict[str, Stream]:
+        return {stream.name: stream for stream in build_streams(self.source.config)}
 
     def fetch(self, walk: Walk) -> Fetched:
-        stream, bound = self._streams[walk.stream], parse_time(walk.bound) or self.context.now() - BACKFILL
+        stream, bound = self.plan[walk.stream], self.time_bound(None, walk.bound)
         try:
             body, limits = self._call(stream, bound, walk.token)
         except _StaleToken:
@@ -477,11 +455,10 @@ class YouTubeConnector(PagedConnector):
             params["publishedAfter"] = _iso(bound)
         if token:
             params["pageToken"] = token
-        settings = self.context.settings
-        assert settings is not None
-        url = settings.youtube_api_url.rstrip("/") + stream.path
+        settings = self.settings
+        url = settings.api_url.rstrip("/") + stream.path
         credentials = self.context.credentials
-        daily = settings.youtube_daily_quota
+        daily = settings.daily_quota
         limits: list[RateLimit] = []
 
         def charge() -> None:

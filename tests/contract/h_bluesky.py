@@ -7,7 +7,7 @@ from typing import Any
 
 from slsync.connectors.bluesky import normalize_page
 from tests.contract.harness import StandInHarness
-from tests.fakes.bluesky_api import BlueskyApi
+from tests.fakes.bluesky_api import CREATE, REFRESH, BlueskyApi
 
 HANDLE, PASSWORD = "listener.bsky.social", "abcd-efgh-ijkl-mnop"
 
@@ -16,6 +16,7 @@ class BlueskyHarness(StandInHarness):
     platform = "bluesky"
     page_size = 100
     normalizer = staticmethod(normalize_page)
+    refreshable = True
 
     def start(self) -> None:
         self.api = BlueskyApi(accounts={HANDLE: PASSWORD}).start()
@@ -23,6 +24,9 @@ class BlueskyHarness(StandInHarness):
 
     def content_calls(self) -> list[Any]:
         return self.api.searches
+
+    def token_requests(self) -> int:
+        return len(self.api.calls(CREATE)) + len(self.api.calls(REFRESH))
 
     def env(self) -> dict[str, str]:
         return {"SLSYNC_BLUESKY_API_URL": self.api.url, "BLUESKY_HANDLE": HANDLE, "BLUESKY_APP_PASSWORD": PASSWORD}

@@ -28,6 +28,7 @@ class LinkedInHarness(StandInHarness):
     page_size = 50
     reports_limits = False
     normalizer = staticmethod(normalize_page)
+    refreshable = True
 
     def start(self) -> None:
         self.api = LinkedInApi().start()
@@ -36,6 +37,9 @@ class LinkedInHarness(StandInHarness):
 
     def content_calls(self) -> list[Any]:
         return self.api.content_calls
+
+    def token_requests(self) -> int:
+        return sum(1 for r in self.api.requests if r.path.endswith("/accessToken"))
 
     def env(self) -> dict[str, str]:
         return self.api.env()

@@ -19,6 +19,7 @@ class RedditHarness(StandInHarness):
     platform = "reddit"
     page_size = 100
     normalizer = staticmethod(normalize_page)
+    refreshable = True
 
     def start(self) -> None:
         self.api = RedditApi().start()
@@ -26,6 +27,9 @@ class RedditHarness(StandInHarness):
 
     def content_calls(self) -> list[Any]:
         return self.api.searches
+
+    def token_requests(self) -> int:
+        return len(self.api.token_calls)
 
     def env(self) -> dict[str, str]:
         return self.api.env()

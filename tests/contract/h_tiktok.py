@@ -21,6 +21,7 @@ class TikTokHarness(StandInHarness):
     platform = "tiktok"
     page_size = 100
     normalizer = staticmethod(normalize_page)
+    refreshable = True
 
     def start(self) -> None:
         self.api = TikTokApi().start()
@@ -28,6 +29,9 @@ class TikTokHarness(StandInHarness):
 
     def content_calls(self) -> list[Any]:
         return self.api.queries
+
+    def token_requests(self) -> int:
+        return len(self.api.token_calls)
 
     def env(self) -> dict[str, str]:
         return self.api.env()

@@ -27,6 +27,8 @@ class Harness(ABC):
     page_size: ClassVar[int]
     # True when every answer carries rate-limit or quota information that `status` shows
     reports_limits: ClassVar[bool] = True
+    # True when the source's credentials can be renewed after a 401 (a refresh token, a session, a client grant)
+    refreshable: ClassVar[bool] = False
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
@@ -73,6 +75,19 @@ class Harness(ABC):
     def clear(self) -> None:
         """No more failures or limits."""
 
+    def fail_call(self, number: int, status: int) -> None:
+        """The `number`-th content call from now (1 is the next) answers HTTP `status`, once."""
+        raise NotImplementedError
+
+    def repeat_pages(self, on: bool) -> None:
+        """While on, the stand-in answers a page asked for with a next-page token with that same token again
+        (or, where slsync counts the pages itself, the first page again): a platform stuck on one page."""
+        raise NotImplementedError
+
+    def token_requests(self) -> int:
+        """Token endpoint (or session) requests so far, for platforms whose credentials are refreshable."""
+        raise NotImplementedError
+
     def normalize_page(self, body: Any) -> tuple[list[Mention], int] | None:
         """The connector's pure normalizer of one response body; None for a platform without payloads."""
         return None
@@ -113,6 +128,12 @@ class StandInHarness(Harness):
     def clear(self) -> None:
         self.api.faults = []
         self.api.fail_429_from_call = None
+
+    def fail_call(self, number: int, status: int) -> None:
+        self.api.faults = [None] * (number - 1) + [status]
+
+    def repeat_pages(self, on: bool) -> None:
+        self.api.repeat_pages = on
 
     def normalize_page(self, body: Any) -> tuple[list[Mention], int]:
         return type(self).normalizer(body)

@@ -38,6 +38,10 @@ def test_every_active_platform_has_a_harness() -> None:
     assert sorted(HARNESSES) == ACTIVE
 
 
+# the connectors that follow a platform's pages (the mock platform makes its stream up as it goes)
+PAGED = [name for name in ACTIVE if name != "mock"]
+
+
 @pytest.fixture(params=ACTIVE)
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     instance = HARNESSES[request.param](tmp_path)
@@ -46,8 +50,15 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
     instance.stop()
 
 
-@pytest.fixture
-def run(cli: Cli, conn: db.Connection, harness: Harness) -> Cli:
+@pytest.fixture(params=PAGED)
+def paged(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    instance = HARNESSES[request.param](tmp_path)
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+def _ready(cli: Cli, conn: db.Connection, harness: Harness) -> Cli:
     cli.env.update(harness.env())
     harness.conn = conn
     doc = cli.ok(
@@ -56,6 +67,16 @@ def run(cli: Cli, conn: db.Connection, harness: Harness) -> Cli:
     harness.source_id = doc["id"]
     harness.connect(cli)
     return cli
+
+
+@pytest.fixture
+def run(cli: Cli, conn: db.Connection, harness: Harness) -> Cli:
+    return _ready(cli, conn, harness)
+
+
+@pytest.fixture
+def paged_run(cli: Cli, conn: db.Connection, paged: Harness) -> Cli:
+    return _ready(cli, conn, paged)
 
 
 def sync(cli: Cli, harness: Harness) -> tuple[int, dict]:
@@ -114,6 +135,54 @@ def test_the_rate_limit_or_quota_signal_is_respected(run: Cli, harness: Harness,
     assert run.ok("sync", "due", "--json").json()["results"] == []
     assert harness.api_calls() == calls  # nothing called the platform before the reset
     assert db.get_source(conn, harness.source_id).consecutive_failures == 0
+
+
+def test_a_page_sent_twice_stops_the_run_with_one_line_and_the_next_run_stores_everything(
+    paged_run: Cli, paged: Harness, conn: db.Connection
+) -> None:
+    published = paged.page_size * 3 + 7
+    paged.publish(published)
+    paged.repeat_pages(True)  # the platform answers page 2 with the token that asked for it
+    looped = paged_run("sync", "source", str(paged.source_id))
+    assert looped.returncode == 1 and "Traceback" not in looped.stderr
+    [line] = [line for line in looped.stdout.splitlines() if "FAILED" in line]
+    assert line.startswith(f"source {paged.source_id}: FAILED: ") and "to avoid a loop" in line
+    assert paged.api_calls() < 10  # stopped at once, not at the end of the window or the time budget
+    source = db.get_source(conn, paged.source_id)
+    assert source.committed_cursor is None and source.inflight_cursor is None  # no run finished: no cursor moves
+    saved = source.mentions_count
+    assert saved >= 1  # the pages before the loop are kept
+
+    paged.repeat_pages(False)
+    code, fixed = sync(paged_run, paged)
+    assert code == 0 and fixed["success"], fixed
+    source = db.get_source(conn, paged.source_id)
+    assert source.mentions_count == published and fixed["mentions_saved"] == published - saved
+
+
+def test_a_refused_token_on_page_two_is_renewed_once_and_the_call_made_once_more(
+    paged_run: Cli, paged: Harness, conn: db.Connection
+) -> None:
+    published = paged.page_size + 20
+    paged.publish(published)
+    calls = paged.api_calls()
+    code, clean = sync(paged_run, paged)  # the calls a first sync of this world makes
+    assert code == 0 and clean["mentions_saved"] == published, clean
+    clean_calls, calls = paged.api_calls() - calls, paged.api_calls()
+    conn.execute("DELETE FROM sl_mentions")
+    conn.execute("UPDATE sl_sources SET committed_cursor = NULL, mentions_count = 0")
+    tokens = paged.token_requests() if paged.refreshable else 0
+
+    paged.fail_call(2, 401)
+    code, result = sync(paged_run, paged)
+    if paged.refreshable:
+        assert code == 0 and result["success"] and result["mentions_saved"] == published, result
+        assert paged.token_requests() == tokens + 1  # one refresh
+        assert paged.api_calls() - calls == clean_calls + 1  # and the refused call made once more
+    else:  # an app token, an API key, a page token: nothing to renew, so the source needs its owner
+        assert code == 1 and result["status"] == "error", result
+        assert paged.api_calls() - calls == 2  # no call after the refusal
+        assert db.get_source(conn, paged.source_id).committed_cursor is None
 
 
 def test_recorded_payloads_normalize(harness: Harness) -> None:

@@ -78,6 +78,8 @@ class BlueskyApi:
     reset_at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=5))
     # answer 429 to the Nth search call (0-based) and after, until cleared
     fail_429_from_call: int | None = None
+    # a platform stuck on one page: a page asked for with a token names that same token as the next one
+    repeat_pages: bool = False
     # scripted faults, one per search call until the list is empty: an HTTP status, ("xrpc", status, error)
     faults: list[Any] = field(default_factory=list)
     # createSession answers 429 while set
@@ -238,7 +240,7 @@ class BlueskyApi:
         offset = int(params.get("cursor", "0"))
         body: dict[str, Any] = {"posts": found[offset : offset + size]}
         if offset + size < len(found):
-            body["cursor"] = str(offset + size)
+            body["cursor"] = params["cursor"] if self.repeat_pages and offset else str(offset + size)
         return 200, self._limit_headers(self.remaining), body
 
     def _limit_headers(self, remaining: int) -> dict[str, str]:

@@ -141,7 +141,9 @@ class GraphApi:
     requests: list[Request] = field(default_factory=list)
     token_calls: list[TokenCall] = field(default_factory=list)
     # scripted faults, one per content call until empty: an HTTP status (answered with FAULT_ERRORS)
-    faults: list[int] = field(default_factory=list)
+    faults: list[int | None] = field(default_factory=list)
+    # a platform stuck on one page: a page asked for with a token names that same token as the next one
+    repeat_pages: bool = False
     throttle: Throttle | None = None
     # the usage percentage every content answer reports in X-App-Usage when not throttled
     usage: float = 3
@@ -260,7 +262,8 @@ class GraphApi:
             paging: dict[str, Any] = {"cursors": {"before": _cursor(offset), "after": _cursor(offset + len(page))}}
             if offset + size < len(records):
                 token = next(iter(self.page_tokens), "no-token")
-                query = {**params, "access_token": token, "after": _cursor(offset + len(page))}
+                after = params["after"] if self.repeat_pages and offset else _cursor(offset + len(page))
+                query = {**params, "access_token": token, "after": after}
                 paging["next"] = f"{self.url}{path}?{urlencode(query)}"
             body["paging"] = paging
         return body

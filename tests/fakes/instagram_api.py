@@ -106,6 +106,8 @@ class InstagramApi:
     faults: list[int] = field(default_factory=list)
     # from this Graph call on, Meta's throttling answer (code 4) until reset_at
     fail_429_from_call: int | None = None
+    # a platform stuck on one page: a page asked for with a token names that same token as the next one
+    repeat_pages: bool = False
     reset_at: datetime | None = None
     requests: list[Request] = field(default_factory=list)
     token_requests: list[dict[str, str]] = field(default_factory=list)
@@ -347,7 +349,8 @@ class InstagramApi:
             if not with_next:
                 paging["cursors"]["before"] = base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode()
             if with_next and offset + len(chunk) < len(media):
-                query = {**params, "access_token": "EAAtoken-in-next-link", "after": cursor}
+                after = params["after"] if self.repeat_pages and offset else cursor
+                query = {**params, "access_token": "EAAtoken-in-next-link", "after": after}
                 paging["next"] = f"{self.url}{path}?{urlencode(query)}"
             body["paging"] = paging
         return 200, body

@@ -89,6 +89,8 @@ class LinkedInApi:
     codes: dict[str, str] = field(default_factory=dict)  # code -> redirect_uri
     # answer 429 to the Nth content call (0-based) and after, until cleared
     fail_429_from_call: int | None = None
+    # a platform stuck on one page: every page is the first
+    repeat_pages: bool = False
     retry_after: int | None = None
     # the harness interface: when the limit lifts (LinkedIn's is midnight UTC; kept for the harness)
     reset_at: datetime | None = None
@@ -264,8 +266,8 @@ class LinkedInApi:
         if self.expire_tokens_at_call is not None and calls == self.expire_tokens_at_call:
             self.expire_tokens_at_call = None
             self.access_tokens.clear()
-        if self.faults:
-            status = self.faults.pop(0)
+        status = self.faults.pop(0) if self.faults else None  # None: this call is answered as usual
+        if status is not None:
             return status, {}, {"status": status, "message": f"injected HTTP {status}"}
         token = headers.get("authorization", "").removeprefix("Bearer ")
         if token not in self.access_tokens:
@@ -306,7 +308,7 @@ class LinkedInApi:
             if n.get("action") in wanted and int(start_ms) <= n.get("lastModifiedAt", 0) <= int(end_ms)
         ]  # fmt: skip
         found.sort(key=lambda n: n.get("lastModifiedAt", 0), reverse=True)
-        first, size = int(start), min(int(count), 100)
+        first, size = 0 if self.repeat_pages else int(start), min(int(count), 100)
         page = found[first : first + size]
         body = {"paging": {"start": first, "count": size, "links": [], "total": len(found)}, "elements": page}
         return 200, {}, body

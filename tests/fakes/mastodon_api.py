@@ -58,6 +58,8 @@ class MastodonApi:
     reset_at: datetime = field(default_factory=lambda: datetime.now(UTC) + timedelta(minutes=5))
     # answer 429 once N content calls were made (0: from the first), until cleared
     fail_429_from_call: int | None = None
+    # a platform stuck on one page: a page asked for with a token names that same token as the next one
+    repeat_pages: bool = False
     # scripted faults, one per content call until the list is empty: an HTTP status, or "wrong_shape"
     faults: list[Any] = field(default_factory=list)
     # the instance turned public timelines off: 422 without a token, as Mastodon's require_user! answers
@@ -157,10 +159,11 @@ class MastodonApi:
         page = found[:limit]
         headers = {}
         if page:
+            next_max = one["max_id"] if self.repeat_pages and "max_id" in one else page[-1]["id"]
             kept = {k: one[k] for k in ("local", "limit") if k in one}  # Mastodon's pagination_params
             base = f"{self.url}/api/v1/timelines/tag/{tag}"
             headers["Link"] = (
-                f'<{base}?{urlencode({**kept, "max_id": page[-1]["id"]})}>; rel="next", '
+                f'<{base}?{urlencode({**kept, "max_id": next_max})}>; rel="next", '
                 f'<{base}?{urlencode({**kept, "min_id": page[0]["id"]})}>; rel="prev"'
             )
         return 200, headers, page
@@ -208,8 +211,8 @@ class MastodonApi:
         if not path.startswith(("/api/v1/timelines/tag/", "/api/v2/search")):
             return 404, {}, {"error": "Record not found"}
         calls = len(self.content_calls) - 1  # before this one, which is recorded already
-        if self.faults:
-            fault = self.faults.pop(0)
+        fault = self.faults.pop(0) if self.faults else None  # None: this call is answered as usual
+        if fault is not None:
             if fault == "wrong_shape":
                 return 200, self._limit_headers(self.remaining), {"result": "ok"}
             return fault, {}, {"error": f"injected HTTP {fault}"}

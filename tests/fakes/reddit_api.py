@@ -69,6 +69,8 @@ class RedditApi:
     revoke_at_call: int | None = None
     # answer 429 to the Nth search call (0-based) and after, until cleared
     fail_429_from_call: int | None = None
+    # a platform stuck on one page: a page asked for with a token names that same token as the next one
+    repeat_pages: bool = False
     # scripted faults, one per search call until the list is empty: an HTTP status, "invalid_json",
     # "wrong_shape", "redirect", ("slow", seconds) before a normal answer
     faults: list[Any] = field(default_factory=list)
@@ -171,7 +173,8 @@ class RedditApi:
             children += self.odd_records
         listing = {
             "kind": "Listing",
-            "data": {"after": page[-1]["name"] if more and page else None, "dist": len(page), "modhash": None,
+            "data": {"after": (params["after"] if self.repeat_pages and start else page[-1]["name"]) if more and page
+                     else None, "dist": len(page), "modhash": None,
                      "facets": {}, "geo_filter": "", "children": children, "before": None},
         }  # fmt: skip
         return 200, self._limit_headers(self.remaining), listing

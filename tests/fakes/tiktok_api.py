@@ -101,6 +101,8 @@ class TikTokApi:
     page_cap: int = 100
     # answer the Nth query (0-based) and later with 429 daily_quota_limit_exceeded, until cleared
     fail_429_from_call: int | None = None
+    # a platform stuck on one page: a page asked for with a token names that same token as the next one
+    repeat_pages: bool = False
     quota_exceeded: bool = False
     reset_at: datetime | None = None
     # scripted faults, one per query until the list is empty: an HTTP status, or "forget_searches"
@@ -250,7 +252,8 @@ class TikTokApi:
         fields = set(params["fields"].split(","))
         videos = [{k: v for k, v in video.items() if k in fields} for video in page]
         more = cursor + size < len(found)
-        data = {"videos": videos, "cursor": cursor + len(found[cursor : cursor + size]), "has_more": more,
+        following = cursor if self.repeat_pages and cursor else cursor + len(found[cursor : cursor + size])
+        data = {"videos": videos, "cursor": following, "has_more": more,
                 "search_id": search_id}  # fmt: skip
         return 200, {"data": data, "error": {"code": "ok", "message": "", "log_id": "20261202000000QUERY"}}
 

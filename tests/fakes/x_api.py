@@ -52,6 +52,8 @@ class XApi:
     faults: list[Any] = field(default_factory=list)
     # the same fault on every call while set
     fault_always: Any = None
+    # a platform stuck on one page: a page asked for with a token names that same token as the next one
+    repeat_pages: bool = False
     # records slipped into the first page as they are (broken posts a real API might send)
     odd_records: list[Any] = field(default_factory=list)
     # seconds added to every answer
@@ -125,7 +127,7 @@ class XApi:
         if page:
             meta.update(newest_id=page[0]["id"], oldest_id=page[-1]["id"])
         if offset + size < len(posts):
-            meta["next_token"] = f"page-{offset + size}"
+            meta["next_token"] = params["next_token"] if self.repeat_pages and offset else f"page-{offset + size}"
         body: dict[str, Any] = {"meta": meta}
         if offset == 0 and self.odd_records:
             page = [*page, *self.odd_records]

@@ -66,6 +66,8 @@ class YouTubeApi:
     units_used: int = 0
     # answer 403 quotaExceeded to every content call while set
     quota_exceeded: bool = False
+    # a platform stuck on one page: a page asked for with a token names that same token as the next one
+    repeat_pages: bool = False
     # scripted faults, one per content call until the list is empty: an HTTP status (401 answers the
     # 400 keyInvalid Google sends for a bad key), or "forbidden" (403 forbidden for the key)
     faults: list[Any] = field(default_factory=list)
@@ -236,7 +238,7 @@ class YouTubeApi:
             "items": items,
         }
         if offset + size < len(found):
-            body["nextPageToken"] = f"tok-{offset + size}"
+            body["nextPageToken"] = params["pageToken"] if self.repeat_pages and offset else f"tok-{offset + size}"
         return body
 
     def start(self) -> YouTubeApi:
