@@ -297,9 +297,12 @@ def test_credentials_exist_without_a_token_and_never_hold_the_secret_in_their_ke
 
     unbound = Settings(data_dir=tmp_path, _env_file=None, MASTODON_ACCESS_TOKEN="s3cret-value")
     assert MastodonConnector.app_credentials(make_source(config), unbound).access_token() == ""  # whose is it?
-    elsewhere = unbound.model_copy(update={"mastodon_token_instance": "https://other.example"})
+    token = {"MASTODON_ACCESS_TOKEN": "s3cret-value"}
+    elsewhere = Settings(data_dir=tmp_path, _env_file=None, **token, MASTODON_TOKEN_INSTANCE="https://other.example")
     assert MastodonConnector.app_credentials(make_source(config), elsewhere).access_token() == ""
-    with_token = unbound.model_copy(update={"mastodon_token_instance": "https://Mastodon.social/"})
+    with_token = Settings(
+        data_dir=tmp_path, _env_file=None, **token, MASTODON_TOKEN_INSTANCE="https://Mastodon.social/"
+    )
     signed = MastodonConnector.app_credentials(make_source(config), with_token)
     assert signed.key.startswith("mastodon:mastodon.social:token:") and "s3cret" not in signed.key
     assert signed.access_token() == "s3cret-value"

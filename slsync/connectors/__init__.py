@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from slsync.config import PlatformSettings, Settings
 from slsync.errors import NotFound, UsageError
 
 if TYPE_CHECKING:
     from pydantic.fields import FieldInfo
 
+    from slsync.config import PlatformSettings, Settings
     from slsync.connectors.base import Connector
 
 
@@ -76,6 +76,9 @@ def connector_class(name: str) -> type[Connector]:
 
 def setting_models() -> list[type[Settings] | type[PlatformSettings]]:
     """The core settings, then each active platform's (a model two platforms share, once)."""
+    # here, not at the top: `slsync platforms` reads the registry and must not pay for pydantic
+    from slsync.config import Settings
+
     models: list[type[Settings] | type[PlatformSettings]] = [Settings]
     for name, info in PLATFORMS.items():
         model = connector_class(name).settings_model if info.connector else None
