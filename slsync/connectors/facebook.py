@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from slsync.connectors import meta
 from slsync.connectors.base import whole_number
-from slsync.connectors.fields import count, has_word, iso_time, items, mapping, normalize_each, text
+from slsync.connectors.fields import count, has_word, iso_time, items, mapping, normalize_each, required_time, text
 from slsync.connectors.paging import Cursor, Fetched, PagedConnector, Walk, legacy_streams
 from slsync.errors import UsageError
 from slsync.models import Mention
@@ -97,13 +97,6 @@ def _graph_id(value: Any) -> str:
     return value
 
 
-def _published(item: Mapping[str, Any]) -> datetime:
-    published = iso_time(item.get("created_time"))
-    if published is None:
-        raise ValueError("a record without a valid created_time")
-    return published
-
-
 def _summary_count(value: Any) -> int | None:
     """A `{"summary": {"total_count": N}}` edge summary (comments, reactions)."""
     return count(mapping(mapping(value).get("summary")).get("total_count"))
@@ -145,7 +138,7 @@ def normalize_post(item: Mapping[str, Any]) -> Mention:
     return Mention(
         platform=PLATFORM,
         external_id=post_id,
-        published_at=_published(item),
+        published_at=required_time(item, "created_time"),
         url=text(item.get("permalink_url")) or _post_url(post_id),
         content=text(item.get("message")) or text(item.get("story")),
         author_name=text(author.get("name")),
@@ -190,7 +183,7 @@ def normalize_comment(item: Mapping[str, Any], *, post_id: str | None = None) ->
     return Mention(
         platform=PLATFORM,
         external_id=_comment_id(item, post_id),
-        published_at=_published(item),
+        published_at=required_time(item, "created_time"),
         url=text(item.get("permalink_url")),
         content=text(item.get("message")),
         author_name=text(author.get("name")),

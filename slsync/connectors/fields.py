@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -55,6 +55,14 @@ def iso_time(value: Any) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def required_time(record: Mapping[str, Any], key: str) -> datetime:
+    """The record's ISO time under `key`; ValueError (the record is skipped, not stored) when it has none."""
+    moment = iso_time(record.get(key))
+    if moment is None:
+        raise ValueError(f"a record without a valid {key}")
+    return moment
 
 
 def path_match(url: Any, pattern: re.Pattern[str]) -> re.Match[str] | None:

@@ -34,8 +34,7 @@ from slsync import http
 from slsync.config import PlatformSettings
 from slsync.connectors.base import flag
 from slsync.connectors.fields import count_in_text as _int
-from slsync.connectors.fields import has_word, normalize_each, path_match
-from slsync.connectors.fields import iso_time as parse_time
+from slsync.connectors.fields import has_word, normalize_each, path_match, required_time
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import text as _text
@@ -243,13 +242,6 @@ def _record_id(value: Any) -> str:
     return value
 
 
-def _published(snippet: Mapping[str, Any]) -> datetime:
-    published = parse_time(snippet.get("publishedAt"))
-    if published is None:
-        raise ValueError("a record without a valid publishedAt")
-    return published
-
-
 def _handle(channel_url: Any) -> str | None:
     """The author's @handle from a channel URL such as https://www.youtube.com/@acme (without the @)."""
     match = path_match(channel_url, _HANDLE_PATH)
@@ -267,7 +259,7 @@ def normalize_video(item: Mapping[str, Any]) -> Mention:
     return Mention(
         platform="youtube",
         external_id=video_id,
-        published_at=_published(snippet),
+        published_at=required_time(snippet, "publishedAt"),
         url=f"https://www.youtube.com/watch?v={video_id}",
         content=content,
         author_name=_unescaped(snippet.get("channelTitle")),
@@ -285,7 +277,7 @@ def normalize_comment(comment: Mapping[str, Any], *, video_id: Any = None, repli
     return Mention(
         platform="youtube",
         external_id=comment_id,
-        published_at=_published(snippet),
+        published_at=required_time(snippet, "publishedAt"),
         url=f"https://www.youtube.com/watch?v={video}&lc={comment_id}" if video and _VIDEO_ID.match(video) else None,
         content=_text(snippet.get("textOriginal")) or _plain(snippet.get("textDisplay")),
         author_name=_text(snippet.get("authorDisplayName")),

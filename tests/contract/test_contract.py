@@ -42,20 +42,21 @@ def test_every_active_platform_has_a_harness() -> None:
 PAGED = [name for name in ACTIVE if name != "mock"]
 
 
-@pytest.fixture(params=ACTIVE)
-def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
-    instance = HARNESSES[request.param](tmp_path)
+def _started(platform: str, tmp_path: Path) -> Iterator[Harness]:
+    instance = HARNESSES[platform](tmp_path)
     instance.start()
     yield instance
     instance.stop()
+
+
+@pytest.fixture(params=ACTIVE)
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    yield from _started(request.param, tmp_path)
 
 
 @pytest.fixture(params=PAGED)
 def paged(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
-    instance = HARNESSES[request.param](tmp_path)
-    instance.start()
-    yield instance
-    instance.stop()
+    yield from _started(request.param, tmp_path)
 
 
 def _ready(cli: Cli, conn: db.Connection, harness: Harness) -> Cli:
