@@ -19,7 +19,7 @@ from importlib.metadata import entry_points
 from typing import Protocol
 
 from slsync import db
-from slsync.errors import UsageError
+from slsync.errors import DatabaseError, UsageError
 
 log = logging.getLogger("slsync.analysis")
 
@@ -179,9 +179,12 @@ class Report:
     analyzer: str
     analyzed: int = 0
     error: str | None = None
+    # why labelling stopped with mentions perhaps left `new` (the time budget), if it did
+    stopped: str | None = None
 
     def as_json(self) -> dict[str, object]:
-        return {"analyzer": self.analyzer, "analyzed": self.analyzed, "error": self.error}
+        doc: dict[str, object] = {"analyzer": self.analyzer, "analyzed": self.analyzed, "error": self.error}
+        return doc | ({"stopped": self.stopped} if self.stopped else {})
 
 
 def analyze_backlog(
@@ -208,6 +211,8 @@ def analyze_backlog(
         return report
     while limit is None or report.analyzed < limit:
         if deadline is not None and time.monotonic() >= deadline:
+            if db.new_mentions_left(conn, tenant_id=tenant_id, source_ids=source_ids):
+                report.stopped = "the time budget ran out"
             break
         size = batch if limit is None else min(batch, limit - report.analyzed)
         try:
@@ -222,9 +227,9 @@ def analyze_backlog(
                     (t.id, r.sentiment, r.sentiment_score, r.intent) for t, r in zip(texts, results, strict=True)
                 ]
                 db.store_analyses(conn, labelled, analyzer_name)
+        except DatabaseError:
+            raise  # the database's failure, not the analyzer's: the caller ends the command
         except Exception as exc:
-            if conn.closed or conn.broken:
-                raise
             report.error = f"analyzer {analyzer_name!r} failed: {type(exc).__name__}: {exc}"
             log.warning("%s; the mentions stay new", report.error, extra={"event": "analysis_failed"})
             break

@@ -73,7 +73,7 @@ def run(application: typer.Typer, argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if _debug:
             traceback.print_exc()
-        if type(exc).__module__.startswith("psycopg"):
+        if type(exc).__module__.startswith("psycopg"):  # one that db.py did not take for the database's failure
             _error(f"database error: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}")
         else:
             _error(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")
@@ -376,9 +376,11 @@ def connect(
 
 
 def _result_line(r: SyncResult) -> str:
+    from slsync.sync import CUT_SHORT
+
     if r.success:
         state = "ok"
-    elif r.skipped or r.status == "rate_limited":
+    elif r.skipped or r.status in CUT_SHORT:
         state = r.status.replace("_", " ")
     else:
         state = "FAILED"
@@ -390,6 +392,11 @@ def _analysis_line(report: dict[str, Any] | None) -> None:
         return
     if report["error"]:
         print(f"analysis: {report['analyzed']} mentions labelled, then {report['error']} (the rest stay new)")
+    elif report.get("stopped"):
+        print(
+            f"analysis: {report['analyzed']} mentions labelled by {report['analyzer']}, then {report['stopped']}"
+            " (the rest stay new for the next sync due)"
+        )
     else:
         print(f"analysis: {report['analyzed']} mentions labelled by {report['analyzer']}")
 
@@ -404,10 +411,12 @@ def _report_batch(batch: BatchResult, as_json: bool) -> None:
             print(_result_line(r))
         doc = batch.as_json()
         print(
-            f"{doc['sources_synced']} synced, {doc['sources_failed']} failed, {doc['sources_skipped']} skipped; "
-            f"{doc['total_mentions_saved']} new mentions"
+            f"{doc['sources_synced']} synced, {doc['sources_failed']} failed, {doc['sources_cut_short']} cut short,"
+            f" {doc['sources_skipped']} skipped of {doc['sources_claimed']}; {doc['total_mentions_saved']} new mentions"
         )
         _analysis_line(batch.analysis)
+    if batch.error:
+        raise batch.error  # after the results that finished: one line on stderr, exit 1
     if batch.failed:
         raise typer.Exit(1)
 
@@ -430,6 +439,8 @@ def sync_source_command(
     else:
         print(_result_line(result) + f" ({result.duration_ms / 1000:.1f} s)")
         _analysis_line(result.extra.get("analysis"))
+    if result.stopped_by is not None:
+        raise result.stopped_by
     if not result.success:
         raise typer.Exit(1)
 
@@ -867,6 +878,8 @@ def demo() -> None:
             result = sync.run_source(conn, settings, source_id, options)  # analyses what it saved
         print(_result_line(result))
         _analysis_line(result.extra.get("analysis"))
+        if result.stopped_by is not None:
+            raise result.stopped_by
         rows = db.status_rows(conn, tenant_id=DEMO_TENANT)
         breakdown = db.sentiment_breakdown(conn, [row["id"] for row in rows])
     docs = [_status_json(row, breakdown) for row in rows]

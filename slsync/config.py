@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     time_budget_seconds: int = Field(600, ge=10, le=3600)
     # How long one HTTP request may take before it counts as a timeout (and is retried).
     http_timeout_seconds: float = Field(30.0, gt=0, le=300)
+    # How long a statement may wait for a lock, and run in all, before the command gives up on the database
+    # (a sync command's sessions take at most half its time budget; a role's stricter setting wins).
+    db_lock_timeout_seconds: float = Field(10.0, gt=0, le=3600)
+    db_statement_timeout_seconds: float = Field(60.0, gt=0, le=3600)
     # The analyzer that labels new mentions: an entry point of the group slsync.analyzers.
     analyzer: str = "builtin"
     # Finished runs older than this are deleted from sl_sync_runs by `sync due`.

@@ -3,6 +3,10 @@
 Connections run in autocommit; every multi-statement write is one explicit transaction. Per-source
 mutual exclusion is a session advisory lock held by the connection that does the work, so a killed
 process releases it the moment PostgreSQL notices the closed socket.
+
+Every wait on the database is bounded: each session gets a lock timeout and a statement timeout (see
+connect), and a failure of the database itself (a timeout, a full disk, a deadlock, a lost connection)
+comes out as DatabaseError, classified by its SQLSTATE, so that the layers above never charge it to a source.
 """
 
 from __future__ import annotations
@@ -10,28 +14,25 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from datetime import date, datetime, timedelta
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from slsync.config import Settings
-from slsync.errors import DatabaseUnavailable, NotFound, UsageError
+from slsync.errors import DatabaseError, DatabaseUnavailable, NotFound, UsageError
 from slsync.models import Mention, Page, RateLimit, Source
-
-if TYPE_CHECKING:
-    from psycopg_pool import ConnectionPool
 
 # First key of every advisory lock slsync takes ('slsy'); the second is the source id (0: migrations).
 LOCK_NAMESPACE = 0x736C7379
-
-Connection = psycopg.Connection[dict[str, Any]]
 
 # When a source is due: both the claim and the check under a source's lock read it. The claim's use must
 # imply the predicate of sl_sources_due_idx for the planner to use that index.
@@ -48,6 +49,27 @@ _SOURCE_COLUMNS = """
 # --- connections and migrations -------------------------------------------------------------------
 
 
+class Connection(psycopg.Connection[dict[str, Any]]):
+    """An autocommit connection whose database failures surface as DatabaseError (see database_error)."""
+
+    # the session's timeouts in milliseconds, as connect left them (0: none), for the messages
+    timeouts: dict[str, int]
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> psycopg.Cursor[dict[str, Any]]:
+        try:
+            return super().execute(query, params, **kwargs)
+        except psycopg.Error as exc:
+            raise database_error(exc, self) from exc
+
+    @contextmanager
+    def transaction(self, savepoint_name: str | None = None, force_rollback: bool = False) -> Iterator[Any]:
+        try:
+            with super().transaction(savepoint_name, force_rollback) as tx:
+                yield tx
+        except psycopg.Error as exc:  # the COMMIT, or a server-side cursor's fetch inside the block
+            raise database_error(exc, self) from exc
+
+
 def resolve_url(settings: Settings) -> str:
     if settings.database_url:
         return settings.database_url
@@ -61,45 +83,92 @@ def resolve_url(settings: Settings) -> str:
 # fraction of a second of pages, cursor and mentions together, and the next run fetches them again.
 SYNC_OPTIONS = "-c synchronous_commit=off"
 
+# Each session's timeouts: slsync's value, or the server's (a role's, a database's) where that is stricter.
+# pg_settings gives them in milliseconds, 0 meaning none; a wanted 0 leaves the server's setting alone.
+_TIMEOUTS = """
+SELECT name, value, set_config(name, value::text, false) AS applied
+FROM (
+    SELECT name, CASE WHEN want = 0 THEN setting::bigint WHEN setting::bigint = 0 THEN want
+                      ELSE least(setting::bigint, want) END AS value
+    FROM pg_settings JOIN (VALUES ('lock_timeout', %s::bigint), ('statement_timeout', %s::bigint),
+                                  ('idle_in_transaction_session_timeout', %s::bigint)) AS wanted (name, want)
+    USING (name)
+) chosen
+"""
+
+
+def session_timeouts(settings: Settings, *, for_sync: bool) -> tuple[int, int, int]:
+    """Milliseconds of (lock, statement, idle in transaction) a session asks for.
+
+    A sync command's statements take at most half its time budget, so that the command ends within its
+    budget and one such statement; a transaction left idle longer than the whole budget belongs to a
+    process that is stuck, and the server ends its session. Other commands (status, an export that a slow
+    reader paces) take the settings as they are and leave idle transactions alone. A wait for a lock
+    ends within half the statement timeout, so that it is told apart from a slow statement.
+    """
+    statement = settings.db_statement_timeout_seconds
+    idle = 0.0
+    if for_sync:
+        statement, idle = min(statement, settings.time_budget_seconds / 2), settings.time_budget_seconds
+    lock = min(settings.db_lock_timeout_seconds, statement / 2)
+    return max(1, round(lock * 1000)), max(1, round(statement * 1000)), round(idle * 1000)
+
 
 def connect(settings: Settings, *, migrate_schema: bool = True, for_sync: bool = False) -> Connection:
-    """Open an autocommit connection and bring the schema up to date."""
+    """Open an autocommit connection with bounded waits, and bring the schema up to date."""
     url = resolve_url(settings)
+    conn = _open(url, settings, for_sync=for_sync)
+    if migrate_schema:
+        try:
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+    return conn
+
+
+def _open(url: str, settings: Settings, *, for_sync: bool) -> Connection:
     extra = {"options": SYNC_OPTIONS} if for_sync else {}
     try:
-        conn = psycopg.connect(url, autocommit=True, row_factory=dict_row, connect_timeout=10, **extra)
+        conn = Connection.connect(url, autocommit=True, row_factory=dict_row, connect_timeout=10, **extra)
     except psycopg.ProgrammingError:
         raise UsageError("SLSYNC_DATABASE_URL is not a valid PostgreSQL connection URL") from None
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {_where(url)}: {_first_line(exc, url)}") from None
-    if migrate_schema:
-        migrate(conn)
+    try:
+        rows = conn.execute(_TIMEOUTS, session_timeouts(settings, for_sync=for_sync)).fetchall()
+    except BaseException:
+        conn.close()
+        raise
+    conn.timeouts = {row["name"]: int(row["value"]) for row in rows}
     return conn
 
 
-@contextmanager
-def pool(settings: Settings, size: int) -> Iterator[ConnectionPool[Connection]]:
-    """Connections for `size` parallel workers; one returned to the pool never keeps a source lock."""
-    from psycopg_pool import ConnectionPool, PoolTimeout
+# How PostgreSQL refuses a connection for want of slots (max_connections, a role's or a database's
+# CONNECTION LIMIT). A refused connection carries no SQLSTATE in libpq, only the server's words.
+_NO_SLOTS = re.compile(r"too many clients|too many connections|connection slots are reserved")
 
+
+def open_connections(settings: Settings, count: int) -> list[Connection]:
+    """Up to `count` sync connections, opened at once; fewer when the server has no more to give (the caller
+    does with what it got and closes them). Any other refusal raises DatabaseUnavailable."""
     url = resolve_url(settings)
-    workers = ConnectionPool(
-        url, min_size=size, max_size=size, open=False, name="slsync-workers", reset=_release_locks,
-        kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": 10, "options": SYNC_OPTIONS},
-    )  # fmt: skip
-    try:
-        workers.open(wait=True, timeout=30)
-    except PoolTimeout:
-        workers.close()
-        raise DatabaseUnavailable(f"cannot open {size} connections to PostgreSQL at {_where(url)}") from None
-    try:
-        yield workers
-    finally:
-        workers.close()
 
+    def attempt(_: int) -> Connection | DatabaseError:
+        try:
+            return _open(url, settings, for_sync=True)
+        except DatabaseError as exc:
+            return exc
 
-def _release_locks(conn: Connection) -> None:
-    conn.execute("SELECT pg_advisory_unlock_all()")
+    with ThreadPoolExecutor(max_workers=min(count, 8), thread_name_prefix="slsync-connect") as executor:
+        outcomes = list(executor.map(attempt, range(count)))
+    opened = [c for c in outcomes if isinstance(c, Connection)]
+    refusal = next((e for e in outcomes if isinstance(e, DatabaseError) and not _NO_SLOTS.search(str(e))), None)
+    if refusal is not None:
+        for conn in opened:
+            conn.close()
+        raise refusal
+    return opened
 
 
 def _where(url: str) -> str:
@@ -120,6 +189,73 @@ def _first_line(exc: BaseException, url: str) -> str:
     except psycopg.Error:
         password = None
     return text.replace(str(password), "***") if password else text
+
+
+# SQLSTATEs of a database in trouble rather than of a statement or its data: connection exceptions,
+# transaction rollbacks (serialization failure, deadlock), insufficient resources (disk full, too many
+# connections), operator intervention (a statement timeout or cancel, a shutdown), system and internal
+# errors; and a lock not granted in time, a transaction left idle too long.
+_DATABASE_CLASSES = ("08", "40", "53", "57", "58", "XX")
+_DATABASE_STATES = ("55P03", "55006", "25P03")
+_LOST = ("57P01", "57P02", "57P03")
+
+
+def database_error(exc: psycopg.Error, conn: psycopg.Connection[Any] | None = None) -> Exception:
+    """`exc` as a one-line DatabaseError when the database itself failed, else `exc` unchanged: a value
+    PostgreSQL refuses or a bug in a query is the run's own failure."""
+    state = exc.sqlstate
+    primary = exc.diag.message_primary or _first_line(exc, "")
+    if state is None:
+        lost = isinstance(exc, psycopg.OperationalError) or (conn is not None and conn.closed)
+        return DatabaseError(f"database: the connection to PostgreSQL was lost ({primary})") if lost else exc
+    if state[:2] not in _DATABASE_CLASSES and state not in _DATABASE_STATES:
+        return exc
+    timeouts: dict[str, int] = getattr(conn, "timeouts", {})
+    if state == "55P03":
+        waited = " ".join(filter(None, ("waited", _seconds(timeouts.get("lock_timeout")), "for a lock")))
+        held = _lock_holders(conn)
+        what = (
+            f"{waited} and gave up (lock timeout): another session holds {held}"
+            if held
+            else f"{waited} held by another session and gave up (lock timeout)"
+        )
+    elif state == "57014" and "statement timeout" in primary:
+        limit = _seconds(timeouts.get("statement_timeout"))
+        what = "a statement ran past the statement timeout" + (f" of {limit}" if limit else "")
+    elif state == "53100":
+        what = f"the database server's disk is full: {primary}"
+    elif state == "40P01":
+        what = "a deadlock with another session, which PostgreSQL broke by cancelling slsync's statement"
+    elif state[:2] == "08" or state in _LOST:
+        what = f"the connection to PostgreSQL was lost ({primary})"
+    else:
+        what = primary
+    return DatabaseError(f"database: {what} (SQLSTATE {state})", sqlstate=state)
+
+
+def _seconds(milliseconds: int | None) -> str:
+    return f"{milliseconds / 1000:g} s" if milliseconds else ""
+
+
+# Tables of slsync that another session holds in a mode that blocks slsync's reads or writes.
+_LOCK_HOLDERS = r"""
+SELECT l.relation::regclass::text AS relation, l.mode, l.pid FROM pg_locks l
+WHERE l.granted AND l.locktype = 'relation' AND l.pid <> pg_backend_pid()
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')
+  AND l.relation::regclass::text LIKE 'sl\_%'
+ORDER BY 1, 3 LIMIT 3
+"""
+
+
+def _lock_holders(conn: psycopg.Connection[Any] | None) -> str:
+    """'sl_mentions (pid 812, AccessExclusiveLock)': who holds what slsync waited for, when that can be told:
+    only outside a transaction (inside one, the failed statement has aborted it)."""
+    rows = []
+    if conn is not None and not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
+        with suppress(psycopg.Error):
+            rows = psycopg.Connection.execute(conn, _LOCK_HOLDERS).fetchall()
+    return ", ".join(f"{row['relation']} (pid {row['pid']}, {row['mode']})" for row in rows)
 
 
 def migration_files() -> list[tuple[int, str, str]]:
@@ -153,6 +289,10 @@ def migrate(conn: Connection) -> list[str]:
         for version, name, sql in migration_files():
             if version in done:
                 continue
+            if not applied_now:
+                # A migration may rewrite a large table: it waits for its locks no longer than any statement,
+                # but once it has them it runs to the end.
+                conn.execute("SET LOCAL statement_timeout = 0")
             conn.execute(sql)
             conn.execute("INSERT INTO sl_schema_migrations (version, name) VALUES (%s, %s)", (version, name))
             applied_now.append(name)
@@ -520,6 +660,22 @@ _CLOSE_RUN = (
 )
 
 
+def abandon_run(conn: Connection, run_id: int, message: str) -> None:
+    """Close a run that a database error stopped, leaving its source as the last saved page left it.
+
+    Best effort, on a connection that may be in trouble: one short try, and if that fails too the run stays
+    `running` until the source's next run marks it abandoned."""
+    if conn.closed:
+        return
+    with suppress(DatabaseError), conn.transaction():
+        conn.execute("SET LOCAL lock_timeout = '1s'; SET LOCAL statement_timeout = '2s'")
+        conn.execute(
+            "UPDATE sl_sync_runs SET status = 'abandoned', message = %s, finished_at = clock_timestamp()"
+            " WHERE id = %s AND status = 'running'",
+            (message, run_id),
+        )
+
+
 def mark_connected(conn: Connection, source_id: int, *, reconnect_by: datetime | None = None) -> None:
     """After `slsync connect` stored a user token: schedule the source now, with a clean record."""
     conn.execute(
@@ -589,17 +745,35 @@ def prune_runs(conn: Connection, *, keep_days: int, batch: int = 10_000, batches
 # --- analysis and reading mentions ------------------------------------------------------------------
 
 
+# Unanalysed mentions, of one tenant or some sources when given: what the analysis claims, and looks for.
+_NEW = (
+    "status = 'new' AND (%(tenant)s::bigint IS NULL OR tenant_id = %(tenant)s)"
+    " AND (%(sources)s::integer[] IS NULL OR source_id = ANY(%(sources)s))"
+)
+
+
+def _new_of(tenant_id: int | None, source_ids: Sequence[int] | None) -> dict[str, Any]:
+    return {"tenant": tenant_id, "sources": list(source_ids) if source_ids is not None else None}
+
+
 def claim_new_mentions(
     conn: Connection, *, limit: int, tenant_id: int | None = None, source_ids: Sequence[int] | None = None
 ) -> list[dict[str, Any]]:
     """Lock up to `limit` unanalysed mentions for this transaction; other analyzers skip them."""
     return conn.execute(
-        "SELECT id, content, language FROM sl_mentions WHERE status = 'new'"
-        " AND (%(tenant)s::bigint IS NULL OR tenant_id = %(tenant)s)"
-        " AND (%(sources)s::integer[] IS NULL OR source_id = ANY(%(sources)s))"
+        f"SELECT id, content, language FROM sl_mentions WHERE {_NEW}"
         " ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
-        {"tenant": tenant_id, "sources": list(source_ids) if source_ids is not None else None, "limit": limit},
+        {**_new_of(tenant_id, source_ids), "limit": limit},
     ).fetchall()
+
+
+def new_mentions_left(
+    conn: Connection, *, tenant_id: int | None = None, source_ids: Sequence[int] | None = None
+) -> bool:
+    row = conn.execute(
+        f"SELECT EXISTS (SELECT 1 FROM sl_mentions WHERE {_NEW}) AS left", _new_of(tenant_id, source_ids)
+    ).fetchone()
+    return bool(row and row["left"])
 
 
 def store_analyses(conn: Connection, labelled: Sequence[tuple[int, str, float | None, str]], analyzer: str) -> int:

@@ -22,7 +22,16 @@ class NotFound(UsageError):
     """A named thing (source, platform) does not exist."""
 
 
-class DatabaseUnavailable(SlsyncError):
+class DatabaseError(SlsyncError):
+    """The database failed a statement or went away (a lock or statement timeout, a full disk, a deadlock, a lost
+    connection): its trouble, never charged to a source. The command ends; the next run continues."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(" ".join(message.split()))  # one line, whatever the server said
+        self.sqlstate = sqlstate
+
+
+class DatabaseUnavailable(DatabaseError):
     """PostgreSQL cannot be reached or started."""
 
 

@@ -48,6 +48,12 @@ def _not_reported(record: logging.LogRecord) -> bool:
     return not getattr(record, "reported", False)
 
 
+# Libraries whose own messages say less than slsync's one line about the same failure (psycopg: "error
+# ignored in rollback" when the server has gone): shown with --debug only. Without a handler of their own,
+# Python would print their warnings on stderr through its last-resort handler.
+LIBRARIES = ("psycopg",)
+
+
 def setup(level: str, fmt: str, debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(debug) if fmt == "json" else TextFormatter(debug))
@@ -57,3 +63,7 @@ def setup(level: str, fmt: str, debug: bool) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if debug else getattr(logging, level))
     logger.propagate = False
+    for name in LIBRARIES:
+        library = logging.getLogger(name)
+        library.handlers[:] = [handler] if debug else [logging.NullHandler()]
+        library.propagate = False

@@ -94,6 +94,8 @@ class SyncResult:
     errors: int = 0
     duration_ms: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # the database failure that stopped this run (status `stopped`): the command ends with it
+    stopped_by: Exception | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {

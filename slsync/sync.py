@@ -13,7 +13,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -24,14 +24,22 @@ from slsync.config import Settings
 from slsync.connect import credentials_for
 from slsync.connectors import connector_class
 from slsync.connectors.base import Connector, Context
-from slsync.errors import AuthError, ConnectorError, NotFound, OutOfTime, RateLimited, Retriable, UsageError
+from slsync.errors import (
+    AuthError,
+    ConnectorError,
+    DatabaseError,
+    NotFound,
+    OutOfTime,
+    RateLimited,
+    Retriable,
+    UsageError,
+)
 from slsync.models import Page, RateLimit, Source, SyncResult
 
 if TYPE_CHECKING:
     import ssl
 
     import httpx
-    from psycopg_pool import ConnectionPool
 
 log = logging.getLogger("slsync.sync")
 
@@ -42,8 +50,9 @@ BACKFILL = timedelta(days=7)
 WRITE_MENTIONS = 1000
 WRITE_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 24 * 3600
-# Runs that stopped early on purpose: they kept their pages and continue later; not failures.
-CUT_SHORT = frozenset({"rate_limited", "partial"})
+# Runs that stopped early: they kept their pages and continue later; not failures. `stopped`: by a
+# database error, which is the database's trouble and never the source's.
+CUT_SHORT = frozenset({"rate_limited", "partial", "stopped"})
 
 # Called after each saved page: (source, pages so far, mentions saved so far).
 PageCallback = Callable[[Source, int, int], None]
@@ -51,6 +60,16 @@ PageCallback = Callable[[Source, int, int], None]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class Stop(threading.Event):
+    """Set when a command's runs must stop between pages; says why."""
+
+    reason = "interrupted"
+
+    def because(self, reason: str) -> None:
+        self.reason = reason
+        self.set()
 
 
 @dataclass(frozen=True)
@@ -69,13 +88,14 @@ class RunOptions:
     # connection of the pool under the pool's lock, a syscall each, and the workers queued on that lock
     http: httpx.Client | None = None
     tls: ssl.SSLContext | None = None
-    # set when the operator interrupts a parallel command: runs stop between pages, as out of time
-    stop: threading.Event = field(default_factory=threading.Event)
+    # set when the operator interrupts a parallel command, or the database failed one of its runs: the
+    # other runs stop between pages, as out of time
+    stop: Stop = field(default_factory=Stop)
 
     def out_of_time(self) -> str | None:
         """Why runs must stop now, or None."""
         if self.stop.is_set():
-            return "interrupted"
+            return self.stop.reason
         if self.deadline is not None and time.monotonic() >= self.deadline:
             return "time budget spent"
         return None
@@ -83,17 +103,29 @@ class RunOptions:
 
 @dataclass
 class BatchResult:
+    """One result per source the command took on: synced + cut short + failed + skipped = claimed."""
+
     results: list[SyncResult] = field(default_factory=list)
     # what the post-sync analysis did with the new mentions
     analysis: dict[str, Any] | None = None
+    # the database failure that ended the command early; the results before it stand
+    error: DatabaseError | None = None
+    # the workers that ran: fewer than asked when the database had fewer connections to give
+    workers: int = 1
 
     @property
     def failed(self) -> list[SyncResult]:
         return [r for r in self.results if not r.success and not r.skipped and r.status not in CUT_SHORT]
 
+    @property
+    def cut_short(self) -> list[SyncResult]:
+        return [r for r in self.results if not r.success and not r.skipped and r.status in CUT_SHORT]
+
     def as_json(self) -> dict[str, Any]:
         return {
+            "sources_claimed": len(self.results),
             "sources_synced": sum(1 for r in self.results if r.success),
+            "sources_cut_short": len(self.cut_short),
             "sources_failed": len(self.failed),
             "sources_skipped": sum(1 for r in self.results if r.skipped),
             "sources_rate_limited": sum(1 for r in self.results if r.status == "rate_limited"),
@@ -101,7 +133,18 @@ class BatchResult:
             "total_mentions_saved": sum(r.mentions_saved for r in self.results),
             "results": [r.as_json() for r in self.results],
             "analysis": self.analysis,
+            "workers": self.workers,
+            "error": str(self.error) if self.error else None,
         }
+
+    def add_analysis(self, report: dict[str, Any]) -> None:
+        if self.analysis is None:
+            self.analysis = dict(report)
+            return
+        self.analysis["analyzed"] += report["analyzed"]
+        self.analysis["error"] = self.analysis["error"] or report["error"]
+        if report.get("stopped"):
+            self.analysis["stopped"] = report["stopped"]
 
 
 def backoff_seconds(interval_minutes: int, failures: int, rng: random.Random | None = None) -> float:
@@ -141,7 +184,10 @@ def sync_source(
         reach = connector_class(source.platform).max_lookback
         if since is not None and reach is not None and since < utcnow() - reach:
             raise UsageError(f"--since reaches back further than {source.platform} search allows ({reach.days} days)")
-        return run_source(conn, settings, source_id, options)
+        result = run_source(conn, settings, source_id, options)
+    if isinstance(result.stopped_by, DatabaseError):
+        result.stopped_by = _command_stopped(result.stopped_by)  # the caller reports the result, then this
+    return result
 
 
 def sync_tenant(
@@ -156,7 +202,8 @@ def sync_tenant(
 
 
 def sync_due(settings: Settings, *, limit: int, concurrency: int, on_page: PageCallback | None = None) -> BatchResult:
-    """`sync due`: claim due sources and sync them with at most `concurrency` workers.
+    """`sync due`: claim due sources and sync them with at most `concurrency` workers, then label what is
+    left unlabelled (a crash's or a cut-short run's mentions) while the budget lasts.
 
     The claim lives as long as this connection; workers each use their own connection, which holds
     the source's advisory lock while it works.
@@ -169,40 +216,141 @@ def sync_due(settings: Settings, *, limit: int, concurrency: int, on_page: PageC
         log.info("claimed %d due sources", len(ids), extra={"event": "claimed", "count": len(ids)})
         try:
             batch = _run_many(conn, settings, ids, options, concurrency)
-        finally:
+        except BaseException:
             if not conn.closed:
-                db.release_claims(conn)
-        pruned = db.prune_runs(conn, keep_days=settings.run_log_days)
-        if pruned:
-            log.info("deleted %d old run records", pruned, extra={"event": "pruned", "count": pruned})
+                with suppress(DatabaseError):
+                    db.release_claims(conn)
+            raise
+        _then(batch, lambda: db.release_claims(conn))
+        _then(batch, lambda: _prune(conn, settings))
+        _then(batch, lambda: _label_backlog(conn, settings, options, batch))
         return batch
+
+
+def _then(batch: BatchResult, step: Callable[[], object]) -> None:
+    """A step after the runs, unless the database already failed the command; its failure is reported after
+    the results, like a run's."""
+    if batch.error is not None:
+        return
+    try:
+        step()
+    except DatabaseError as exc:
+        batch.error = _command_stopped(exc)
+
+
+def _prune(conn: db.Connection, settings: Settings) -> None:
+    pruned = db.prune_runs(conn, keep_days=settings.run_log_days)
+    if pruned:
+        log.info("deleted %d old run records", pruned, extra={"event": "pruned", "count": pruned})
+
+
+def _label_backlog(conn: db.Connection, settings: Settings, options: RunOptions, batch: BatchResult) -> None:
+    """Mentions still `new` from any source (a run killed before its labels, one cut short by the budget):
+    labelled now if time is left, so a backlog never waits for its source to be synced again."""
+    if options.stop.is_set():
+        return
+    report = analysis.analyze_backlog(conn, settings.analyzer, deadline=options.deadline)
+    if report.analyzed or report.error or batch.analysis is not None:
+        batch.add_analysis(report.as_json())
+
+
+def _command_stopped(exc: DatabaseError) -> DatabaseError:
+    """The one line a command ends with when the database failed it."""
+    return DatabaseError(
+        f"{exc}; the sync stopped, no source is charged with it and the next run continues", sqlstate=exc.sqlstate
+    )
 
 
 def _run_many(
     conn: db.Connection, settings: Settings, ids: list[int], options: RunOptions, concurrency: int
 ) -> BatchResult:
+    batch = BatchResult()
     if concurrency <= 1 or len(ids) <= 1:
-        results = [run_source(conn, settings, source_id, options) for source_id in ids]
+        results, error = _run_in_turn(conn, settings, ids, options)
     else:
-        results = _run_pool(settings, ids, options, concurrency)
+        results, error, batch.workers = _run_pool(conn, settings, ids, options, concurrency)
+    done = {r.source_id for r in results}
+    # sources the command claimed but did not start, because the database failed it: they keep their place
+    results += [
+        _skipped(source_id, "not_started", f"source {source_id} waits for the next run (the sync stopped)")
+        for source_id in ids
+        if source_id not in done
+    ]
     order = {source_id: n for n, source_id in enumerate(ids)}
     results.sort(key=lambda r: order[r.source_id])
-    reports = [r.extra["analysis"] for r in results if "analysis" in r.extra]
-    summary = None
-    if reports:
-        errors = [r["error"] for r in reports if r["error"]]
-        summary = {
-            "analyzer": reports[0]["analyzer"],
-            "analyzed": sum(r["analyzed"] for r in reports),
-            "error": errors[0] if errors else None,
-        }
-    return BatchResult(results, summary)
+    batch.results = results
+    batch.error = _command_stopped(error) if error is not None else None
+    for report in (r.extra["analysis"] for r in results if "analysis" in r.extra):
+        batch.add_analysis(report)
+    return batch
 
 
-def _run_pool(settings: Settings, ids: list[int], options: RunOptions, concurrency: int) -> list[SyncResult]:
+def _run_in_turn(
+    conn: db.Connection, settings: Settings, ids: list[int], options: RunOptions
+) -> tuple[list[SyncResult], DatabaseError | None]:
+    """The sources one after another on the command's own connection, each analysed after its run."""
+    results = []
+    for source_id in ids:
+        result = run_source(conn, settings, source_id, options)
+        results.append(result)
+        if isinstance(result.stopped_by, DatabaseError):
+            return results, result.stopped_by
+    return results, None
+
+
+def connections_needed(workers: int) -> int:
+    """What `sync due --concurrency N` opens: its own connection (the claims), one a worker, and one for each
+    labelling thread (a quarter as many as workers, at least one)."""
+    return 1 + workers + labellers_for(workers)
+
+
+def labellers_for(workers: int) -> int:
+    return max(1, workers // 4)
+
+
+def _run_pool(
+    conn: db.Connection, settings: Settings, ids: list[int], options: RunOptions, concurrency: int
+) -> tuple[list[SyncResult], DatabaseError | None, int]:
     """`concurrency` workers sync the sources; the post-sync analysis of what they saved runs beside them
     in a quarter as many labelling threads, so a worker goes on to its next source at once (the
-    analysis is CPU and database work, the sync mostly waiting on the network)."""
+    analysis is CPU and database work, the sync mostly waiting on the network).
+
+    With fewer connections than that to be had, as many workers as they allow; with fewer than three,
+    the sources run in turn on the command's own connection. A database failure in any thread stops the
+    others between pages: (the results so far, the failure, the workers that ran)."""
+    size = min(concurrency, len(ids))
+    try:
+        opened = db.open_connections(settings, connections_needed(size) - 1)
+    except DatabaseError as exc:
+        return [], exc, 0
+    workers = size
+    while workers > 1 and workers + labellers_for(workers) > len(opened):
+        workers -= 1
+    if workers < size:
+        what = f"{workers} workers" if workers > 1 else "one source at a time"
+        log.warning(
+            "PostgreSQL gave %d of the %d connections --concurrency %d needs (1 + %d + %d); syncing with %s",
+            len(opened) + 1, connections_needed(size), size, size, labellers_for(size), what,
+            extra={"event": "fewer_connections", "count": len(opened) + 1},
+        )  # fmt: skip
+    try:
+        if workers > 1:
+            results, error = _run_workers(settings, ids, options, opened[:workers], opened[workers:])
+    finally:
+        for extra in opened:
+            extra.close()  # ends its session: a source lock it still held goes with it
+    if workers < 2:
+        results, error = _run_in_turn(conn, settings, ids, options)
+    return results, error, workers
+
+
+def _run_workers(
+    settings: Settings,
+    ids: list[int],
+    options: RunOptions,
+    worker_connections: list[db.Connection],
+    labeller_connections: list[db.Connection],
+) -> tuple[list[SyncResult], DatabaseError | None]:
     work: queue.SimpleQueue[int] = queue.SimpleQueue()
     for source_id in ids:
         work.put(source_id)
@@ -210,26 +358,24 @@ def _run_pool(settings: Settings, ids: list[int], options: RunOptions, concurren
     results: list[SyncResult] = []
     lock = threading.Lock()
     errors: list[BaseException] = []
+    failures: list[DatabaseError] = []
 
-    size = min(concurrency, len(ids))
-    lanes = max(1, size // 4)
+    def stopped(exc: DatabaseError) -> None:
+        with lock:
+            failures.append(exc)
+        options.stop.because("the sync stopped on a database error")
 
     from slsync import http
 
     # Set by each worker as it ends. The main thread waits on these rather than in Thread.join: Ctrl-C
     # during a join marks the joined thread as ended while it still runs (Python 3.11's threading), so
     # the process could exit in the middle of that worker's run and leave it unrecorded.
-    ended = [threading.Event() for _ in range(size)]
+    ended = [threading.Event() for _ in worker_connections]
 
-    def worker(connections: ConnectionPool[db.Connection], done: threading.Event) -> None:
+    def worker(conn: db.Connection, done: threading.Event) -> None:
         try:
-            # One connection and one HTTP client for the worker's whole life: taking a connection from the
-            # pool per source would cost a round trip to reset it (source locks released) and a wait for
-            # the pool's thread each time.
-            with (
-                connections.connection() as conn,
-                http.client(timeout=settings.http_timeout_seconds, tls=options.tls) as client,
-            ):
+            # One connection and one HTTP client for the worker's whole life.
+            with http.client(timeout=settings.http_timeout_seconds, tls=options.tls) as client:
                 own = dataclasses.replace(options, http=client)
                 while True:
                     try:
@@ -239,51 +385,54 @@ def _run_pool(settings: Settings, ids: list[int], options: RunOptions, concurren
                     result = run_source(conn, settings, source_id, own, analyze=False)
                     with lock:
                         results.append(result)
-                    if result.mentions_saved:
+                    if isinstance(result.stopped_by, DatabaseError):
+                        stopped(result.stopped_by)
+                    elif result.mentions_saved:
                         saved.put(result)
         except BaseException as exc:  # surfaced in the main thread below
             errors.append(exc)
         finally:
             done.set()
 
-    def labeller(connections: ConnectionPool[db.Connection]) -> None:
+    def labeller(conn: db.Connection) -> None:
         try:
-            with connections.connection() as conn:
-                while (result := saved.get()) is not None:
-                    if not options.stop.is_set():  # interrupted: what is left stays `new` for the next run
-                        result.extra["analysis"] = _analyze(conn, settings, result.source_id, options)
+            while (result := saved.get()) is not None:
+                if not options.stop.is_set():  # interrupted: what is left stays `new` for the next run
+                    result.extra["analysis"] = _analyze(conn, settings, result.source_id, options)
+        except DatabaseError as exc:
+            stopped(exc)
         except BaseException as exc:
             errors.append(exc)
 
-    with db.pool(settings, size + lanes) as connections:
-        workers = [
-            threading.Thread(target=worker, args=(connections, ended[n]), name=f"slsync-worker-{n}")
-            for n in range(size)
-        ]
-        labellers = [
-            threading.Thread(target=labeller, args=(connections,), name=f"slsync-labeller-{n}") for n in range(lanes)
-        ]
-        for thread in workers + labellers:
-            thread.start()
-        try:
-            for done in ended:
-                done.wait()
-        except KeyboardInterrupt:
-            # Ctrl-C: every run writes what it fetched and stops after its current page (recorded as
-            # partial, continued by the next run); the sources not started keep their place.
-            log.warning("interrupted: the runs stop after their current page", extra={"event": "interrupted"})
-            options.stop.set()
-            for done in ended:
-                done.wait()
-            raise
-        finally:
-            for _ in labellers:
-                saved.put(None)
-            for thread in labellers:
-                thread.join()
+    workers = [
+        threading.Thread(target=worker, args=(c, ended[n]), name=f"slsync-worker-{n}")
+        for n, c in enumerate(worker_connections)
+    ]
+    labellers = [
+        threading.Thread(target=labeller, args=(c,), name=f"slsync-labeller-{n}")
+        for n, c in enumerate(labeller_connections)
+    ]
+    for thread in workers + labellers:
+        thread.start()
+    try:
+        for done in ended:
+            done.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C: every run writes what it fetched and stops after its current page (recorded as
+        # partial, continued by the next run); the sources not started keep their place.
+        log.warning("interrupted: the runs stop after their current page", extra={"event": "interrupted"})
+        options.stop.set()
+        for done in ended:
+            done.wait()
+        raise
+    finally:
+        for _ in labellers:
+            saved.put(None)
+        for thread in labellers:
+            thread.join()
     if errors:
         raise errors[0]
-    return results
+    return results, failures[0] if failures else None
 
 
 class QuotaLedger:
@@ -308,18 +457,39 @@ def run_source(
     """Sync one source on this connection, holding its lock for the whole run; then (unless the caller
     analyzes elsewhere) label what it saved."""
     if reason := options.out_of_time():
-        if options.require_due:
+        # The budget is spent: an overlapping run may take the source at once. (Interrupted, or stopped by
+        # the database, the command ends now and its claims with its session.)
+        if options.require_due and not options.stop.is_set():
             db.release_claim(conn, source_id)
         return _skipped(source_id, "out_of_time", f"source {source_id} waits for the next run ({reason})")
-    if not db.try_lock_source(conn, source_id):
-        return _skipped(source_id, "busy", f"source {source_id} is already being synced by another process")
+    result = None
     try:
-        result = _run_locked(conn, settings, source_id, options)
-    finally:
-        if not conn.closed:
-            db.unlock_source(conn, source_id)
-    if analyze and result.mentions_saved:
-        result.extra["analysis"] = _analyze(conn, settings, source_id, options)
+        if not db.try_lock_source(conn, source_id):
+            return _skipped(source_id, "busy", f"source {source_id} is already being synced by another process")
+        try:
+            result = _run_locked(conn, settings, source_id, options)
+        finally:
+            with suppress(DatabaseError):  # failing, the lock ends with the session at the latest
+                db.unlock_source(conn, source_id)
+        if analyze and result.mentions_saved and result.stopped_by is None:
+            result.extra["analysis"] = _analyze(conn, settings, source_id, options)
+    except DatabaseError as exc:
+        return _stopped(source_id, exc, result)
+    return result
+
+
+def _stopped(source_id: int, exc: DatabaseError, result: SyncResult | None = None) -> SyncResult:
+    """A run the database stopped: its source keeps its status, failure count, schedule and the in-flight
+    cursor of its last saved page; the command ends with `exc`."""
+    if result is None:
+        result = SyncResult(source_id=source_id, success=False, status="stopped")
+    if not result.success:
+        result.status = "stopped"
+        saved = f" after {result.mentions_saved} new mentions" if result.mentions_saved else ""
+        state = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
+        result.message = f"stopped by a database error{saved}{state}; the next run continues"
+    result.stopped_by = exc
+    log.info(result.message, extra={"source": source_id, "event": "stopped", "reported": True, **_counts(result)})
     return result
 
 
@@ -404,47 +574,54 @@ def _fetch_and_save(conn: db.Connection, connector: Connector, source: Source, o
         unwritten.clear()
 
     try:
-        while True:
-            # Between pages, not inside one: what is saved stays consistent with the in-flight cursor.
-            if result.pages and (reason := options.out_of_time()):
-                write()
-                raise OutOfTime(f"stopped after {result.pages} pages: {reason}; the next run continues")
-            page = next(pages, None)
-            if page is None:
-                break
-            if not unwritten:
-                gathering_since = time.monotonic()
-            unwritten.append(page)
-            last_cursor = page.cursor
-            result.pages += 1
-            result.mentions_fetched += len(page.mentions)
-            result.errors += page.errors
-            gathered = sum(len(p.mentions) for p in unwritten)
-            if gathered >= WRITE_MENTIONS or time.monotonic() - gathering_since >= WRITE_SECONDS:
-                write()
-            if options.on_page:
-                options.on_page(source, result.pages, result.mentions_fetched)
-        write()
-    except ConnectorError as exc:
-        write()  # the pages fetched before the failure are whole and good: keep them
-        return _record_failure(conn, source, run_id, result, exc, started)
-    except Exception as exc:
-        if conn.closed or conn.broken:
+        try:
+            while True:
+                # Between pages, not inside one: what is saved stays consistent with the in-flight cursor.
+                if result.pages and (reason := options.out_of_time()):
+                    write()
+                    raise OutOfTime(f"stopped after {result.pages} pages: {reason}; the next run continues")
+                page = next(pages, None)
+                if page is None:
+                    break
+                if not unwritten:
+                    gathering_since = time.monotonic()
+                unwritten.append(page)
+                last_cursor = page.cursor
+                result.pages += 1
+                result.mentions_fetched += len(page.mentions)
+                result.errors += page.errors
+                gathered = sum(len(p.mentions) for p in unwritten)
+                if gathered >= WRITE_MENTIONS or time.monotonic() - gathering_since >= WRITE_SECONDS:
+                    write()
+                if options.on_page:
+                    options.on_page(source, result.pages, result.mentions_fetched)
+            write()
+        except ConnectorError as exc:
+            write()  # the pages fetched before the failure are whole and good: keep them
+            return _record_failure(conn, source, run_id, result, exc, started)
+        except DatabaseError:
             raise
-        log.exception("sync crashed", extra={"source": source.id, "event": "crashed"})
-        failure = ConnectorError(f"internal error: {type(exc).__name__}: {exc}")
-        return _record_failure(conn, source, run_id, result, failure, started)
-    finally:
-        pages.close()
-
+        except Exception as exc:
+            log.exception("sync crashed", extra={"source": source.id, "event": "crashed"})
+            failure = ConnectorError(f"internal error: {type(exc).__name__}: {exc}")
+            return _record_failure(conn, source, run_id, result, failure, started)
+        finally:
+            pages.close()
+        message = (
+            f"saved {result.mentions_saved} new of {result.mentions_fetched} fetched in {result.pages} pages"
+            if result.mentions_fetched
+            else "nothing new"
+        )
+        db.finish_success(conn, source, run_id, last_cursor, message)
+    except DatabaseError as exc:
+        # The database's trouble, never the source's: the run is closed if the database still answers, and
+        # the source stays as its last saved page left it (status, failures, schedule, in-flight cursor).
+        db.abandon_run(conn, run_id, f"stopped by a database error: {exc}")
+        result.duration_ms = int((time.monotonic() - started) * 1000)
+        return _stopped(source.id, exc, result)
     result.success = True
     result.status = "active"
-    result.message = (
-        f"saved {result.mentions_saved} new of {result.mentions_fetched} fetched in {result.pages} pages"
-        if result.mentions_fetched
-        else "nothing new"
-    )
-    db.finish_success(conn, source, run_id, last_cursor, result.message)
+    result.message = message
     result.duration_ms = int((time.monotonic() - started) * 1000)
     log.info(result.message, extra={"source": source.id, "event": "finished", **_counts(result)})
     return result

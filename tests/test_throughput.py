@@ -1,4 +1,4 @@
-"""Parallel workers: a shared rate-limit budget per credential, pooled connections that never keep a
+"""Parallel workers: a shared rate-limit budget per credential, worker connections that never keep a
 source lock, and a run log that does not grow without end."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from slsync.errors import RateLimited
 from slsync.models import RateLimit
 from tests.conftest import Cli, add_mock_source, add_x_source
 from tests.fakes.x_api import XApi
+from tests.test_processes import lock_released, wait_for
 
 
 def test_the_budget_counts_calls_within_a_window_and_trusts_a_new_window() -> None:
@@ -97,17 +98,16 @@ def test_each_worker_keeps_its_connection_to_the_api_across_its_sources(x_cli: C
     assert x_api.connections <= 3
 
 
-def test_a_pooled_connection_never_keeps_a_source_lock(settings) -> None:
-    with db.connect(settings) as conn:
-        source_id = add_mock_source(conn)
-    with db.pool(settings, 1) as connections:
-        with connections.connection() as conn:
-            assert db.try_lock_source(conn, source_id)  # as if a run forgot to unlock
-        with connections.connection() as conn:  # the same connection, reset on its way back
-            row = conn.execute(
-                "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
-            )
-            assert row.fetchone()["n"] == 0
+def test_a_worker_connection_never_keeps_a_source_lock_after_the_command(conn, settings) -> None:
+    source_id = add_mock_source(conn)
+    workers = db.open_connections(settings, 2)
+    assert len(workers) == 2 and all(c.info.transaction_status.name == "IDLE" for c in workers)
+    assert db.try_lock_source(workers[0], source_id)  # as if a run forgot to unlock
+    assert not db.try_lock_source(conn, source_id)
+    for worker in workers:  # what sync due does with them when its workers end
+        worker.close()
+    wait_for(lambda: lock_released(conn, source_id), timeout=10)  # the server ends the session at once
+    assert db.try_lock_source(conn, source_id)
 
 
 def test_sync_due_prunes_old_run_records_in_bounded_batches(conn, settings) -> None:
