@@ -61,3 +61,7 @@ class RateLimited(ConnectorError):
     def __init__(self, message: str, reset_at: datetime | None) -> None:
         super().__init__(message)
         self.reset_at = reset_at
+
+
+class QuotaSpent(RateLimited):
+    """A daily quota is spent (YouTube's units, TikTok's requests): stop until the quota day ends."""

@@ -39,6 +39,18 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class Gap:
+    """A stretch of a source's history that no sync could read: what was published between `start` and
+    `end` may be lost for good. `stream` names the query or hashtag a cap cut short ('' for the source)."""
+
+    start: datetime
+    end: datetime
+    reason: str
+    missed_estimate: int | None = None
+    stream: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     """One API response: its mentions, the cursor reached after it, and what the platform said of limits.
 
@@ -51,6 +63,8 @@ class Page:
     cursor: Mapping[str, Any]
     rate_limit: RateLimit | None = None
     errors: int = 0
+    # a pass that ended on the platform's cap before reaching its bound (recorded before the page is saved)
+    gaps: tuple[Gap, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +90,18 @@ class Source:
     created_at: datetime
     # when the connection's grant ends (only `slsync connect` renews it); None: no known end
     reconnect_by: datetime | None = None
+    # when a `sync due` claimed it (None when no claim is held)
+    claimed_at: datetime | None = None
+    # everything published before this was read (None before a first sync); see sql/006_coverage.sql
+    covered_until: datetime | None = None
+    inflight_started_at: datetime | None = None
+    behind_reason: str | None = None
+    # 'fixed', or 'auto' (the interval follows the volume within the bounds)
+    interval_mode: str = "fixed"
+    min_interval_minutes: int | None = None
+    max_interval_minutes: int | None = None
+    # new mentions a minute, smoothed over the last syncs; None before a first sync
+    mention_rate: float | None = None
 
 
 @dataclass(slots=True)

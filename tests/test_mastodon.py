@@ -358,6 +358,29 @@ def test_a_spent_window_stops_the_run_before_the_next_call(api: MastodonApi, tmp
     assert resumed[-1].cursor == {"v": 2, "streams": {"tag:acme": max(s["id"] for s in api.statuses)}}
 
 
+@pytest.mark.parametrize("newer", [100, 70])
+def test_a_keyword_search_cut_off_by_the_search_window_carries_a_gap(
+    api: MastodonApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, newer: int
+) -> None:
+    from slsync.connectors import mastodon
+
+    monkeypatch.setattr(mastodon, "MAX_SEARCH_OFFSET", 80)  # two pages of 40 instead of 250
+    now = datetime.now(UTC).replace(microsecond=0)
+    [stored] = api.add_statuses(1, tag=None, newest=now - timedelta(minutes=30))
+    api.add_statuses(newer, tag=None, newest=now - timedelta(minutes=1), spacing=timedelta(seconds=5))
+    config = MastodonConnector.build_config({"keywords": ["acme"]}, {"instance": "https://mastodon.social"})
+    cursor = {"v": 2, "streams": {"search:acme": stored}}
+    pages = list(run(api, config, tmp_path, token="user-token").pages(cursor, since=None, resume=None))
+    listed = sorted((s["id"] for s in api.statuses), key=int, reverse=True)
+    if newer <= 80:  # the window reached back to the status stored last time: nothing was cut off
+        assert not any(p.gaps for p in pages) and sum(len(p.mentions) for p in pages) == newer + 1
+        return
+    [gap] = pages[-1].gaps
+    assert (gap.start, gap.end) == (snowflake_time(stored), snowflake_time(listed[79]))
+    assert gap.reason == "cap" and gap.stream == "search:acme" and gap.missed_estimate
+    assert not any(p.gaps for p in pages[:-1]) and sum(len(p.mentions) for p in pages) == 80
+
+
 def test_instances_that_hide_timelines_or_refuse_a_token_mark_the_source_for_the_operator(
     api: MastodonApi, tmp_path: Path
 ) -> None:

@@ -332,17 +332,46 @@ def test_a_resume_of_another_query_starts_afresh(reddit_api: RedditApi) -> None:
     assert "after" not in reddit_api.searches[0].params and len(page.mentions) == 3
 
 
-def test_the_listing_cap_ends_a_run_and_says_posts_may_be_missed(
-    reddit_api: RedditApi, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_the_listing_cap_ends_a_run_and_its_last_page_carries_the_gap(reddit_api: RedditApi) -> None:
     reddit_api.listing_cap = 1000
     reddit_api.add_posts(1050, spacing=timedelta(seconds=30))
-    cursor = {"newest": {"id": "t3_old", "created_utc": (datetime.now(UTC) - timedelta(days=2)).timestamp()}}
-    with caplog.at_level(logging.WARNING, logger="slsync.reddit"):
-        pages = list(_pages(reddit_api, cursor))
+    stored = (datetime.now(UTC) - timedelta(days=2)).replace(microsecond=0)
+    cursor = {"newest": {"id": "t3_old", "created_utc": stored.timestamp()}}
+    pages = list(_pages(reddit_api, cursor))
     assert len(pages) == 10 and sum(len(p.mentions) for p in pages) == 1000
-    assert "may be missed" in caplog.text
     assert pages[-1].cursor["streams"]["search"]["newest"]["id"] == reddit_api.posts[-1]["name"]
+    # between the newest post the last run stored and the oldest the listing reached: out of reach
+    assert all(not p.gaps for p in pages[:-1])
+    [gap] = pages[-1].gaps
+    oldest = datetime.fromtimestamp(reddit_api.posts[50]["created_utc"], UTC)
+    assert (gap.start, gap.end, gap.reason, gap.stream) == (stored, oldest, "cap", "search")
+    # 1,000 posts listed over 999 half-minutes: about 2 a minute across the stretch not read
+    assert gap.missed_estimate == round(1000 / (999 * 0.5) * (oldest - stored).total_seconds() / 60)
+
+
+def test_a_capped_listing_that_reaches_the_stored_post_leaves_no_gap(
+    reddit_api: RedditApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the listing ends on its cap inside the overlap: two minutes past the newest post the last run stored,
+    # but short of the boundary ten minutes before it. Nothing was cut off: no gap, no warning
+    reddit_api.add_posts(1050, spacing=timedelta(seconds=30))
+    stored = reddit_api.posts[54]
+    cursor = {"newest": {"id": stored["name"], "created_utc": stored["created_utc"]}}
+    with caplog.at_level(logging.INFO, logger="slsync.reddit"):
+        pages = list(_pages(reddit_api, cursor))
+    assert sum(len(p.mentions) for p in pages) == 1000 and not any(p.gaps for p in pages)
+    assert "nothing was cut off" in caplog.text and "WARNING" not in caplog.text
+
+
+def test_a_capped_first_sync_says_what_it_could_not_read(
+    reddit_api: RedditApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    # nothing was covered before a first sync: its backfill falls short, which is said, not recorded as a gap
+    reddit_api.add_posts(1050, spacing=timedelta(minutes=5))
+    with caplog.at_level(logging.WARNING, logger="slsync.reddit"):
+        pages = list(_pages(reddit_api, since=datetime.now(UTC) - timedelta(days=7)))
+    assert sum(len(p.mentions) for p in pages) == 1000 and not any(p.gaps for p in pages)
+    assert "were not read" in caplog.text
 
 
 def test_the_window_used_up_stops_before_the_next_page(reddit_api: RedditApi) -> None:

@@ -27,7 +27,7 @@ from slsync.connectors.youtube import (
     normalize_page,
     quota_day,
 )
-from slsync.errors import AuthError, Fatal, RateLimited, UsageError
+from slsync.errors import AuthError, Fatal, QuotaSpent, RateLimited, UsageError
 from slsync.models import Source
 from tests.conftest import Cli
 from tests.fakes.youtube_api import API_KEY, YouTubeApi
@@ -306,8 +306,8 @@ def test_a_retry_that_does_not_fit_the_quota_is_not_made(api: YouTubeApi, no_wai
 @pytest.mark.parametrize(
     ("reason", "status", "error", "says"),
     [
-        ("quotaExceeded", 403, RateLimited, "daily quota spent until"),
-        ("dailyLimitExceeded", 403, RateLimited, "daily quota spent until"),
+        ("quotaExceeded", 403, QuotaSpent, "daily quota spent until"),
+        ("dailyLimitExceeded", 403, QuotaSpent, "daily quota spent until"),
         ("rateLimitExceeded", 403, RateLimited, "rate limit reached until"),
         ("keyInvalid", 400, AuthError, "refused the API key"),
         ("forbidden", 403, AuthError, "refused the API key"),

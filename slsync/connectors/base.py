@@ -7,6 +7,7 @@ credentials through a Context, and saves each page as it arrives.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from datetime import date, datetime, timedelta
@@ -159,6 +160,13 @@ class Connector(ABC):
     options: ClassVar[Mapping[str, Callable[[str], Any]]] = {}
     # how far back the platform's search reaches (--since older than this is refused); None: no limit
     max_lookback: ClassVar[timedelta | None] = None
+    # the most items one pass over a stream can page through whatever its bound (Reddit's listings end near
+    # 1,000): more new mentions than this between two syncs are cut off. None: no such cap
+    listing_cap: ClassVar[int | None] = None
+    # mentions a full page holds: what a run's calls are estimated from
+    page_size: ClassVar[int] = 100
+    # what daily_quota() counts
+    quota_unit: ClassVar[str] = "units"
     # False where a source listens to what an option names (a page, an organization), not to search terms
     needs_search_terms: ClassVar[bool] = True
     # the platform's settings, declared beside the connector (config.Settings.of reads them)
@@ -188,6 +196,28 @@ class Connector(ABC):
             return self.settings_of(self.context.settings)
         except UsageError as exc:
             raise Fatal(str(exc)) from None
+
+    # --- what the engine plans with: reach, cost, quota -----------------------------------------------
+
+    @classmethod
+    def reach(cls, config: Mapping[str, Any]) -> timedelta | None:
+        """How far back a sync of this source can still read what it missed (the oldest moment its calls ask
+        for): a gap opens when the last finished sync began earlier. None: as far back as it needs."""
+        return cls.max_lookback
+
+    @classmethod
+    def run_cost(cls, config: Mapping[str, Any], expected_mentions: float) -> int:
+        """What a run is expected to spend of its credential's budget (calls; a quota's units where the
+        platform counts those): by default a call per stream and page of `expected_mentions`."""
+        planned = cls.builds(config) if cls.builds is not None else None
+        streams = len(planned) if isinstance(planned, list) else 1
+        return max(streams, 1) * max(1, math.ceil(expected_mentions / cls.page_size))
+
+    @classmethod
+    def daily_quota(cls, credentials: Credentials, settings: Settings, now: datetime) -> tuple[str, int, date] | None:
+        """The daily quota a run spends, as the ledger counts it (its key, the day's limit, the quota day) and in
+        the units of run_cost; None where the platform counts no daily quota."""
+        return None
 
     @classmethod
     def oauth_app(cls, settings: Settings) -> OAuthApp | None:

@@ -447,6 +447,7 @@ class BlueskyConnector(PagedConnector):
     )
     title = PLATFORM
     connection_type = "app"
+    page_size = PAGE_SIZE
 
     @classmethod
     def app_credentials(cls, source: Source, settings: Settings) -> BlueskySession | None:

@@ -260,6 +260,7 @@ class InstagramConnector(PagedConnector):
     needs_search_terms = False
     # tags reach back as far as the account's history; recent_media 24 hours whatever is asked (README)
     max_lookback = None
+    page_size = PAGE_SIZE
     options = {
         "page": _graph_id("Facebook page id"),
         "ig_user": _graph_id("Instagram user id"),
@@ -272,6 +273,11 @@ class InstagramConnector(PagedConnector):
     @classmethod
     def oauth_app(cls, settings: Settings) -> OAuthApp:
         return meta.oauth_app(cls.settings_of(settings), platform="instagram", scopes=SCOPES)
+
+    @classmethod
+    def reach(cls, config: Mapping[str, Any]) -> timedelta | None:
+        """recent_media serves 24 hours: a source with hashtags loses what a day without a sync leaves behind."""
+        return RECENT_MEDIA_REACH if config.get("hashtags") else None
 
     @classmethod
     def after_connect(cls, token: Token, source: Source, settings: Settings, http_client: httpx.Client) -> Token:

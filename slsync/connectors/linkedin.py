@@ -294,6 +294,11 @@ class LinkedInConnector(Connector):
     needs_search_terms = False
     max_lookback = RETENTION
     options = {"organization": parse_organization}
+    page_size = PAGE_SIZE
+
+    @classmethod
+    def reach(cls, config: Mapping[str, Any]) -> timedelta:
+        return RETENTION - RETENTION_MARGIN
 
     @classmethod
     def oauth_app(cls, settings: Settings) -> OAuthApp:
@@ -324,7 +329,7 @@ class LinkedInConnector(Connector):
         else:
             start = since or committed or now - BACKFILL
             end, offset, newest = now, 0, None
-        start = max(start, now - RETENTION + RETENTION_MARGIN)  # LinkedIn keeps 60 days; older is refused
+        start = max(start, now - self.reach(self.source.config))  # LinkedIn keeps 60 days; older is refused
         if start >= end:
             start = end - OVERLAP
 

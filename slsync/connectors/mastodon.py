@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -32,8 +33,9 @@ from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import normalize_each
 from slsync.connectors.fields import text as _text
 from slsync.connectors.paging import Cursor, Fetched, PagedConnector, Walk
+from slsync.coverage import estimate
 from slsync.errors import AuthError, Fatal, UsageError
-from slsync.models import Mention, RateLimit
+from slsync.models import Gap, Mention, RateLimit
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -407,6 +409,13 @@ class MastodonConnector(PagedConnector):
     order = int
     connection_type = "app"
     options = {"instance": parse_instance, "anonymous": flag}
+    page_size = PAGE_SIZE
+    # a keyword search pages no deeper than the instance's search window (hashtag timelines have no cap)
+    listing_cap = MAX_SEARCH_OFFSET
+
+    @classmethod
+    def run_cost(cls, config: Mapping[str, Any], expected_mentions: float) -> int:
+        return len(build_streams(config)) * max(1, math.ceil(expected_mentions / PAGE_SIZE))
 
     @classmethod
     def app_credentials(cls, source: Source, settings: Settings) -> MastodonCredentials:
@@ -458,7 +467,23 @@ class MastodonConnector(PagedConnector):
         kept = [m for m in mentions if wanted(m, _exclusions(config), set(config.get("languages") or []))]
         newest = str(max(ids)) if ids else None
         first = str(ids[0]) if ids else None
-        return Fetched(kept, token=token, newest=newest, errors=errors, limits=limits, first=first)
+        gap = self._cut_off(walk, ids) if walk.stream.startswith("search:") and token is None else None
+        return Fetched(
+            kept, token=token, newest=newest, errors=errors, limits=limits, first=first, gap=gap, listed=len(ids)
+        )
+
+    def _cut_off(self, walk: Walk, ids: list[int]) -> Gap | None:
+        """A search paged to the instance's search window without reaching the newest status stored: what was
+        numbered between that status and the oldest one listed is out of reach."""
+        stop = _id(_dict(walk.bound).get("stop_id"))
+        offset = walk.token if isinstance(walk.token, int) else 0
+        if stop is None or not ids or min(ids) <= stop or offset + PAGE_SIZE < MAX_SEARCH_OFFSET:
+            return None
+        start, end = snowflake_time(str(stop)), snowflake_time(str(min(ids)))
+        newest = _id(walk.newest) or max(ids)
+        listed_for = (snowflake_time(str(max(newest, max(ids)))) - end).total_seconds() / 60
+        seen = walk.seen + len(ids)
+        return Gap(start, end, "cap", estimate(seen / listed_for if listed_for > 0 else None, end - start))
 
     def legacy(self, doc: Mapping[str, Any]) -> Cursor:
         """0.1.0: {"newest": {stream: id}, "active": {"stream", "newest_id", and "since_id", "max_id" (a hashtag)

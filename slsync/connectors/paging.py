@@ -14,7 +14,9 @@ which bound a finished pass leaves for the next run (`reached`). The engine owns
 - the rate-limit stop: a window the platform says is spent ends the run as rate limited, before a call
   that could only be refused;
 - the time budget: every call (`Connector.call`) runs under the run's deadline, and the sync engine
-  stops between pages.
+  stops between pages;
+- caps: a pass that the platform's cap ended before its bound (`Fetched.gap`) carries the gap, named
+  after its stream, on its last page; the sync engine records it before it saves that page.
 
 Cursors stored by 0.1.0, each connector in its own shape, are read once by the connector's `legacy()`;
 the first page a run writes is in the shape above.
@@ -24,14 +26,14 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from slsync.connectors.base import Connector, CursorDoc
 from slsync.connectors.fields import iso_time, mapping
 from slsync.errors import Fatal
-from slsync.models import Mention, Page, RateLimit
+from slsync.models import Gap, Mention, Page, RateLimit
 
 VERSION = 2
 
@@ -52,6 +54,8 @@ class Walk:
     tokens: list[Any] = field(default_factory=list, repr=False)
     firsts: set[str] = field(default_factory=set, repr=False)
     pages: int = field(default=0, repr=False)
+    # items the platform listed in this run's part of the pass (kept or not), for a cap's estimate
+    seen: int = field(default=0, repr=False)
 
     def restart(self) -> None:
         """Page the pass again from its top (the platform forgot the token)."""
@@ -74,6 +78,10 @@ class Fetched:
     first: str | None = None
     # False: the pass ended without reading the stream (skipped this run): its bound stays where it was
     advance: bool = True
+    # the platform's cap ended the pass before its bound: what lies between could not be read
+    gap: Gap | None = None
+    # items the page listed, filtered or not (None: the mentions' count)
+    listed: int | None = None
 
 
 @dataclass
@@ -218,6 +226,7 @@ class PagedConnector(Connector):
                 first = fetched.first or (fetched.mentions[0].external_id if fetched.mentions else None)
                 check_loop(self.title, walk, fetched.token, first)
                 walk.pages += 1
+                walk.seen += len(fetched.mentions) if fetched.listed is None else fetched.listed
                 walk.newest = self.newest(walk.newest, fetched.newest)
                 written = Cursor(bounds, None, (since or kept) if not last else None, self.extra())
                 if fetched.token is not None:
@@ -226,7 +235,8 @@ class PagedConnector(Connector):
                     written.active, written.since = walk, since or kept
                 elif fetched.advance and (reached := self.reached(walk, bounds.get(stream))) is not None:
                     bounds[stream] = reached
-                yield Page(tuple(fetched.mentions), written.as_json(), fetched.limits, fetched.errors)
+                gaps = (replace(fetched.gap, stream=stream),) if fetched.gap is not None else ()
+                yield Page(tuple(fetched.mentions), written.as_json(), fetched.limits, fetched.errors, gaps)
                 if fetched.token is not None or not last:
                     self.stop_if_spent(fetched.limits)
                 if fetched.token is None:

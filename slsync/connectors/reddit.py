@@ -31,8 +31,9 @@ from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import normalize_each
 from slsync.connectors.fields import text as _text
 from slsync.connectors.paging import Cursor, Fetched, PagedConnector, Walk
+from slsync.coverage import estimate
 from slsync.errors import AuthError, Fatal, UsageError
-from slsync.models import Mention, RateLimit
+from slsync.models import Gap, Mention, RateLimit
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -46,6 +47,7 @@ PLATFORM = "Reddit"
 PAGE_SIZE = 100
 MAX_QUERY_LENGTH = 512
 # Listings end near 1,000 items (10 pages); more pages than this means the listing is looping.
+LISTING_CAP = 1000
 MAX_PAGES = 15
 MAX_SUBREDDITS = 100
 # Search indexes posts with a delay: each run re-reads this much before the newest stored post.
@@ -376,6 +378,7 @@ class RedditConnector(PagedConnector):
     options = {"subreddits": parse_subreddits, "overlap_minutes": whole_number("minutes", MAX_OVERLAP_MINUTES)}
     # search reaches as far back as its ~1,000-item listings go; no fixed window
     max_lookback = None
+    listing_cap = LISTING_CAP
 
     @classmethod
     def app_credentials(cls, source: Source, settings: Settings) -> RedditAppCredentials | None:
@@ -390,7 +393,11 @@ class RedditConnector(PagedConnector):
 
     def begin(self, stream: str, stored: Any, since: datetime | None) -> dict[str, Any]:
         boundary = _boundary(_dict(stored), since, self._overlap, self.context.now())
-        return {"boundary": boundary, **self._listing}
+        bound = {"boundary": boundary, **self._listing}
+        newest = _mark(_dict(stored).get("newest"))
+        if since is None and newest is not None:
+            bound["covered"] = newest["created_utc"]  # what the last pass read down to: a cap short of it is a gap
+        return bound
 
     def resumable(self, walk: Walk) -> bool:
         bound = _dict(walk.bound)
@@ -411,17 +418,39 @@ class RedditConnector(PagedConnector):
         reached = len(kept) < len(mentions)
         number = walk.pages + 1
         more = bool(next_after) and not reached and number < MAX_PAGES
-        if not more and not reached and number >= 10:
-            log.warning(
-                "Reddit's listing ended before %s: posts older than its last one may be missed "
-                "(Reddit lists about 1,000 items; sync this source more often or narrow its search)",
-                f"{datetime.fromtimestamp(boundary, UTC):%Y-%m-%d %H:%M:%S} UTC",
-                extra={"event": "listing_exhausted"},
-            )
         newest = None
         for mention in kept:
             newest = _newer(newest, mention)
-        return Fetched(kept, token=next_after if more else None, newest=newest, errors=errors, limits=limits)
+        gap = None
+        if not more and not reached and number >= LISTING_CAP // PAGE_SIZE:
+            gap = self._cut_off(walk, boundary, newest, mentions)
+        return Fetched(kept, token=next_after if more else None, newest=newest, errors=errors, limits=limits, gap=gap)
+
+    def _cut_off(
+        self, walk: Walk, boundary: float, newest: Mapping[str, Any] | None, listed: list[Mention]
+    ) -> Gap | None:
+        """The listing ended on its ~1,000-item cap before the boundary: what lies between the newest post the
+        last pass stored and the listing's oldest post is out of reach (a gap), unless the listing got back
+        to that post after all (inside the overlap) or there was none (a first sync, --since)."""
+        covered = _dict(walk.bound).get("covered")
+        oldest = min((m.published_at for m in listed), default=None)
+        if not _is_number(covered) or oldest is None:
+            log.warning(
+                "Reddit's listing ended before %s: posts older than its last one were not read "
+                "(Reddit lists about 1,000 items; narrow the search or reach back less far)",
+                f"{datetime.fromtimestamp(boundary, UTC):%Y-%m-%d %H:%M:%S} UTC",
+                extra={"event": "listing_exhausted"},
+            )
+            return None
+        start = datetime.fromtimestamp(float(covered), UTC)
+        if oldest <= start:
+            log.info("Reddit's listing ended inside the overlap: nothing was cut off", extra={"event": "listing_full"})
+            return None
+        top = _mark(_newer(_mark(walk.newest), newest))
+        seen = walk.seen + len(listed)
+        listed_for = (float(top["created_utc"]) - oldest.timestamp()) / 60 if top else 0.0
+        rate = seen / listed_for if listed_for > 0 else None
+        return Gap(start, oldest, "cap", estimate(rate, oldest - start))
 
     def reached(self, walk: Walk, stored: Any) -> dict[str, Any]:
         return {

@@ -51,7 +51,7 @@ from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import normalize_each
 from slsync.connectors.fields import text as _text
 from slsync.connectors.paging import Walk, check_loop
-from slsync.errors import AuthError, Fatal, RateLimited, Retriable, UsageError
+from slsync.errors import AuthError, Fatal, QuotaSpent, RateLimited, Retriable, UsageError
 from slsync.models import Mention, Page, RateLimit
 
 if TYPE_CHECKING:
@@ -436,6 +436,14 @@ class TikTokConnector(Connector):
     }
     # the Research API reaches back to 2016-ish; a long --since is split into 30-day queries
     max_lookback = None
+    page_size = PAGE_SIZE
+    quota_unit = "requests"
+
+    @classmethod
+    def daily_quota(cls, credentials: Credentials, settings: Settings, now: datetime) -> tuple[str, int, date]:
+        """Requests: each call takes one (the records a call may return are reserved as it is made)."""
+        digest = credentials.key.rsplit(":", 1)[-1]
+        return f"tiktok:requests:{digest}", cls.settings_of(settings).daily_requests, quota_day(now)[0]
 
     @classmethod
     def app_credentials(cls, source: Source, settings: Settings) -> TikTokAppCredentials | None:
@@ -640,7 +648,7 @@ class TikTokConnector(Connector):
         day, reset_at = quota_day(self.context.now())
         remaining = self.context.quota.spend(key, 1, daily, day)
         if remaining is None:
-            raise RateLimited(
+            raise QuotaSpent(
                 f"{PLATFORM} daily request quota spent until {_utc(reset_at)} ({daily} requests a day)", reset_at
             )
         return RateLimit(limit=daily, remaining=remaining, reset_at=reset_at)
@@ -650,7 +658,7 @@ class TikTokConnector(Connector):
         day, reset_at = quota_day(self.context.now())
         if self.context.quota.spend(records_key, PAGE_SIZE, daily_records, day) is None:
             self.context.quota.spend(requests_key, -1, daily_requests, day)
-            raise RateLimited(
+            raise QuotaSpent(
                 f"{PLATFORM} daily record quota spent until {_utc(reset_at)} "
                 f"(a call may return {PAGE_SIZE} of {daily_records} records a day)",
                 reset_at,
@@ -680,7 +688,7 @@ class TikTokConnector(Connector):
             day, reset_at = quota_day(self.context.now())
             self.context.quota.exhaust(f"tiktok:requests:{digest}", settings.daily_requests, day)
             self.context.quota.exhaust(f"tiktok:records:{digest}", settings.daily_records, day)
-            raise RateLimited(f"{PLATFORM} daily quota spent until {_utc(reset_at)} ({detail})", reset_at)
+            raise QuotaSpent(f"{PLATFORM} daily quota spent until {_utc(reset_at)} ({detail})", reset_at)
         if status == 429:
             wait = http.retry_after(response, self.context.now())
             reset_at = self.context.now() + (timedelta(seconds=min(wait, 86400)) if wait is not None else SHORT_LIMIT)

@@ -251,11 +251,15 @@ class TwitterConnector(PagedConnector):
     def app_token(cls, settings: Settings) -> SecretStr | None:
         return cls.settings_of(settings).bearer_token
 
+    @classmethod
+    def reach(cls, config: Mapping[str, Any]) -> timedelta:
+        return LOOKBACK - LOOKBACK_MARGIN
+
     def streams(self) -> list[str]:
         return build_queries(self.source.config)
 
     def begin(self, stream: str, stored: Any, since: datetime | None) -> dict[str, str]:
-        earliest = self.context.now() - LOOKBACK + LOOKBACK_MARGIN
+        earliest = self.context.now() - self.reach(self.source.config)
         since_id = stored if since is None and isinstance(stored, str) and stored.isdigit() else None
         if since_id and snowflake_time(since_id) < earliest:
             since_id = None  # X refuses a since_id older than its search window

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import html
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -39,7 +40,7 @@ from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
 from slsync.connectors.fields import text as _text
 from slsync.connectors.paging import Cursor, Fetched, PagedConnector, Walk, legacy_streams
-from slsync.errors import AuthError, Fatal, RateLimited, UsageError
+from slsync.errors import AuthError, Fatal, QuotaSpent, RateLimited, UsageError
 from slsync.models import Mention, RateLimit
 
 if TYPE_CHECKING:
@@ -406,6 +407,19 @@ class YouTubeConnector(PagedConnector):
         secret = cls.settings_of(settings).api_key
         return ApiKey(secret) if secret is not None else None
 
+    page_size = SEARCH_PAGE_SIZE
+
+    @classmethod
+    def run_cost(cls, config: Mapping[str, Any], expected_mentions: float) -> int:
+        """In quota units: a page of each stream, and as many more video searches as the new mentions fill."""
+        streams = build_streams(config)
+        extra = max(0, math.ceil(expected_mentions / SEARCH_PAGE_SIZE) - 1)
+        return sum(s.cost for s in streams) + extra * max((s.cost for s in streams), default=0)
+
+    @classmethod
+    def daily_quota(cls, credentials: Credentials, settings: Settings, now: datetime) -> tuple[str, int, date]:
+        return credentials.key, cls.settings_of(settings).daily_quota, quota_day(now)[0]
+
     def streams(self) -> dict[str, Stream]:
         return {stream.name: stream for stream in build_streams(self.source.config)}
 
@@ -482,7 +496,7 @@ class YouTubeConnector(PagedConnector):
         remaining = self.context.quota.spend(key, units, daily, day)
         if remaining is None:
             what = "a video search" if stream.is_search else "a comment search"
-            raise RateLimited(
+            raise QuotaSpent(
                 f"YouTube daily quota spent until {_utc(reset_at)} ({what} costs {units} of {daily} units a day)",
                 reset_at,
             )
@@ -509,7 +523,7 @@ class YouTubeConnector(PagedConnector):
             if error.reasons & QUOTA_REASONS:
                 day, reset_at = quota_day(self.context.now())
                 self.context.quota.exhaust(credentials.key, daily, day)
-                raise RateLimited(f"YouTube daily quota spent until {_utc(reset_at)} ({detail})", reset_at)
+                raise QuotaSpent(f"YouTube daily quota spent until {_utc(reset_at)} ({detail})", reset_at)
             if error.reasons & SHORT_LIMIT_REASONS:
                 wait = http.retry_after(response)
                 reset_at = self.context.now() + (timedelta(seconds=wait) if wait else SHORT_LIMIT)
