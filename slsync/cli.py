@@ -237,11 +237,43 @@ def _source_json(source: Source) -> dict[str, Any]:
         "config": dict(source.config),
         "status": source.status,
         "sync_interval_minutes": source.sync_interval_minutes,
+        **_schedule_json(source.interval_mode, source.min_interval_minutes, source.max_interval_minutes),
         "last_sync_at": source.last_sync_at,
         "next_sync_at": source.next_sync_at,
         "error_message": source.error_message,
         "total_mentions": source.mentions_count,
     }
+
+
+def _schedule_json(mode: str, lowest: int | None, highest: int | None) -> dict[str, Any]:
+    return {"interval_mode": mode, "min_interval_minutes": lowest, "max_interval_minutes": highest}
+
+
+def _every(mode: str, minutes: int, lowest: int | None, highest: int | None) -> str:
+    """How often a source syncs, for tables: "30 min", or "auto 15-360: 60 min"."""
+    return f"auto {lowest}-{highest}: {minutes} min" if mode == "auto" else f"{minutes} min"
+
+
+def _interval(value: str, lowest: int | None, highest: int | None) -> tuple[int, tuple[int, int] | None]:
+    """--interval MINUTES or auto, with --min-interval/--max-interval: the first interval and the auto bounds."""
+    from slsync.coverage import DEFAULT_MAX_INTERVAL, DEFAULT_MIN_INTERVAL
+
+    text = value.strip().lower()
+    if text != "auto":
+        if lowest is not None or highest is not None:
+            raise UsageError("--min-interval and --max-interval go with --interval auto")
+        try:
+            minutes = int(text)
+        except ValueError:
+            raise UsageError(f"--interval {value!r}: expected a number of minutes (1 to 10080) or auto") from None
+        if not 1 <= minutes <= 10080:
+            raise UsageError(f"--interval {minutes}: expected 1 to 10080 minutes (a week), or auto")
+        return minutes, None
+    lowest = DEFAULT_MIN_INTERVAL if lowest is None else lowest
+    highest = max(DEFAULT_MAX_INTERVAL, lowest) if highest is None else highest
+    if lowest > highest:
+        raise UsageError(f"--min-interval {lowest} is more than --max-interval {highest}")
+    return lowest, (lowest, highest)
 
 
 @source_app.command("add")
@@ -255,10 +287,22 @@ def source_add(
     exclude: list[str] = typer.Option([], "--exclude", help="Word that excludes a post (repeatable)."),
     language: list[str] = typer.Option([], "--language", help="ISO 639-1 language code (repeatable)."),
     option: list[str] = typer.Option([], "--option", help="Connector option NAME=VALUE (repeatable)."),
-    interval: int = typer.Option(15, "--interval", min=1, max=10080, help="Minutes between syncs."),
+    interval: str = typer.Option(
+        "15", "--interval", help="Minutes between syncs (1-10080), or auto: follow the source's volume."
+    ),
+    min_interval: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--min-interval", min=1, max=10080, help="With --interval auto: the shortest interval (default 15)."
+    ),
+    max_interval: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--max-interval", min=1, max=10080, help="With --interval auto: the longest interval (default 360)."
+    ),
     as_json: bool = JsonFlag,
 ) -> None:
-    """Add a source; prints its id ({"id": ...} with --json). Exit 0, or 2 on bad input."""
+    """Add a source; prints its id ({"id": ...} with --json). Exit 0, or 2 on bad input.
+
+    With --interval auto, each sync schedules the next from the new mentions it found and how close it came
+    to the platform's listing cap or reach: a busy source is synced often, a quiet one drifts to the maximum.
+    """
     from slsync import db
     from slsync.connectors import connector_class
 
@@ -269,6 +313,7 @@ def source_add(
     for code in languages:
         if not _LANGUAGE.match(code):
             raise UsageError(f"--language {code!r}: expected a two- or three-letter code such as en")
+    minutes, auto = _interval(interval, min_interval, max_interval)
     connector = connector_class(platform)
     search = {
         "keywords": _terms(keyword, "--keyword"),
@@ -286,8 +331,9 @@ def source_add(
             name=name,
             connection_type=connector.connection_type,
             config=config,
-            interval_minutes=interval,
+            interval_minutes=minutes,
             status="pending" if connector.connection_type == "user" else "active",
+            auto_interval=auto,
         )
         source = db.get_source(conn, source_id)
     if as_json:
@@ -325,7 +371,7 @@ def source_list(
             s.platform,
             s.name,
             s.status,
-            f"{s.sync_interval_minutes} min",
+            _every(s.interval_mode, s.sync_interval_minutes, s.min_interval_minutes, s.max_interval_minutes),
             " ".join(terms),
         )
     _console().print(table)
@@ -410,9 +456,11 @@ def _report_batch(batch: BatchResult, as_json: bool) -> None:
         for r in sorted(batch.results, key=lambda r: id(r) not in failed):
             print(_result_line(r))
         doc = batch.as_json()
+        deferred = f" ({doc['sources_deferred']} deferred)" if doc["sources_deferred"] else ""
         print(
             f"{doc['sources_synced']} synced, {doc['sources_failed']} failed, {doc['sources_cut_short']} cut short,"
-            f" {doc['sources_skipped']} skipped of {doc['sources_claimed']}; {doc['total_mentions_saved']} new mentions"
+            f" {doc['sources_skipped']} skipped{deferred} of {doc['sources_claimed']};"
+            f" {doc['total_mentions_saved']} new mentions"
         )
         _analysis_line(batch.analysis)
     if batch.error:
@@ -481,7 +529,13 @@ BREAKDOWN_MAX_SOURCES = 1000
 RECONNECT_WARNING = timedelta(days=14)
 
 
-def _status_json(row: dict[str, Any], breakdown: dict[int, dict[str, int]] | None) -> dict[str, Any]:
+def _status_json(
+    row: dict[str, Any],
+    breakdown: dict[int, dict[str, int]] | None,
+    gaps: dict[int, list[dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    from slsync.coverage import gap_json
+
     now = row["db_now"]
     started = row["run_started_at"]
     if row["syncing"] and started is not None:
@@ -500,6 +554,7 @@ def _status_json(row: dict[str, Any], breakdown: dict[int, dict[str, int]] | Non
             "last_sync_at": row["last_sync_at"],
             "next_sync_at": row["next_sync_at"],
             "sync_interval_minutes": row["sync_interval_minutes"],
+            **_schedule_json(row["interval_mode"], row["min_interval_minutes"], row["max_interval_minutes"]),
             "error_message": row["error_message"],
             "consecutive_failures": row["consecutive_failures"],
         },
@@ -519,6 +574,11 @@ def _status_json(row: dict[str, Any], breakdown: dict[int, dict[str, int]] | Non
             "total_mentions": row["mentions_count"],
             "sentiment_7d": breakdown.get(row["id"], {}) if breakdown is not None else None,
         },
+        "coverage": {
+            "covered_until": row["covered_until"],
+            "mentions_per_hour": round(row["mention_rate"] * 60, 2) if row["mention_rate"] is not None else None,
+        },
+        "gaps": [gap_json(gap) for gap in (gaps or {}).get(row["id"], [])],
     }
 
 
@@ -582,7 +642,9 @@ def _status_table(docs: list[dict[str, Any]]) -> Any:
             s["status"],
             _when(s["last_sync_at"], short=True),
             _when(s["next_sync_at"], short=True),
-            f"{s['sync_interval_minutes']} min",
+            _every(
+                s["interval_mode"], s["sync_interval_minutes"], s["min_interval_minutes"], s["max_interval_minutes"]
+            ),
             f"{doc['stats']['total_mentions']:,}",
             _breakdown_short(doc["stats"]["sentiment_7d"]),
             rate,
@@ -606,6 +668,23 @@ def _reconnect_warnings(docs: list[dict[str, Any]], now: datetime) -> list[str]:
             left = f"in {days} days" if days > 1 else "within 2 days"
             lines.append(
                 f"{what}: its connection ends {_when(ends)} ({left}); reconnect before then: slsync connect {s['id']}"
+            )
+    return lines
+
+
+def _gap_warnings(docs: list[dict[str, Any]]) -> list[str]:
+    """One line per open coverage gap: what may be lost for good, and why."""
+    from slsync.coverage import REASONS
+
+    lines = []
+    for doc in docs:
+        s = doc["source"]
+        for gap in doc["gaps"]:
+            where = f" ({gap['stream']})" if gap["stream"] else ""
+            missed = f"; about {gap['missed_estimate']:,} mentions" if gap["missed_estimate"] else ""
+            lines.append(
+                f"source {s['id']} ({s['platform']}: {s['name']}): coverage gap{where} from {_when(gap['from'])} "
+                f"to {_when(gap['to'])}: {REASONS[gap['reason']]}{missed}"
             )
     return lines
 
@@ -660,9 +739,10 @@ def status(
         # scan of the whole table, so it is left out (None) unless the list is narrowed.
         wanted = len(rows) <= BREAKDOWN_MAX_SOURCES or source_id is not None or tenant is not None
         breakdown = db.sentiment_breakdown(conn, [row["id"] for row in rows]) if wanted else None
+        gaps = db.coverage_gaps(conn, source_ids=None if source_id is None else [source_id], tenant_id=tenant)
         # quotas belong to credentials, which tenants may share: shown to the operator's unnarrowed view
         quotas = db.quota_usage(conn) if source_id is None and tenant is None else []
-    docs = [_status_json(row, breakdown) for row in rows]
+    docs = [_status_json(row, breakdown, gaps) for row in rows]
     if as_json:
         if source_id is not None:
             emit_json(docs[0])
@@ -686,8 +766,8 @@ def status(
         return
     console = _console()
     console.print(_status_table(docs))
-    for line in _reconnect_warnings(docs, rows[0]["db_now"]):
-        console.print(line, soft_wrap=True)
+    for line in _reconnect_warnings(docs, rows[0]["db_now"]) + _gap_warnings(docs):
+        console.print(line, soft_wrap=True, markup=False)
     if quotas:
         console.print(_quota_table(quotas))
 
@@ -766,10 +846,14 @@ def mentions_export(
     source: Optional[int] = SourceFilter,  # noqa: UP045
     since: Optional[str] = SinceFilter,  # noqa: UP045
     output: Optional[Path] = typer.Option(None, "--output", help="Write to this file instead of stdout."),  # noqa: UP045
+    metadata: Optional[Path] = typer.Option(  # noqa: UP045
+        None, "--metadata", help="Also write a JSON document of the export: its filters, count and coverage gaps."
+    ),
 ) -> None:
     """Write mentions, oldest first, as JSON lines or CSV; streamed, so any number of rows needs little memory.
 
-    Exit 0, or 2 on bad input.
+    The exported sources' open coverage gaps (stretches no sync could read, so mentions may be missing) are
+    named on stderr and listed in the --metadata document. Exit 0, or 2 on bad input.
     """
     if format not in ("jsonl", "csv"):
         raise UsageError(f"--format {format!r}: expected jsonl or csv")
@@ -785,8 +869,32 @@ def mentions_export(
             finally:
                 if output:
                     target.close()
+        gaps = _export_gaps(conn, filters)
     if output:
         print(f"wrote {count} mentions to {output}", file=sys.stderr)
+    if gaps:
+        where = f"; listed in {metadata}" if metadata else "; --metadata FILE lists them"
+        print(f"note: {len(gaps)} coverage gaps in the exported sources: mentions may be missing there{where}",
+              file=sys.stderr)  # fmt: skip
+    if metadata:
+        doc = {"exported_at": datetime.now(UTC), "format": format, "mentions": count,
+               "filters": {"tenant": tenant, "source": source, "since": filters["since"]}, "gaps": gaps}  # fmt: skip
+        metadata.write_text(json.dumps(doc, default=_json_default, ensure_ascii=False, indent=2) + "\n", "utf-8")
+
+
+def _export_gaps(conn: Any, filters: dict[str, Any]) -> list[dict[str, Any]]:
+    """The open coverage gaps of the exported sources that reach into the exported period."""
+    from slsync import db
+    from slsync.coverage import gap_json
+
+    ids = [filters["source_id"]] if filters["source_id"] is not None else None
+    since = filters["since"]
+    return [
+        {"source_id": source_id, **gap_json(gap)}
+        for source_id, gaps in db.coverage_gaps(conn, source_ids=ids, tenant_id=filters["tenant_id"]).items()
+        for gap in gaps
+        if since is None or gap["to_at"] >= since
+    ]
 
 
 def _write_mentions(rows: Iterator[dict[str, Any]], format: str, target: Any, columns: Sequence[str]) -> int:  # noqa: A002

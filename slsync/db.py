@@ -29,21 +29,36 @@ from psycopg.types.json import Jsonb
 
 from slsync.config import Settings
 from slsync.errors import DatabaseError, DatabaseUnavailable, NotFound, UsageError
-from slsync.models import Mention, Page, RateLimit, Source
+from slsync.models import Gap, Mention, Page, RateLimit, Source
 
 # First key of every advisory lock slsync takes ('slsy'); the second is the source id (0: migrations).
 LOCK_NAMESPACE = 0x736C7379
 
 # When a source is due: both the claim and the check under a source's lock read it. The claim's use must
-# imply the predicate of sl_sources_due_idx for the planner to use that index.
-_DUE = "status IN ('active', 'connected', 'failing') AND next_sync_at <= now()"
+# imply the predicate of sl_sources_due_idx for the planner to use that index. A source is due up to
+# DUE_EARLY before its time: a sync is scheduled an interval after the previous one was claimed, and cron
+# starts each run a little later or sooner than the last (process start, imports, connecting), so without
+# it a 15-minute source under a 15-minute cron missed every tick whose start was the quicker one and
+# waited 30 minutes.
+DUE_EARLY_SECONDS = 60
+_DUE = (
+    "status IN ('active', 'connected', 'failing')"
+    f" AND next_sync_at <= now() + make_interval(secs => {DUE_EARLY_SECONDS})"
+)
 
 _SOURCE_COLUMNS = """
     s.id, s.tenant_id, s.platform, s.name, s.connection_type, s.config, s.status, s.error_message,
     s.sync_interval_minutes, s.last_sync_at, s.next_sync_at, s.committed_cursor, s.inflight_cursor,
     s.rate_limit_limit, s.rate_limit_remaining, s.rate_limit_reset_at, s.consecutive_failures,
-    s.mentions_count, s.created_at, s.reconnect_by
+    s.mentions_count, s.created_at, s.reconnect_by, s.claimed_at, s.covered_until, s.inflight_started_at,
+    s.behind_reason, s.interval_mode, s.min_interval_minutes, s.max_interval_minutes, s.mention_rate
 """
+
+# what planning reads of a source: not its cursors, the largest columns
+_PLAN_COLUMNS = _SOURCE_COLUMNS.replace(
+    "s.committed_cursor, s.inflight_cursor", "NULL AS committed_cursor, NULL AS inflight_cursor"
+)
+assert _PLAN_COLUMNS != _SOURCE_COLUMNS
 
 
 # --- connections and migrations -------------------------------------------------------------------
@@ -316,12 +331,28 @@ def add_source(
     config: Mapping[str, Any],
     interval_minutes: int,
     status: str = "active",
+    auto_interval: tuple[int, int] | None = None,
 ) -> int:
+    """A new source; `auto_interval` (lowest, highest minutes) makes its interval follow its volume, starting
+    at `interval_minutes`."""
+    lowest, highest = auto_interval or (None, None)
     try:
         row = conn.execute(
-            "INSERT INTO sl_sources (tenant_id, platform, name, connection_type, config,"
-            " sync_interval_minutes, status) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-            (tenant_id, platform, name, connection_type, Jsonb(dict(config)), interval_minutes, status),
+            "INSERT INTO sl_sources (tenant_id, platform, name, connection_type, config, sync_interval_minutes,"
+            " status, interval_mode, min_interval_minutes, max_interval_minutes)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            (
+                tenant_id,
+                platform,
+                name,
+                connection_type,
+                Jsonb(dict(config)),
+                interval_minutes,
+                status,
+                "auto" if auto_interval else "fixed",
+                lowest,
+                highest,
+            ),
         ).fetchone()
     except psycopg.errors.UniqueViolation:
         raise UsageError(f"tenant {tenant_id} already has a {platform} source named {name!r}") from None
@@ -578,17 +609,32 @@ def save_page(conn: Connection, source: Source, run_id: int, page: Page) -> int:
 
 
 def finish_success(
-    conn: Connection, source: Source, run_id: int, cursor: Mapping[str, Any] | None, message: str
+    conn: Connection,
+    source: Source,
+    run_id: int,
+    cursor: Mapping[str, Any] | None,
+    message: str,
+    *,
+    scheduled_from: datetime | None = None,
+    interval_minutes: int | None = None,
+    covered_until: datetime | None = None,
+    mention_rate: float | None = None,
 ) -> None:
-    """Advance the committed cursor (only now), schedule the next run one interval away and close the run,
-    in one statement."""
+    """Advance the committed cursor (only now), schedule the next run one interval after `scheduled_from` (the
+    claim of a `sync due`; by default the run's start) and close the run, in one statement. `interval_minutes`
+    replaces the source's interval (an auto source's next one); `covered_until` moves its coverage forward."""
     conn.execute(
         """
         WITH source AS (
             UPDATE sl_sources SET
                 committed_cursor = COALESCE(%(cursor)s, committed_cursor), inflight_cursor = NULL,
                 status = 'active', error_message = NULL, consecutive_failures = 0,
-                last_sync_at = now(), next_sync_at = now() + make_interval(mins => sync_interval_minutes),
+                sync_interval_minutes = COALESCE(%(interval)s, sync_interval_minutes),
+                last_sync_at = now(),
+                next_sync_at = COALESCE(%(from)s, (SELECT started_at FROM sl_sync_runs WHERE id = %(run_id)s), now())
+                    + make_interval(mins => COALESCE(%(interval)s, sync_interval_minutes)),
+                covered_until = GREATEST(covered_until, %(covered)s), inflight_started_at = NULL, behind_reason = NULL,
+                mention_rate = COALESCE(%(rate)s, mention_rate),
                 claimed_by = NULL, claimed_at = NULL, updated_at = now()
             WHERE id = %(id)s
         )
@@ -596,6 +642,10 @@ def finish_success(
         + _CLOSE_RUN,
         {
             "cursor": Jsonb(dict(cursor)) if cursor is not None else None,
+            "interval": interval_minutes,
+            "from": scheduled_from,
+            "covered": covered_until,
+            "rate": mention_rate,
             "id": source.id,
             "run_id": run_id,
             "run_status": "success",
@@ -616,10 +666,14 @@ def finish_failure(
     count_failure: bool,
     keep_inflight: bool,
     rate_limit: RateLimit | None = None,
+    behind_reason: str | None = None,
+    inflight_started_at: datetime | None = None,
 ) -> None:
     """Record a failed or cut-short run, in one statement; the committed cursor does not move.
 
     retry_in_seconds None leaves next_sync_at alone (a source in 'error' is not scheduled anyway).
+    `behind_reason` says why the source is now behind (a coverage gap's reason should its platform's reach
+    pass before it catches up); `inflight_started_at` when the kept in-flight sync began.
     """
     conn.execute(
         """
@@ -632,12 +686,16 @@ def finish_failure(
                                     ELSE now() + make_interval(secs => %(retry_in)s::float8) END,
                 rate_limit_remaining = CASE WHEN %(limited)s THEN %(remaining)s ELSE rate_limit_remaining END,
                 rate_limit_reset_at = CASE WHEN %(limited)s THEN %(reset_at)s ELSE rate_limit_reset_at END,
+                behind_reason = COALESCE(%(behind)s, behind_reason),
+                inflight_started_at = CASE WHEN %(keep_inflight)s THEN %(chain)s::timestamptz END,
                 claimed_by = NULL, claimed_at = NULL, updated_at = now()
             WHERE id = %(id)s
         )
         """
         + _CLOSE_RUN,
         {
+            "behind": behind_reason,
+            "chain": inflight_started_at,
             "status": source_status,
             "message": message,
             "failure": 1 if count_failure else 0,
@@ -695,6 +753,70 @@ def set_reconnect_by(conn: Connection, source_id: int, reconnect_by: datetime | 
 
 def release_claim(conn: Connection, source_id: int) -> None:
     conn.execute("UPDATE sl_sources SET claimed_by = NULL, claimed_at = NULL WHERE id = %s", (source_id,))
+
+
+# --- coverage gaps and deferrals -----------------------------------------------------------------
+
+
+def record_gap(conn: Connection, source: Source, gap: Gap) -> bool:
+    """Record a stretch of the source's history no sync could read; True if it is new. A run that meets the
+    same gap again (retried, or still failing while the reach moves on) widens its row instead."""
+    row = conn.execute(
+        "INSERT INTO sl_coverage_gaps AS g (source_id, tenant_id, stream, from_at, to_at, reason, missed_estimate)"
+        " VALUES (%(source)s, %(tenant)s, %(stream)s, %(start)s, %(end)s, %(reason)s, %(missed)s)"
+        " ON CONFLICT (source_id, stream, from_at) DO UPDATE SET to_at = GREATEST(g.to_at, EXCLUDED.to_at),"
+        " missed_estimate = GREATEST(g.missed_estimate, EXCLUDED.missed_estimate), updated_at = now()"
+        " RETURNING (xmax = 0) AS inserted",
+        {"source": source.id, "tenant": source.tenant_id, "stream": gap.stream, "start": gap.start,
+         "end": gap.end, "reason": gap.reason, "missed": gap.missed_estimate},
+    ).fetchone()  # fmt: skip
+    return bool(row and row["inserted"])
+
+
+def coverage_gaps(
+    conn: Connection, *, source_ids: Sequence[int] | None = None, tenant_id: int | None = None
+) -> dict[int, list[dict[str, Any]]]:
+    """Per source, its coverage gaps (those the run log still keeps), oldest first."""
+    rows = conn.execute(
+        "SELECT source_id, stream, from_at, to_at, reason, missed_estimate, recorded_at FROM sl_coverage_gaps"
+        " WHERE (%(ids)s::integer[] IS NULL OR source_id = ANY(%(ids)s))"
+        " AND (%(tenant)s::bigint IS NULL OR tenant_id = %(tenant)s) ORDER BY source_id, from_at, stream",
+        {"ids": list(source_ids) if source_ids is not None else None, "tenant": tenant_id},
+    ).fetchall()
+    gaps: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        gaps.setdefault(row.pop("source_id"), []).append(row)
+    return gaps
+
+
+def prune_gaps(conn: Connection, *, keep_days: int) -> int:
+    """Delete coverage gaps that ended before the run log's horizon (they go with the runs that met them)."""
+    return conn.execute(
+        "DELETE FROM sl_coverage_gaps WHERE to_at < now() - make_interval(days => %s)", (keep_days,)
+    ).rowcount
+
+
+def defer_source(conn: Connection, source_id: int, behind_reason: str) -> None:
+    """Leave a claimed source for a later run (its credential cannot pay for it now): it stays due."""
+    conn.execute(
+        "UPDATE sl_sources SET claimed_by = NULL, claimed_at = NULL, behind_reason = %s WHERE id = %s",
+        (behind_reason, source_id),
+    )
+
+
+def quota_left(conn: Connection, key: str, day: date, daily_limit: int) -> int:
+    """Units of a daily quota not yet spent on `day`."""
+    row = conn.execute(
+        "SELECT units_used FROM sl_quota_ledger WHERE credential_key = %s AND quota_day = %s", (key, day)
+    ).fetchone()
+    return max(daily_limit - (int(row["units_used"]) if row else 0), 0)
+
+
+def sources_to_plan(conn: Connection, source_ids: Sequence[int]) -> list[Source]:
+    """The claimed sources as `sync due` plans them: everything but their cursors (which it does not read)."""
+    query = f"SELECT {_PLAN_COLUMNS} FROM sl_sources s WHERE s.id = ANY(%s)"
+    rows = conn.execute(query, (list(source_ids),)).fetchall()
+    return [_source(row) for row in rows]
 
 
 # --- status ---------------------------------------------------------------------------------------

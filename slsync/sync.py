@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from slsync import analysis, db
+from slsync import analysis, coverage, db
 from slsync.budget import RateBudgets
 from slsync.config import Settings
 from slsync.connect import credentials_for
@@ -30,11 +30,12 @@ from slsync.errors import (
     DatabaseError,
     NotFound,
     OutOfTime,
+    QuotaSpent,
     RateLimited,
     Retriable,
     UsageError,
 )
-from slsync.models import Page, RateLimit, Source, SyncResult
+from slsync.models import Gap, Page, RateLimit, Source, SyncResult
 
 if TYPE_CHECKING:
     import ssl
@@ -82,7 +83,7 @@ class RunOptions:
     # time.monotonic() by which the command must be done
     deadline: float | None = None
     # rate-limit windows per credential, shared by all the command's workers
-    budgets: RateBudgets = field(default_factory=RateBudgets)
+    budgets: RateBudgets = field(default_factory=lambda: RateBudgets(lambda: utcnow()))
     # the HTTP client of this thread (keeps connections alive across sources); the workers of `sync due`
     # each make their own sharing `tls`: on one shared client, every request checked every idle
     # connection of the pool under the pool's lock, a syscall each, and the workers queued on that lock
@@ -128,6 +129,7 @@ class BatchResult:
             "sources_cut_short": len(self.cut_short),
             "sources_failed": len(self.failed),
             "sources_skipped": sum(1 for r in self.results if r.skipped),
+            "sources_deferred": sum(1 for r in self.results if r.status == "deferred"),
             "sources_rate_limited": sum(1 for r in self.results if r.status == "rate_limited"),
             "sources_partial": sum(1 for r in self.results if r.status == "partial"),
             "total_mentions_saved": sum(r.mentions_saved for r in self.results),
@@ -215,7 +217,9 @@ def sync_due(settings: Settings, *, limit: int, concurrency: int, on_page: PageC
         ids = db.claim_due(conn, limit)
         log.info("claimed %d due sources", len(ids), extra={"event": "claimed", "count": len(ids)})
         try:
+            ids, deferred = _prioritize(conn, settings, ids)
             batch = _run_many(conn, settings, ids, options, concurrency)
+            batch.results += deferred
         except BaseException:
             if not conn.closed:
                 with suppress(DatabaseError):
@@ -239,6 +243,7 @@ def _then(batch: BatchResult, step: Callable[[], object]) -> None:
 
 
 def _prune(conn: db.Connection, settings: Settings) -> None:
+    db.prune_gaps(conn, keep_days=settings.run_log_days)  # gaps go with the runs that met them
     pruned = db.prune_runs(conn, keep_days=settings.run_log_days)
     if pruned:
         log.info("deleted %d old run records", pruned, extra={"event": "pruned", "count": pruned})
@@ -259,6 +264,91 @@ def _command_stopped(exc: DatabaseError) -> DatabaseError:
     return DatabaseError(
         f"{exc}; the sync stopped, no source is charged with it and the next run continues", sqlstate=exc.sqlstate
     )
+
+
+def _prioritize(conn: db.Connection, settings: Settings, ids: list[int]) -> tuple[list[int], list[SyncResult]]:
+    """Where a credential's rate-limit window or daily quota cannot pay for every due source that uses it,
+    the sources most at risk of a coverage gap go first and those it cannot pay for are deferred (they stay
+    due, and the result names each with the reason). Elsewhere the claim's order stands."""
+    if not ids:
+        return ids, []
+    now = utcnow()
+    sources = db.sources_to_plan(conn, ids)
+    found = {s.id: s for s in sources}
+    keys = {s.id: _credential_key(s, settings) for s in sources}
+    budgets: dict[str, coverage.Budget | None] = {}
+    candidates = []
+    for source_id in ids:
+        source = found.get(source_id)
+        if source is None:  # removed since the claim: its run says so
+            candidates.append(coverage.Candidate(source_id, 0, 0.0, 0.0, None))
+            continue
+        connector = connector_class(source.platform)
+        key = keys[source_id]
+        budget = None
+        if key is not None:
+            if key not in budgets:
+                budgets[key] = _budget(
+                    conn, settings, connector, source, key, [s for s in sources if keys[s.id] == key]
+                )
+            budget = budgets[key]
+        behind = (now - source.covered_until).total_seconds() / 60 if source.covered_until else 0.0
+        cost = connector.run_cost(source.config, (source.mention_rate or 0.0) * max(behind, 0.0))
+        at_risk = coverage.risk(now, source.covered_until, connector.reach(source.config), source.mention_rate,
+                                connector.listing_cap)  # fmt: skip
+        candidates.append(coverage.Candidate(source_id, cost, at_risk, source.mention_rate or 0.0, budget))
+    order, deferrals = coverage.plan(candidates)
+    deferred = []
+    for deferral in deferrals:
+        db.defer_source(conn, deferral.source_id, "quota" if deferral.budget.unit != "calls" else "rate_limited")
+        log.info(deferral.message, extra={"source": deferral.source_id, "event": "deferred", "reported": True})
+        deferred.append(
+            SyncResult(source_id=deferral.source_id, success=False, skipped=True, status="deferred",
+                       message=deferral.message)
+        )  # fmt: skip
+    return order, deferred
+
+
+def _credential_key(source: Source, settings: Settings) -> str | None:
+    """The key of the app credential a source's runs spend (shared with the other sources on it); None for a
+    source on its own user token, or whose credentials are missing (its run says why)."""
+    if source.connection_type == "user":
+        return None
+    try:
+        credentials = connector_class(source.platform).app_credentials(source, settings)
+    except UsageError:  # a platform setting with a bad value: the run reports it
+        return None
+    return credentials.key if credentials is not None else None
+
+
+def _budget(
+    conn: db.Connection, settings: Settings, connector: type[Connector], source: Source, key: str, sharing: list[Source]
+) -> coverage.Budget | None:
+    """What the credential `key` can still spend: its daily quota where the platform counts one, else its
+    rate-limit window as the last answers to the sources on it reported it; None when nothing is known."""
+    now = utcnow()
+    credentials = connector.app_credentials(source, settings)
+    quota = connector.daily_quota(credentials, settings, now) if credentials is not None else None
+    if quota is not None:
+        ledger, limit, day = quota
+        left = db.quota_left(conn, ledger, day, limit)
+        unit = connector.quota_unit
+        return coverage.Budget(
+            key, left, unit, f"{connector.title} daily quota: {left:,} of {limit:,} {unit} left today"
+        )
+    seen = [s for s in sharing if s.rate_limit_reset_at is not None and s.rate_limit_remaining is not None]
+    current = [s for s in seen if s.rate_limit_reset_at > now]
+    if current:
+        reset = max(s.rate_limit_reset_at for s in current)
+        left = min(s.rate_limit_remaining for s in current if s.rate_limit_reset_at == reset)
+        until = f"{reset.astimezone(UTC):%H:%M} UTC"
+        calls = "call" if left == 1 else "calls"
+        return coverage.Budget(key, left, "calls", f"{connector.title} rate limit: {left:,} {calls} left until {until}")
+    sizes = [s.rate_limit_limit for s in sharing if s.rate_limit_limit]
+    if sizes:  # the last window known has ended: a new one holds what the platform said a window holds
+        size = min(sizes)
+        return coverage.Budget(key, size, "calls", f"{connector.title} rate limit: a new window of {size:,} calls")
+    return None
 
 
 def _run_many(
@@ -540,20 +630,30 @@ def _run_locked(conn: db.Connection, settings: Settings, source_id: int, options
         http=options.http,
     )
     try:
-        return _fetch_and_save(conn, connector_cls(source, context), source, options)
+        return _fetch_and_save(conn, connector_cls(source, context), source, options, now)
     finally:
         context.close()
 
 
-def _fetch_and_save(conn: db.Connection, connector: Connector, source: Source, options: RunOptions) -> SyncResult:
+def _fetch_and_save(
+    conn: db.Connection, connector: Connector, source: Source, options: RunOptions, now: datetime
+) -> SyncResult:
     # An explicit --since starts afresh; otherwise an interrupted run is continued where it stopped.
     since = options.since
     resume = source.inflight_cursor if since is None else None
+    result = SyncResult(source_id=source.id, success=False, status="running")
+    reach = connector.reach(source.config)
+    gaps: list[Gap] = []  # met by this run, recorded (or widened) before anything past them is saved
+    if gap := coverage.reach_gap(source.covered_until, now, reach, source.behind_reason, source.mention_rate):
+        _record_gap(conn, source, gap, result)
+        gaps.append(gap)
+        resume = None  # what was in flight began beyond the reach too: begin again from the reach
+    # where this sync's coverage begins: the start of the run an interrupted one continues, else now
+    begun = (source.inflight_started_at or now) if resume else now
     if since is None and source.committed_cursor is None and not resume:
         since = utcnow() - BACKFILL
     run_id = db.begin_run(conn, source, options.trigger)
     started = time.monotonic()
-    result = SyncResult(source_id=source.id, success=False, status="running")
     log.info(
         "sync started" + (" (resuming an interrupted run)" if resume else ""),
         extra={"source": source.id, "event": "started", "trigger": options.trigger},
@@ -583,6 +683,9 @@ def _fetch_and_save(conn: db.Connection, connector: Connector, source: Source, o
                 page = next(pages, None)
                 if page is None:
                     break
+                for gap in page.gaps:
+                    _record_gap(conn, source, gap, result)
+                    gaps.append(gap)
                 if not unwritten:
                     gathering_since = time.monotonic()
                 unwritten.append(page)
@@ -598,13 +701,13 @@ def _fetch_and_save(conn: db.Connection, connector: Connector, source: Source, o
             write()
         except ConnectorError as exc:
             write()  # the pages fetched before the failure are whole and good: keep them
-            return _record_failure(conn, source, run_id, result, exc, started)
+            return _record_failure(conn, source, run_id, result, exc, started, begun)
         except DatabaseError:
             raise
         except Exception as exc:
             log.exception("sync crashed", extra={"source": source.id, "event": "crashed"})
             failure = ConnectorError(f"internal error: {type(exc).__name__}: {exc}")
-            return _record_failure(conn, source, run_id, result, failure, started)
+            return _record_failure(conn, source, run_id, result, failure, started, begun)
         finally:
             pages.close()
         message = (
@@ -612,7 +715,13 @@ def _fetch_and_save(conn: db.Connection, connector: Connector, source: Source, o
             if result.mentions_fetched
             else "nothing new"
         )
-        db.finish_success(conn, source, run_id, last_cursor, message)
+        cut = [g for g in gaps if g.reason == "cap"]
+        # a --since backfill says nothing of the volume (it saves what earlier syncs may have missed)
+        schedule = {} if options.since is not None else _schedule(source, result, begun, since, reach, cut, connector)
+        db.finish_success(
+            conn, source, run_id, last_cursor, message, covered_until=begun,
+            scheduled_from=source.claimed_at if options.require_due else None, **schedule,
+        )  # fmt: skip
     except DatabaseError as exc:
         # The database's trouble, never the source's: the run is closed if the database still answers, and
         # the source stays as its last saved page left it (status, failures, schedule, in-flight cursor).
@@ -627,11 +736,69 @@ def _fetch_and_save(conn: db.Connection, connector: Connector, source: Source, o
     return result
 
 
+def _record_gap(conn: db.Connection, source: Source, gap: Gap, result: SyncResult) -> None:
+    """Record a coverage gap; a new one gets one warning line (the result lists it too)."""
+    if not db.record_gap(conn, source, gap):
+        return
+    doc = coverage.gap_json(gap)
+    result.extra.setdefault("gaps_recorded", []).append(doc)
+    missed = f"; about {gap.missed_estimate:,} mentions may be missed" if gap.missed_estimate else ""
+    where = f" of {gap.stream}" if gap.stream else ""
+    log.warning(
+        "coverage gap%s: what was published from %s to %s could not be read (%s)%s; see slsync status %d",
+        where, _utc(gap.start), _utc(gap.end), coverage.REASONS[gap.reason], missed, source.id,
+        extra={"source": source.id, "event": "coverage_gap"},
+    )  # fmt: skip
+
+
+def _utc(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _schedule(
+    source: Source,
+    result: SyncResult,
+    begun: datetime,
+    backfill: datetime | None,
+    reach: timedelta | None,
+    cut: list[Gap],
+    connector: Connector,
+) -> dict[str, Any]:
+    """What a finished sync says of the source's volume (new mentions a minute, smoothed) and, for an auto
+    source, the interval to its next sync; `backfill` is where a first sync began."""
+    start = source.covered_until or backfill
+    if start is None:
+        return {}
+    missed = sum(g.missed_estimate or 0 for g in cut)
+    rate = coverage.smoothed_rate(source.mention_rate, result.mentions_saved + missed, begun - start)
+    schedule: dict[str, Any] = {"mention_rate": rate}
+    if source.interval_mode == "auto" and source.min_interval_minutes and source.max_interval_minutes:
+        interval = coverage.next_interval(
+            current=source.sync_interval_minutes, rate=rate, lowest=source.min_interval_minutes,
+            highest=source.max_interval_minutes, reach=reach, cut_by_cap=bool(cut),
+        )  # fmt: skip
+        schedule["interval_minutes"] = result.extra["next_interval_minutes"] = interval
+        cap = connector.listing_cap
+        if cap and rate * interval > coverage.CAP_SHARE * cap:
+            log.warning(
+                "about %d new mentions gather in %d minutes, the shortest interval allowed, and %s's listings end "
+                "near %d: lower --min-interval, or narrow the search", rate * interval, interval, connector.title,
+                cap, extra={"source": source.id, "event": "near_cap"},
+            )  # fmt: skip
+    return schedule
+
+
 def _record_failure(
-    conn: db.Connection, source: Source, run_id: int, result: SyncResult, exc: ConnectorError, started: float
+    conn: db.Connection,
+    source: Source,
+    run_id: int,
+    result: SyncResult,
+    exc: ConnectorError,
+    started: float,
+    begun: datetime,
 ) -> SyncResult:
     message = str(exc)
-    finish = {"conn": conn, "source": source, "run_id": run_id}
+    finish = {"conn": conn, "source": source, "run_id": run_id, "inflight_started_at": begun}
     if isinstance(exc, RateLimited):
         # Not a failure of the source: stop now, keep the pages and the in-flight cursor, come back after reset.
         reset_at = exc.reset_at or utcnow() + timedelta(minutes=15)
@@ -640,20 +807,21 @@ def _record_failure(
             **finish, run_status="rate_limited", message=message, source_status=source.status,
             retry_in_seconds=retry_in, count_failure=False, keep_inflight=True,
             rate_limit=RateLimit(remaining=0, reset_at=reset_at),
+            behind_reason="quota" if isinstance(exc, QuotaSpent) else "rate_limited",
         )  # fmt: skip
         result.status = "rate_limited"
     elif isinstance(exc, OutOfTime):
         # Not a failure either: due again at once, so the next cron run continues from the in-flight cursor.
         db.finish_failure(
             **finish, run_status="partial", message=message, source_status=source.status,
-            retry_in_seconds=0.0, count_failure=False, keep_inflight=True,
+            retry_in_seconds=0.0, count_failure=False, keep_inflight=True, behind_reason="cut_short",
         )  # fmt: skip
         result.status = "partial"
     elif isinstance(exc, AuthError):
         message = f"{message}; {connector_class(source.platform).reconnect_advice(source.id)}"
         db.finish_failure(
             **finish, run_status="failed", message=message, source_status="error",
-            retry_in_seconds=None, count_failure=True, keep_inflight=False,
+            retry_in_seconds=None, count_failure=True, keep_inflight=False, behind_reason="failing",
         )  # fmt: skip
         result.status = "error"
     else:
@@ -661,6 +829,7 @@ def _record_failure(
         db.finish_failure(
             **finish, run_status="failed", message=message, source_status="failing",
             retry_in_seconds=retry_in, count_failure=True, keep_inflight=isinstance(exc, Retriable),
+            behind_reason="failing",
         )  # fmt: skip
         result.status = "failing"
     result.message = message

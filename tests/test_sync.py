@@ -35,7 +35,9 @@ def test_first_sync_backfills_seven_days_and_a_resync_fetches_only_new_posts(con
     source = db.get_source(conn, source_id)
     assert source.committed_cursor == {"newest_seq": latest_seq(source_id, clock.now)}
     assert source.inflight_cursor is None and source.mentions_count == len(ids)
-    assert source.last_sync_at is not None and source.next_sync_at - source.last_sync_at == timedelta(minutes=15)
+    # the next sync is due one interval after this one started (not ended: a cron tick must not miss it)
+    started = conn.execute("SELECT started_at FROM sl_sync_runs WHERE source_id = %s", (source_id,)).fetchone()
+    assert source.last_sync_at is not None and source.next_sync_at - started["started_at"] == timedelta(minutes=15)
 
     again = sync.sync_source(settings, source_id)
     assert again.success and again.mentions_fetched == 0 and again.mentions_saved == 0

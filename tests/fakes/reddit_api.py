@@ -15,7 +15,7 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import ThreadingHTTPServer
@@ -77,7 +77,10 @@ class RedditApi:
     fault_always: Any = None
     # records slipped into the first page as they are (broken things a real API might send)
     odd_records: list[Any] = field(default_factory=list)
+    # the stand-in's clock (simulations move it); a spent window opens again at its reset by this clock
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     server: ThreadingHTTPServer | None = None
+    _sorted: tuple[int, list[dict[str, Any]]] | None = None
     _serial: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -125,7 +128,7 @@ class RedditApi:
         self, count: int, *, newest: datetime | None = None, spacing: timedelta = timedelta(minutes=1), **fields: Any
     ) -> list[str]:
         """`count` posts, the newest at `newest` (default now), one `spacing` apart, oldest added first."""
-        newest = newest or datetime.now(UTC) - timedelta(seconds=5)
+        newest = newest or self.clock() - timedelta(seconds=5)
         return [self.add_post(newest - spacing * n, **fields) for n in reversed(range(count))]
 
     # --- serving ----------------------------------------------------------------------------------
@@ -150,6 +153,8 @@ class RedditApi:
         if authorization is None or authorization.removeprefix("Bearer ") not in self.tokens:
             return 401, {}, {"message": "Unauthorized", "error": 401}
         calls = len(self.searches)
+        if self.clock() >= self.reset_at:
+            self.remaining, self.reset_at = self.window, self.clock() + timedelta(minutes=10)
         limited = self.fail_429_from_call is not None and calls >= self.fail_429_from_call
         if limited or self.remaining < 1:
             return 429, self._limit_headers(0.0), {"message": "Too Many Requests", "error": 429}
@@ -160,7 +165,7 @@ class RedditApi:
                 return 400, {}, {"message": "Bad Request", "error": 400}
             wanted = {s.lower() for s in path.split("/")[2].split("+")}
             posts = [p for p in posts if p["subreddit"].lower() in wanted]
-        posts = sorted(posts, key=lambda p: (p["created_utc"], p["id"]), reverse=True)[: self.listing_cap]
+        posts = self._newest_first(posts)[: self.listing_cap]
         start = 0
         if "after" in params:
             names = [p["name"] for p in posts]
@@ -179,9 +184,18 @@ class RedditApi:
         }  # fmt: skip
         return 200, self._limit_headers(self.remaining), listing
 
+    def _newest_first(self, posts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`posts` newest first. The order of the whole list is kept between calls while no post is added
+        (posts are only ever added): days of simulated posts would otherwise be sorted for every page."""
+        if len(posts) != len(self.posts):
+            return sorted(posts, key=lambda p: (p["created_utc"], p["id"]), reverse=True)
+        if self._sorted is None or self._sorted[0] != len(self.posts):
+            self._sorted = (len(self.posts), sorted(posts, key=lambda p: (p["created_utc"], p["id"]), reverse=True))
+        return self._sorted[1]
+
     def _limit_headers(self, remaining: float) -> dict[str, str]:
         used = self.window - remaining
-        reset = max(int((self.reset_at - datetime.now(UTC)).total_seconds()), 0)
+        reset = max(int((self.reset_at - self.clock()).total_seconds()), 0)
         return {"x-ratelimit-used": str(int(used)), "x-ratelimit-remaining": f"{remaining:.1f}",
                 "x-ratelimit-reset": str(reset)}  # fmt: skip
 

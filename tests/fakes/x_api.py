@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import ThreadingHTTPServer
@@ -56,8 +57,15 @@ class XApi:
     repeat_pages: bool = False
     # records slipped into the first page as they are (broken posts a real API might send)
     odd_records: list[Any] = field(default_factory=list)
+    # headers sent with an injected fault (a Retry-After, say)
+    fault_headers: dict[str, str] = field(default_factory=dict)
     # seconds added to every answer
     latency: float = 0.0
+    # the stand-in's clock (simulations move it); a spent window opens again at its reset by this clock
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # recent search's reach, when set: older posts are not served and an older since_id or start_time
+    # is refused with HTTP 400, as X does
+    recent_window: timedelta | None = None
     in_flight: int = 0
     max_in_flight: int = 0
     # TCP connections accepted (clients that keep connections alive open few)
@@ -81,7 +89,7 @@ class XApi:
         self, count: int, *, newest: datetime | None = None, spacing: timedelta = timedelta(minutes=1)
     ) -> list[str]:
         """Add `count` posts, the newest at `newest` (default now), one `spacing` apart, by 7 authors."""
-        newest = newest or datetime.now(UTC) - timedelta(seconds=5)
+        newest = newest or self.clock() - timedelta(seconds=5)
         ids = []
         for n in range(count):
             moment = newest - spacing * n
@@ -107,7 +115,13 @@ class XApi:
     def search(self, params: dict[str, str], authorization: str | None) -> tuple[int, dict[str, str], dict[str, Any]]:
         if authorization is None or authorization.removeprefix("Bearer ") not in self.tokens:
             return 401, {}, {"title": "Unauthorized", "type": "about:blank", "status": 401, "detail": "Unauthorized"}
+        if self.recent_window is not None:
+            refused = self._outside_window(params)
+            if refused:
+                return 400, {}, {"title": "Invalid Request", "detail": refused}
         with self._lock:  # workers call at once: the window is counted one call at a time
+            if self.clock() >= self.reset_at:
+                self.remaining, self.reset_at = self.window_limit, self.clock() + timedelta(minutes=15)
             calls = len(self.searches)
             limited = self.fail_429_from_call is not None and calls >= self.fail_429_from_call
             if limited or self.remaining <= 0:
@@ -115,6 +129,9 @@ class XApi:
             self.remaining -= 1
             remaining = self.remaining
         posts = self.posts  # newest first (add_posts keeps them so): a search costs the stand-in little CPU
+        if self.recent_window is not None:
+            oldest = snowflake(self.clock() - self.recent_window)
+            posts = [p for p in posts if int(p["id"]) >= int(oldest)]
         if "since_id" in params:
             posts = [p for p in posts if int(p["id"]) > int(params["since_id"])]
         elif "start_time" in params:
@@ -136,6 +153,16 @@ class XApi:
             authors = {p["author_id"] for p in page if isinstance(p, dict) and "author_id" in p}
             body["includes"] = {"users": [self.users[a] for a in sorted(authors) if a in self.users]}
         return 200, self._limit_headers(remaining), body
+
+    def _outside_window(self, params: dict[str, str]) -> str | None:
+        assert self.recent_window is not None
+        earliest = self.clock() - self.recent_window
+        if "since_id" in params and int(params["since_id"]) < int(snowflake(earliest)):
+            return f"Invalid 'since_id':'{params['since_id']}'. 'since_id' must be a post from the last 7 days"
+        start = params.get("start_time")
+        if start and datetime.fromisoformat(start.replace("Z", "+00:00")) < earliest:
+            return f"Invalid 'start_time':'{start}'. 'start_time' must be on or after {earliest:%Y-%m-%dT%H:%MZ}"
+        return None
 
     def _limit_headers(self, remaining: int) -> dict[str, str]:
         return {
@@ -176,7 +203,11 @@ class XApi:
                     time.sleep(fault[1])
                     fault = None
                 if isinstance(fault, int):
-                    status, headers, body = fault, {}, {"title": "Injected", "detail": f"injected HTTP {fault}"}
+                    status, headers, body = (
+                        fault,
+                        dict(api.fault_headers),
+                        {"title": "Injected", "detail": f"injected HTTP {fault}"},
+                    )
                 elif search:
                     status, headers, body = api.search(params, auth)
                 else:
