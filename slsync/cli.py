@@ -96,9 +96,14 @@ sync_app = typer.Typer(
     help="Sync sources now: one, one tenant's, or every due one (the cron job).", no_args_is_help=True
 )
 mentions_app = typer.Typer(help="Read and hand off the stored mentions.", no_args_is_help=True)
+tokens_app = typer.Typer(
+    help="Manage the user tokens: move them between stores, make and rotate the database store's key.",
+    no_args_is_help=True,
+)
 app.add_typer(source_app, name="source")
 app.add_typer(sync_app, name="sync")
 app.add_typer(mentions_app, name="mentions")
+app.add_typer(tokens_app, name="tokens")
 
 JsonFlag = typer.Option(False, "--json", help="Print exactly one JSON document on stdout.")
 
@@ -416,6 +421,89 @@ def connect(
     source = done.source
     print(f"connected source {source.id} ({source.platform}: {source.name}); token kept in {done.where}")
     print(f"it syncs on the next `slsync sync due`, or now: slsync sync source {source.id}")
+
+
+# --- tokens ---------------------------------------------------------------------------------------
+
+
+@tokens_app.command("new-key")
+def tokens_new_key() -> None:
+    """Print a new random key for SLSYNC_TOKEN_KEY (32 bytes, base64). Exit 0.
+
+    Keep it where the machines' other secrets are; never in the database. To rotate, put the new key first and
+    keep the old one after it (SLSYNC_TOKEN_KEY=new,old), run `slsync tokens rotate-key`, then drop the old one.
+    """
+    from slsync.tokens import new_key
+
+    print(new_key())
+
+
+@tokens_app.command("migrate")
+def tokens_migrate(
+    to: str = typer.Option(..., "--to", help="The store to move the tokens to: database, file or keyring."),
+    as_json: bool = JsonFlag,
+) -> None:
+    """Move every user token from the store SLSYNC_TOKEN_STORE names to another; then set SLSYNC_TOKEN_STORE to it.
+
+    Each token is copied, then deleted from the old store, under its source's lock; running it again moves
+    nothing more. Prints {"from", "to", "moved", "already", "missing", "busy", "conflicts"} with --json.
+    Exit 0 all moved; 1 some source was syncing (run it again) or holds a different token in each store;
+    2 usage or configuration error (a wrong or missing key: nothing is written).
+    """
+    from slsync.connect import migrate_tokens
+
+    if to not in ("database", "file", "keyring"):
+        raise UsageError(f"--to {to!r}: expected database, file or keyring")
+    report = migrate_tokens(_settings(), to)  # type: ignore[arg-type]
+    doc = {
+        "from": report.source, "to": report.target, "moved": report.moved, "already": report.already,
+        "missing": report.missing, "busy": report.busy, "conflicts": report.conflicts,
+    }  # fmt: skip
+    if as_json:
+        emit_json(doc)
+    else:
+        print(f"moved {len(report.moved)} tokens from the {report.source} store to the {report.target} store")
+        if report.already:
+            print(f"{len(report.already)} were there already")
+        if report.missing:
+            print(f"no token for sources {_ids(report.missing)} (connect them: slsync connect SOURCE_ID)")
+        if report.busy:
+            print(f"sources {_ids(report.busy)} were syncing: run this command again to move theirs")
+        if report.conflicts:
+            print(
+                f"sources {_ids(report.conflicts)} have a different token in each store: both were kept; "
+                f"connect them again (slsync connect SOURCE_ID) to settle it"
+            )
+        if not (report.busy or report.conflicts):
+            print(f"now set SLSYNC_TOKEN_STORE={report.target} wherever slsync runs")
+    if report.busy or report.conflicts:
+        raise typer.Exit(1)
+
+
+def _ids(ids: Sequence[int]) -> str:
+    return ", ".join(map(str, ids))
+
+
+@tokens_app.command("rotate-key")
+def tokens_rotate_key(as_json: bool = JsonFlag) -> None:
+    """Reseal every token of the database store under the first key of SLSYNC_TOKEN_KEY.
+
+    Safe to interrupt and to run again. Prints {"key_id", "resealed", "unreadable"} with --json. Exit 0 when every
+    token is under the first key (the others can then be dropped); 2 when some could not be opened with the keys
+    given (left as they were) or on a configuration error.
+    """
+    from slsync.connect import rotate_token_key
+
+    rotation = rotate_token_key(_settings())
+    if as_json:
+        emit_json({"key_id": rotation.key_id, "resealed": rotation.resealed, "unreadable": rotation.unreadable})
+    else:
+        print(f"resealed {rotation.resealed} tokens under key {rotation.key_id}")
+    if rotation.unreadable:
+        raise UsageError(
+            f"the tokens of sources {_ids(rotation.unreadable)} do not open with the keys given and were left as "
+            "they were: add the key they were sealed with after the first and run this again"
+        )
 
 
 # --- sync -----------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import platformdirs
-from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from slsync.errors import UsageError
@@ -60,7 +60,10 @@ class Settings(BaseSettings):
     env: Literal["development", "production"] = "development"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     log_format: Literal["text", "json"] = "text"
-    token_store: Literal["keyring", "file"] = "keyring"
+    token_store: Literal["keyring", "file", "database"] = "keyring"
+    # The keys of the database token store, comma-separated (the first seals, every one opens); unset: the
+    # OS keyring's entry slsync/token-key. Never stored in the database.
+    token_key: SecretStr | None = None
     # How long one `sync` command may run: well inside the 15-minute cron period.
     time_budget_seconds: int = Field(600, ge=10, le=3600)
     # How long one HTTP request may take before it counts as a timeout (and is retried).
@@ -74,7 +77,7 @@ class Settings(BaseSettings):
     # Finished runs older than this are deleted from sl_sync_runs by `sync due`.
     run_log_days: int = Field(90, ge=1, le=3650)
 
-    @field_validator("database_url", mode="before")
+    @field_validator("database_url", "token_key", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return _unset_if_blank(value)

@@ -18,7 +18,7 @@ import sys
 import threading
 import webbrowser
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, TextIO
@@ -39,7 +39,7 @@ from slsync.auth import (
 )
 from slsync.connectors import PLATFORMS, connector_class
 from slsync.errors import AuthError, Fatal, SlsyncError, UsageError
-from slsync.tokens import Token
+from slsync.tokens import Token, TokenStore
 
 if TYPE_CHECKING:
     from slsync.config import Settings
@@ -284,11 +284,18 @@ def authorize(
 # --- the credentials of a run -----------------------------------------------------------------------
 
 
+def open_token_store(settings: Settings, conn: db.Connection, kind: tokens.StoreKind | None = None) -> TokenStore:
+    """The token store SLSYNC_TOKEN_STORE names (or `kind`); the database store works on `conn`, the connection
+    that holds the source's lock, so a refresh reads and writes the row under that lock."""
+    return tokens.open_store(settings, kind=kind, database=db.TokenTable(conn))
+
+
 def credentials_for(
     connector: type[Connector],
     source: Source,
     settings: Settings,
     *,
+    conn: db.Connection | None = None,
     now: Callable[[], datetime] = utcnow,
     on_refresh: Callable[[Token], None] | None = None,
 ) -> Credentials:
@@ -297,9 +304,11 @@ def credentials_for(
         if app is None:
             raise AuthError(f"{source.platform} sources cannot use user tokens")
         try:
-            store = tokens.open_store(settings)
-        except UsageError as exc:  # no keyring under cron: a configuration problem, not a dead grant
-            raise Fatal(str(exc)) from None
+            store = tokens.open_store(settings, database=db.TokenTable(conn) if conn is not None else None)
+        except UsageError as exc:
+            if settings.token_store == "database":  # the key: wrong for every source, so the command stops
+                raise
+            raise Fatal(str(exc)) from None  # no keyring under cron: a configuration problem, not a dead grant
         token = store.get(source.id)
         if token is None:
             raise AuthError(f"no {_title(source.platform)} user token for source {source.id} in {store.where}")
@@ -350,7 +359,8 @@ def connect_source(
                 "and set its OAuth 2.0 client id"
             )
         redirect_for(app, port)  # a bad callback setting fails here, before anything else
-        store = tokens.open_store(settings)  # no usable keyring: one line now, not after the browser
+        # no usable keyring, no key for the database store: one line now, not after the browser
+        store = open_token_store(settings, conn)
         # The lock keeps a sync from refreshing (and so rotating) the token while it is being replaced.
         if not db.try_lock_source(conn, source_id):
             raise SlsyncError(f"source {source_id} is syncing now; connect it when the run has ended")
@@ -372,3 +382,73 @@ def connect_source(
         finally:
             if not conn.closed:
                 db.unlock_source(conn, source_id)
+
+
+# --- `slsync tokens` --------------------------------------------------------------------------------
+
+
+@dataclass
+class Migration:
+    """What `slsync tokens migrate` did, per source."""
+
+    source: str
+    target: str
+    moved: list[int] = field(default_factory=list)
+    # only in the target already (moved by an earlier run)
+    already: list[int] = field(default_factory=list)
+    # in neither store (never connected, or disconnected)
+    missing: list[int] = field(default_factory=list)
+    # syncing now: moved by the next run of the command
+    busy: list[int] = field(default_factory=list)
+    # a different token in each store: both kept, for the operator to decide
+    conflicts: list[int] = field(default_factory=list)
+
+
+def migrate_tokens(settings: Settings, target: tokens.StoreKind) -> Migration:
+    """Move every user token from the store SLSYNC_TOKEN_STORE names to `target`: copied, then deleted from the
+    old store, under the source's lock (no refresh rotates it meanwhile). A run interrupted between the two
+    finds the same token in both and finishes the move; running it again moves nothing more."""
+    if target == settings.token_store:
+        raise UsageError(f"the tokens are in the {target} store already (SLSYNC_TOKEN_STORE={target})")
+    report = Migration(settings.token_store, target)
+    with db.connect(settings) as conn:
+        old = open_token_store(settings, conn)
+        new = open_token_store(settings, conn, kind=target)
+        for source_id in db.user_source_ids(conn):
+            if not db.try_lock_source(conn, source_id):
+                report.busy.append(source_id)
+                continue
+            try:
+                _move_token(old, new, source_id, report)
+            finally:
+                db.unlock_source(conn, source_id)
+    log.info(
+        "moved %d tokens from the %s store to the %s store",
+        len(report.moved), report.source, report.target, extra={"event": "tokens_migrated"},
+    )  # fmt: skip
+    return report
+
+
+def _move_token(old: TokenStore, new: TokenStore, source_id: int, report: Migration) -> None:
+    token, there = old.get(source_id), new.get(source_id)
+    if token is None:
+        (report.already if there is not None else report.missing).append(source_id)
+        return
+    if there is not None and there != token:
+        report.conflicts.append(source_id)
+        return
+    if there is None:
+        new.put(source_id, token)
+    old.delete(source_id)
+    report.moved.append(source_id)
+
+
+def rotate_token_key(settings: Settings) -> tokens.Rotation:
+    """`slsync tokens rotate-key`: reseal every token of the database store under the first key."""
+    if settings.token_store != "database":
+        raise UsageError(f"rotate-key works on the database token store; SLSYNC_TOKEN_STORE is {settings.token_store}")
+    cipher = tokens.token_cipher(settings)
+    with db.connect(settings) as conn:
+        rotation = tokens.reseal(db.TokenTable(conn), cipher)
+    log.info("resealed %d tokens", rotation.resealed, extra={"event": "tokens_resealed"})
+    return rotation

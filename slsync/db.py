@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from datetime import date, datetime, timedelta
@@ -764,7 +764,7 @@ def record_gap(conn: Connection, source: Source, gap: Gap) -> bool:
     row = conn.execute(
         "INSERT INTO sl_coverage_gaps AS g (source_id, tenant_id, stream, from_at, to_at, reason, missed_estimate)"
         " VALUES (%(source)s, %(tenant)s, %(stream)s, %(start)s, %(end)s, %(reason)s, %(missed)s)"
-        " ON CONFLICT (source_id, stream, from_at) DO UPDATE SET to_at = GREATEST(g.to_at, EXCLUDED.to_at),"
+        " ON CONFLICT (source_id, tenant_id, stream, from_at) DO UPDATE SET to_at = GREATEST(g.to_at, EXCLUDED.to_at),"
         " missed_estimate = GREATEST(g.missed_estimate, EXCLUDED.missed_estimate), updated_at = now()"
         " RETURNING (xmax = 0) AS inserted",
         {"source": source.id, "tenant": source.tenant_id, "stream": gap.stream, "start": gap.start,
@@ -817,6 +817,66 @@ def sources_to_plan(conn: Connection, source_ids: Sequence[int]) -> list[Source]
     query = f"SELECT {_PLAN_COLUMNS} FROM sl_sources s WHERE s.id = ANY(%s)"
     rows = conn.execute(query, (list(source_ids),)).fetchall()
     return [_source(row) for row in rows]
+
+
+# --- sealed tokens (the database token store) -------------------------------------------------------
+
+
+class TokenTable:
+    """The rows of sl_tokens on one connection (tokens.TokenRows): a key id and sealed bytes per source.
+
+    A sync writes with synchronous_commit off (SYNC_OPTIONS); a token is written with it on, since a refresh
+    token the platform has rotated exists nowhere else: losing its write to a crash would end the grant.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def read(self, source_id: int) -> tuple[str, bytes] | None:
+        row = self._conn.execute("SELECT key_id, sealed FROM sl_tokens WHERE source_id = %s", (source_id,)).fetchone()
+        return (row["key_id"], bytes(row["sealed"])) if row else None
+
+    def write(self, source_id: int, sealed: tuple[str, bytes], *, replaceable: Collection[str]) -> bool:
+        with self._conn.transaction():
+            self._conn.execute("SET LOCAL synchronous_commit = on")
+            row = self._conn.execute(
+                "INSERT INTO sl_tokens AS t (source_id, tenant_id, key_id, sealed)"
+                " SELECT id, tenant_id, %(key_id)s, %(sealed)s FROM sl_sources WHERE id = %(id)s"
+                " ON CONFLICT (source_id, tenant_id) DO UPDATE"
+                " SET key_id = excluded.key_id, sealed = excluded.sealed, updated_at = now()"
+                " WHERE t.key_id = ANY(%(replaceable)s)"
+                " RETURNING 1",
+                {"id": source_id, "key_id": sealed[0], "sealed": sealed[1], "replaceable": list(replaceable)},
+            ).fetchone()
+        if row is None and self.read(source_id) is None:
+            raise NotFound(f"no source with id {source_id}")
+        return row is not None
+
+    def delete(self, source_id: int) -> None:
+        self._conn.execute("DELETE FROM sl_tokens WHERE source_id = %s", (source_id,))
+
+    def sealed_with_other_keys(self, key_id: str) -> list[tuple[int, tuple[str, bytes]]]:
+        rows = self._conn.execute(
+            "SELECT source_id, key_id, sealed FROM sl_tokens WHERE key_id <> %s ORDER BY source_id", (key_id,)
+        ).fetchall()
+        return [(int(r["source_id"]), (r["key_id"], bytes(r["sealed"]))) for r in rows]
+
+    def replace(self, source_id: int, old: tuple[str, bytes], new: tuple[str, bytes]) -> bool:
+        with self._conn.transaction():
+            self._conn.execute("SET LOCAL synchronous_commit = on")
+            return bool(
+                self._conn.execute(
+                    "UPDATE sl_tokens SET key_id = %s, sealed = %s, updated_at = now()"
+                    " WHERE source_id = %s AND key_id = %s AND sealed = %s",
+                    (new[0], new[1], source_id, old[0], old[1]),
+                ).rowcount
+            )
+
+
+def user_source_ids(conn: Connection) -> list[int]:
+    """The sources that authenticate with a user token from the token store."""
+    rows = conn.execute("SELECT id FROM sl_sources WHERE connection_type = 'user' ORDER BY id").fetchall()
+    return [int(r["id"]) for r in rows]
 
 
 # --- status ---------------------------------------------------------------------------------------

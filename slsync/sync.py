@@ -481,6 +481,8 @@ def _run_workers(
                         saved.put(result)
         except BaseException as exc:  # surfaced in the main thread below
             errors.append(exc)
+            if isinstance(exc, UsageError):  # a configuration error ends the command: the others stop too
+                options.stop.set()
         finally:
             done.set()
 
@@ -621,6 +623,7 @@ def _run_locked(conn: db.Connection, settings: Settings, source_id: int, options
             connector_cls,
             source,
             settings,
+            conn=conn,
             now=utcnow,
             on_refresh=lambda token: db.set_reconnect_by(conn, source.id, token.reconnect_by),
         ),
@@ -702,6 +705,15 @@ def _fetch_and_save(
         except ConnectorError as exc:
             write()  # the pages fetched before the failure are whole and good: keep them
             return _record_failure(conn, source, run_id, result, exc, started, begun)
+        except UsageError as exc:
+            # A configuration error (the token store's key): nothing the source did. The run is closed with the
+            # message, the source keeps its schedule and record, and the command ends with it.
+            write()
+            db.finish_failure(
+                conn, source, run_id, run_status="failed", message=str(exc),
+                source_status=source.status, retry_in_seconds=None, count_failure=False, keep_inflight=True,
+            )  # fmt: skip
+            raise
         except DatabaseError:
             raise
         except Exception as exc:

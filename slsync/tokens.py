@@ -2,25 +2,35 @@
 
 `keyring` (default) uses the OS keyring; `file` keeps one JSON file of mode 0600 under the data
 directory, rewritten atomically (temp file, fsync, rename) under a lock so concurrent processes
-never lose each other's writes.
+never lose each other's writes; `database` keeps each token in sl_tokens sealed with AES-256-GCM under
+a key that stays outside the database (SLSYNC_TOKEN_KEY or the OS keyring), so any machine holding the
+key can sync the source. This module holds the cryptography; db.TokenTable holds the SQL.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
+import logging
 import os
+import re
 import tempfile
 import threading
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from slsync.config import Settings
 from slsync.errors import UsageError
 
 KEYRING_SERVICE = "slsync"
+
+log = logging.getLogger("slsync.tokens")
 
 
 @dataclass(frozen=True)
@@ -77,15 +87,23 @@ def _key(source_id: int) -> str:
     return f"source-{source_id}"
 
 
+def _usable_keyring() -> object | None:
+    """The keyring module when the OS has a usable backend (cron and servers have none), else None."""
+    import keyring
+    from keyring.backends import fail
+
+    backend = keyring.get_keyring()
+    if isinstance(backend, fail.Keyring) or getattr(backend, "priority", 1) <= 0:
+        return None
+    return keyring
+
+
 class KeyringStore:
     where = "the OS keyring"
 
     def __init__(self) -> None:
-        import keyring
-        from keyring.backends import fail
-
-        backend = keyring.get_keyring()
-        if isinstance(backend, fail.Keyring) or getattr(backend, "priority", 1) <= 0:
+        keyring = _usable_keyring()
+        if keyring is None:
             raise UsageError(
                 "no usable OS keyring here (cron and servers have no desktop session): "
                 "set SLSYNC_TOKEN_STORE=file to keep tokens in a 0600 file under SLSYNC_DATA_DIR"
@@ -93,17 +111,17 @@ class KeyringStore:
         self._keyring = keyring
 
     def get(self, source_id: int) -> Token | None:
-        text = self._keyring.get_password(KEYRING_SERVICE, _key(source_id))
+        text = self._keyring.get_password(KEYRING_SERVICE, _key(source_id))  # type: ignore[attr-defined]
         return Token.from_json(text) if text else None
 
     def put(self, source_id: int, token: Token) -> None:
-        self._keyring.set_password(KEYRING_SERVICE, _key(source_id), token.to_json())
+        self._keyring.set_password(KEYRING_SERVICE, _key(source_id), token.to_json())  # type: ignore[attr-defined]
 
     def delete(self, source_id: int) -> None:
         import keyring.errors
 
         with contextlib.suppress(keyring.errors.PasswordDeleteError):
-            self._keyring.delete_password(KEYRING_SERVICE, _key(source_id))
+            self._keyring.delete_password(KEYRING_SERVICE, _key(source_id))  # type: ignore[attr-defined]
 
 
 # fasteners' lock is an fcntl (POSIX record) lock, which excludes other processes but not other threads of
@@ -169,7 +187,183 @@ class FileStore:
         self._update(_key(source_id), None)
 
 
-def open_store(settings: Settings) -> TokenStore:
-    if settings.token_store == "file":
+# --- the database store --------------------------------------------------------------------------
+
+# The keyring entry that holds the keys when SLSYNC_TOKEN_KEY is unset.
+KEY_ENTRY = "token-key"
+MAKE_A_KEY = "make one with `slsync tokens new-key`"
+_NONCE = 12  # bytes: AES-GCM's standard nonce, random for each seal
+
+# (key id, nonce + ciphertext + tag) as a row of sl_tokens holds it
+Sealed = tuple[str, bytes]
+
+
+def new_key() -> str:
+    """A fresh 256-bit key in URL-safe base64, for SLSYNC_TOKEN_KEY."""
+    return base64.urlsafe_b64encode(os.urandom(32)).decode("ascii")
+
+
+def key_id(key: bytes) -> str:
+    """Names a key in rows and messages without revealing it: an HMAC under the key itself."""
+    return hmac.new(key, b"slsync token key id", hashlib.sha256).hexdigest()[:16]
+
+
+def _associated_data(source_id: int) -> bytes:
+    # Binds a sealed token to its row: copied onto another source it no longer opens.
+    return f"slsync token of source {source_id}".encode()
+
+
+def parse_keys(text: str, origin: str) -> list[bytes]:
+    """Keys separated by commas or spaces, each 32 bytes in base64 (standard or URL-safe); never echoed."""
+    keys: list[bytes] = []
+    for n, word in enumerate(re.split(r"[\s,]+", text.strip()), start=1):
+        normal = word.replace("-", "+").replace("_", "/")
+        try:
+            key = base64.b64decode(normal + "=" * (-len(normal) % 4), validate=True)
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise UsageError(f"{origin}: key {n} is not 32 bytes in base64 ({MAKE_A_KEY})")
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
+class TokenCipher:
+    """AES-256-GCM (cryptography's authenticated encryption) under the first of several keys; every one of
+    them opens what it sealed, so a new key goes first and the old ones stay until `tokens rotate-key`."""
+
+    def __init__(self, keys: Sequence[bytes], origin: str = "SLSYNC_TOKEN_KEY") -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        if not keys:
+            raise UsageError(f"{origin} holds no key ({MAKE_A_KEY})")
+        self.origin = origin
+        self._ciphers = {key_id(key): AESGCM(key) for key in keys}
+        self.key_id = key_id(keys[0])
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        return frozenset(self._ciphers)
+
+    def seal(self, source_id: int, text: str) -> Sealed:
+        nonce = os.urandom(_NONCE)
+        sealed = self._ciphers[self.key_id].encrypt(nonce, text.encode(), _associated_data(source_id))
+        return self.key_id, nonce + sealed
+
+    def open(self, source_id: int, sealed: Sealed) -> str:
+        from cryptography.exceptions import InvalidTag
+
+        sealed_with, blob = sealed
+        cipher = self._ciphers.get(sealed_with)
+        if cipher is None:
+            raise UsageError(
+                f"the token of source {source_id} is sealed with key {sealed_with}, which {self.origin} does not "
+                "hold: give this machine the keys the others use (nothing was changed)"
+            )
+        try:
+            return cipher.decrypt(blob[:_NONCE], blob[_NONCE:], _associated_data(source_id)).decode()
+        except (InvalidTag, ValueError):
+            raise UsageError(
+                f"the token of source {source_id} does not open with key {sealed_with}: its row was altered or "
+                f"copied from another source; connect source {source_id} again"
+            ) from None
+
+
+def token_cipher(settings: Settings) -> TokenCipher:
+    """The keys of the database store: SLSYNC_TOKEN_KEY, else the OS keyring's slsync/token-key."""
+    if settings.token_key is not None:
+        return TokenCipher(parse_keys(settings.token_key.get_secret_value(), "SLSYNC_TOKEN_KEY"))
+    keyring = _usable_keyring()
+    text = keyring.get_password(KEYRING_SERVICE, KEY_ENTRY) if keyring else None  # type: ignore[attr-defined]
+    if not text:
+        raise UsageError(
+            "SLSYNC_TOKEN_STORE=database needs a key: set SLSYNC_TOKEN_KEY on every machine "
+            f"({MAKE_A_KEY}), or keep it in the OS keyring as {KEYRING_SERVICE}/{KEY_ENTRY}"
+        )
+    origin = f"the OS keyring's {KEYRING_SERVICE}/{KEY_ENTRY}"
+    return TokenCipher(parse_keys(text, origin), origin)
+
+
+class TokenRows(Protocol):
+    """The rows of sl_tokens (db.TokenTable implements it on a connection)."""
+
+    def read(self, source_id: int) -> Sealed | None: ...
+
+    def write(self, source_id: int, sealed: Sealed, *, replaceable: Collection[str]) -> bool:
+        """Insert, or replace a row sealed with one of the `replaceable` key ids; False (and nothing written)
+        when the row there was sealed with another key."""
+
+    def delete(self, source_id: int) -> None: ...
+
+    def sealed_with_other_keys(self, key_id: str) -> list[tuple[int, Sealed]]: ...
+
+    def replace(self, source_id: int, old: Sealed, new: Sealed) -> bool:
+        """Replace the row if it still holds `old`; False when it changed meanwhile."""
+
+
+class DatabaseStore:
+    where = "the database (sl_tokens, encrypted)"
+
+    def __init__(self, rows: TokenRows, cipher: TokenCipher) -> None:
+        self._rows = rows
+        self._cipher = cipher
+
+    def get(self, source_id: int) -> Token | None:
+        sealed = self._rows.read(source_id)
+        if sealed is None:
+            return None
+        log.debug("opening the token of source %s, sealed with key %s", source_id, sealed[0])
+        return Token.from_json(self._cipher.open(source_id, sealed))
+
+    def put(self, source_id: int, token: Token) -> None:
+        sealed = self._cipher.seal(source_id, token.to_json())
+        log.debug("writing the token of source %s, sealed with key %s", source_id, sealed[0])
+        if not self._rows.write(source_id, sealed, replaceable=self._cipher.key_ids):
+            raise UsageError(
+                f"the token of source {source_id} in the database is sealed with a key {self._cipher.origin} does "
+                "not hold: nothing was written; give this machine the keys the others use"
+            )
+
+    def delete(self, source_id: int) -> None:
+        self._rows.delete(source_id)
+
+
+@dataclass
+class Rotation:
+    """What `slsync tokens rotate-key` did."""
+
+    key_id: str
+    resealed: int = 0
+    # sealed with a key this machine does not hold, or altered: left as they were
+    unreadable: list[int] = field(default_factory=list)
+
+
+def reseal(rows: TokenRows, cipher: TokenCipher) -> Rotation:
+    """Seal every token under the first key. Each row is its own statement, replaced only if unchanged since it
+    was read (a refresh meanwhile has sealed it under the first key already): safe to interrupt and rerun."""
+    rotation = Rotation(cipher.key_id)
+    for source_id, sealed in rows.sealed_with_other_keys(cipher.key_id):
+        try:
+            text = cipher.open(source_id, sealed)
+        except UsageError:
+            rotation.unreadable.append(source_id)
+            continue
+        if rows.replace(source_id, sealed, cipher.seal(source_id, text)):
+            rotation.resealed += 1
+    return rotation
+
+
+StoreKind = Literal["keyring", "file", "database"]
+
+
+def open_store(settings: Settings, *, kind: StoreKind | None = None, database: TokenRows | None = None) -> TokenStore:
+    """The store SLSYNC_TOKEN_STORE names (or `kind`); the database store keeps its rows in `database`."""
+    kind = kind or settings.token_store
+    if kind == "file":
         return FileStore(settings.data_dir / "tokens.json")
+    if kind == "database":
+        if database is None:
+            raise UsageError("the database token store needs a database connection here")
+        return DatabaseStore(database, token_cipher(settings))
     return KeyringStore()

@@ -93,7 +93,7 @@ def cli_commands() -> dict[str, bool]:
 
 def test_every_command_is_described_on_the_commands_page() -> None:
     page = (DOCS / "reference" / "commands.md").read_text(encoding="utf-8")
-    headings = re.findall(r"^## `slsync ([a-z ]+?)(?: [A-Z\[-].*)?`$", page, re.MULTILINE)
+    headings = re.findall(r"^## `slsync ([a-z -]+?)(?: [A-Z\[-].*)?`$", page, re.MULTILINE)
     missing = sorted(set(cli_commands()) - set(headings))
     assert not missing, (
         f"docs/reference/commands.md has no section for: {', '.join(missing)}."
@@ -108,7 +108,7 @@ def test_every_json_document_is_shown_once_and_parses() -> None:
     shown: dict[str, list[str]] = {}
     for section in sections:
         heading = section.splitlines()[0]
-        command = re.match(r"`slsync ([a-z ]+?)(?: [A-Z_]+)?(?: --json)?`", heading)
+        command = re.match(r"`slsync ([a-z -]+?)(?: [A-Z_]+)?(?: --json)?`", heading)
         assert command, f"docs/reference/json.md: a heading that names no command: {heading!r}"
         shown[command.group(1)] = [code for info, code in fenced_blocks(section) if info == "json"]
     commands = cli_commands()
