@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -184,6 +185,24 @@ def open_connections(settings: Settings, count: int) -> list[Connection]:
             conn.close()
         raise refusal
     return opened
+
+
+# The server session each connection had when it first reported one: claims and source locks belong to a
+# session, so a connection whose statements land in different sessions (a transaction-pooling proxy such as
+# PgBouncer in transaction mode) would keep neither. Checked on statements that run anyway (no extra round trip).
+_sessions: weakref.WeakKeyDictionary[Connection, int] = weakref.WeakKeyDictionary()
+
+SESSION_POOLING = (
+    "the database connection moved between server sessions from one transaction to the next, as behind a "
+    "transaction-pooling proxy (PgBouncer's pool_mode = transaction): slsync's claims and source locks belong "
+    "to a session, so connect directly or through session pooling (pool_mode = session)"
+)
+
+
+def _same_session(conn: Connection, pid: int) -> None:
+    first = _sessions.setdefault(conn, pid)
+    if first != pid:
+        raise UsageError(SESSION_POOLING)
 
 
 def _where(url: str) -> str:
@@ -374,11 +393,13 @@ def source_for_run(conn: Connection, source_id: int) -> tuple[Source, bool, date
     """The source, whether it is due, and the database's time: what a run reads under the source's lock,
     in one round trip."""
     row = conn.execute(
-        f"SELECT {_SOURCE_COLUMNS}, {_DUE} AS due, now() AS db_now FROM sl_sources s WHERE s.id = %s",
+        f"SELECT {_SOURCE_COLUMNS}, {_DUE} AS due, now() AS db_now, pg_backend_pid() AS session"
+        " FROM sl_sources s WHERE s.id = %s",
         (source_id,),
     ).fetchone()
     if row is None:
         raise NotFound(f"no source with id {source_id}")
+    _same_session(conn, row.pop("session"))  # the lock taken a statement ago is this session's
     due, now = bool(row.pop("due")), row.pop("db_now")
     return _source(row), due, now
 
@@ -434,22 +455,36 @@ def claim_due(conn: Connection, limit: int) -> list[int]:
         )
         UPDATE sl_sources s SET claimed_by = pg_backend_pid(), claimed_at = now()
         FROM due WHERE s.id = due.id
-        RETURNING s.id, s.last_sync_at, s.next_sync_at
+        RETURNING s.id, s.last_sync_at, s.next_sync_at, pg_backend_pid() AS session
         """,
         (limit,),
     ).fetchall()
+    if rows:
+        _same_session(conn, rows[0]["session"])
     rows.sort(key=lambda r: (r["last_sync_at"] is not None, r["last_sync_at"] or r["next_sync_at"], r["id"]))
     return [int(r["id"]) for r in rows]
 
 
 def release_claims(conn: Connection) -> None:
-    conn.execute("UPDATE sl_sources SET claimed_by = NULL WHERE claimed_by = pg_backend_pid()")
+    # the claims of the session that made them, even if this statement lands in another (then reported)
+    row = conn.execute(
+        "WITH released AS (UPDATE sl_sources SET claimed_by = NULL"
+        " WHERE claimed_by = coalesce(%s, pg_backend_pid())) SELECT pg_backend_pid() AS session",
+        (_sessions.get(conn),),
+    ).fetchone()
+    if row:
+        _same_session(conn, row["session"])
 
 
 def try_lock_source(conn: Connection, source_id: int, *, transaction: bool = False) -> bool:
     func = "pg_try_advisory_xact_lock" if transaction else "pg_try_advisory_lock"
-    row = conn.execute(f"SELECT {func}(%s, %s) AS locked", (LOCK_NAMESPACE, source_id)).fetchone()
-    return bool(row and row["locked"])
+    row = conn.execute(
+        f"SELECT {func}(%s, %s) AS locked, pg_backend_pid() AS session", (LOCK_NAMESPACE, source_id)
+    ).fetchone()
+    assert row is not None
+    if not transaction:
+        _same_session(conn, row["session"])
+    return bool(row["locked"])
 
 
 def unlock_source(conn: Connection, source_id: int) -> None:
