@@ -231,10 +231,10 @@ def _handler(auth: XAuth) -> type[QuietHandler]:
 
 
 @contextmanager
-def running(auth: XAuth | None = None) -> Iterator[XAuth]:
-    """Serve the stand-in on a free port of 127.0.0.1 for the duration of the block."""
+def running(auth: XAuth | None = None, host: str = "127.0.0.1") -> Iterator[XAuth]:
+    """Serve the stand-in on a free port of `host` for the duration of the block."""
     auth = auth or XAuth()
-    auth.server = serve(_handler(auth))
+    auth.server = serve(_handler(auth), host)
     try:
         yield auth
     finally:

@@ -1,4 +1,5 @@
-"""What every loopback stand-in shares: an HTTP server on a free port of 127.0.0.1, and a quiet handler."""
+"""What every loopback stand-in shares: an HTTP server on a free port of 127.0.0.1 (or of the address a test
+gives, as on a network namespace's interface), and a quiet handler."""
 
 from __future__ import annotations
 
@@ -11,16 +12,16 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128  # sync due's workers connect at once; the default backlog of 5 would refuse some
 
 
-def serve(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+def serve(handler: type[BaseHTTPRequestHandler], host: str = "127.0.0.1") -> ThreadingHTTPServer:
     """Answer with `handler` from a daemon thread until `shutdown`."""
-    server = _Server(("127.0.0.1", 0), handler)
+    server = _Server((host, 0), handler)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return server
 
 
 def base_url(server: ThreadingHTTPServer | None) -> str:
     assert server is not None, "the stand-in is not started"
-    return f"http://127.0.0.1:{server.server_port}"
+    return f"http://{server.server_address[0]}:{server.server_port}"
 
 
 def shutdown(server: ThreadingHTTPServer | None) -> None:

@@ -171,7 +171,7 @@ class XApi:
             "x-rate-limit-reset": str(int(self.reset_at.timestamp())),
         }
 
-    def start(self) -> XApi:
+    def start(self, host: str = "127.0.0.1") -> XApi:
         api = self
 
         class Handler(QuietHandler):
@@ -225,7 +225,7 @@ class XApi:
                     payload = payload[: len(payload) // 2]
                 self.send_body(status, payload, headers)
 
-        self.server = serve(Handler)
+        self.server = serve(Handler, host)
         return self
 
     def stop(self) -> None:
