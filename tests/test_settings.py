@@ -34,7 +34,7 @@ VARIABLES_0_1_0 = {
     "SLSYNC_TIKTOK_DAILY_REQUESTS", "SLSYNC_TIKTOK_DAILY_RECORDS",
 }  # fmt: skip
 # And those added since, each a new name.
-VARIABLES_ADDED = {"SLSYNC_DB_LOCK_TIMEOUT_SECONDS", "SLSYNC_DB_STATEMENT_TIMEOUT_SECONDS"}
+VARIABLES_ADDED = {"SLSYNC_DB_LOCK_TIMEOUT_SECONDS", "SLSYNC_DB_STATEMENT_TIMEOUT_SECONDS", "SLSYNC_TOKEN_KEY"}
 
 
 def test_every_setting_can_be_listed_from_code_under_the_name_0_1_0_read() -> None:
