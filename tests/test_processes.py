@@ -63,7 +63,9 @@ def test_overlapping_sync_due_runs_sync_every_due_source_exactly_once(conn, cli:
 
 @pytest.mark.parametrize("command", ["source", "due"])
 def test_a_run_killed_between_pages_loses_nothing_and_blocks_nothing(conn, cli: Cli, command: str) -> None:
-    source_id = add_mock_source(conn, page_delay=0.25)
+    # ~11 pages of backfill: the kill must land while the run still pages, after a `status` subprocess that
+    # takes seconds on a loaded machine (the real-hosts test's processes share CI's two cores)
+    source_id = add_mock_source(conn, page_delay=0.6)
     args = ("sync", "source", str(source_id)) if command == "source" else ("sync", "due", "--concurrency", "1")
     victim = cli.popen(*args)
 
