@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -164,3 +165,23 @@ def slsync_command(*args: str) -> list[str]:
     """The installed `slsync` entry point beside this interpreter (what cron runs), or `python -m slsync`."""
     script = BIN / "slsync"
     return [str(script), *args] if script.exists() else [sys.executable, "-m", "slsync", *args]
+
+
+def measure(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, int, str]:
+    """Wall seconds, peak RSS in MB, exit code and stdout of one child process."""
+    with tempfile.TemporaryFile(mode="w+") as out:
+        started = time.perf_counter()
+        child = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.PIPE)
+        assert child.stderr is not None
+        errors = child.stderr.read()  # small; read before reaping so the child never blocks on a full pipe
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - started
+        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
+        child.stderr.close()
+        out.seek(0)
+        stdout = out.read()
+    if child.returncode != 0:
+        print(f"  {' '.join(command[-4:])} exited {child.returncode}: {errors.decode()[-1000:]}", file=sys.stderr)
+    # ru_maxrss is in kilobytes on Linux, in bytes on macOS
+    rss = usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+    return wall, rss, child.returncode, stdout

@@ -12,40 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from _common import cli_env, connect, fresh_database, machine, postgres, slsync_command, table, verdict
+from _common import cli_env, connect, fresh_database, machine, measure, postgres, slsync_command, table, verdict
 
 from slsync import db
 from slsync.connectors.mock import SLOT_SECONDS, MockConnector
 
 LIMIT_MB = 200
-
-
-def measure(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, int, str]:
-    """Wall seconds, peak RSS in MB, exit code and stdout of one child process."""
-    with tempfile.TemporaryFile(mode="w+") as out:
-        started = time.perf_counter()
-        child = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.PIPE)
-        assert child.stderr is not None
-        errors = child.stderr.read()  # small; read before reaping so the child never blocks on a full pipe
-        _, status, usage = os.wait4(child.pid, 0)
-        wall = time.perf_counter() - started
-        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
-        child.stderr.close()
-        out.seek(0)
-        stdout = out.read()
-    if child.returncode != 0:
-        print(f"  {' '.join(command[-4:])} exited {child.returncode}: {errors.decode()[-1000:]}", file=sys.stderr)
-    # ru_maxrss is in kilobytes on Linux, in bytes on macOS
-    rss = usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
-    return wall, rss, child.returncode, stdout
 
 
 def main() -> None:
