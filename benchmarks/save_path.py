@@ -2,12 +2,13 @@
 
 Why: issue 5 asks that saving a page reach at least 50% of raw COPY throughput. Every method starts
 from the same list of normalized Mention objects (from the mock stream) and includes turning them
-into rows, so the comparison is what a sync would pay. Each method writes into an emptied
-sl_mentions (TRUNCATE + CHECKPOINT before each run); the figure is the median of --repeat rounds,
-each round running every method once, interleaved, so that other load on the machine hits all alike.
-The criterion compares save_page at 100 a page with one raw COPY of all the rows; two references show
-what that comparison holds: raw COPY itself cut into pages of 100 (what a transaction per page costs
-even the fastest load) and save_page's previous statement (JSON objects), measured in the same rounds.
+into rows, so the comparison is what a sync would pay; every method writes what save_page writes, each
+mention in sl_mentions and its raw payload in sl_mention_raw. Each method writes into emptied tables
+(TRUNCATE + CHECKPOINT before each run); the figure is the median of --repeat rounds, each round
+running every method once, interleaved, so that other load on the machine hits all alike. The
+criterion compares save_page at 100 a page with one raw COPY of all the rows; a reference shows what
+that comparison holds: raw COPY itself cut into pages of 100 (what a transaction per page costs even
+the fastest load), measured in the same rounds.
 
     /tmp/v/bin/python benchmarks/save_path.py [--rows 100000] [--naive-rows 5000] [--repeat 3]
 """
@@ -15,7 +16,6 @@ even the fastest load) and save_page's previous statement (JSON objects), measur
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -33,15 +33,20 @@ from slsync.sync import WRITE_MENTIONS
 COLUMNS = (
     "tenant_id, source_id, platform, external_id, url, content, author_name, author_handle, author_followers,"
     " author_verified, published_at, likes_count, comments_count, shares_count, media_type, media_urls, location,"
-    " language, raw"
+    " language"
 )
-PLACEHOLDERS = ", ".join(["%s"] * 19)
-INSERT = f"INSERT INTO sl_mentions ({COLUMNS}) VALUES ({PLACEHOLDERS})"
-INSERT_IGNORE = INSERT + " ON CONFLICT (tenant_id, platform, external_id) DO NOTHING"
+PLACEHOLDERS = ", ".join(["%s"] * 18)
+# a mention and its raw payload (its own table, keyed by the mention's id), in one statement
+INSERT_IGNORE = (
+    f"WITH m AS (INSERT INTO sl_mentions ({COLUMNS}) VALUES ({PLACEHOLDERS})"
+    " ON CONFLICT (tenant_id, platform, external_id) DO NOTHING RETURNING id)"
+    " INSERT INTO sl_mention_raw (mention_id, raw) SELECT id, %s FROM m WHERE %s::jsonb IS NOT NULL"
+)
 TYPES = (
     "int8", "int4", "text", "text", "text", "text", "text", "text", "int8", "bool", "timestamptz", "int8", "int8",
-    "int8", "text", "text[]", "text", "text", "jsonb",
+    "int8", "text", "text[]", "text", "text",
 )  # fmt: skip
+RAW_TYPES = ("int8", "jsonb")
 
 Method = Callable[[db.Connection, Source, Sequence[Mention]], int]
 SAVE_SYNC = f"4. slsync save_pages, pages of 100, {WRITE_MENTIONS:,} a transaction (as a sync writes)"
@@ -55,44 +60,69 @@ def row(source: Source, m: Mention) -> tuple[Any, ...]:
         source.tenant_id, source.id, m.platform, m.external_id, m.url, m.content, m.author_name, m.author_handle,
         m.author_followers, m.author_verified, m.published_at, m.likes_count, m.comments_count, m.shares_count,
         m.media_type, list(m.media_urls) if m.media_urls is not None else None, m.location, m.language,
-        Jsonb(m.raw) if m.raw is not None else None,
     )  # fmt: skip
+
+
+def raw_of(m: Mention) -> Jsonb | None:
+    return Jsonb(m.raw) if m.raw is not None else None
+
+
+def insert_params(source: Source, m: Mention) -> tuple[Any, ...]:
+    raw = raw_of(m)
+    return (*row(source, m), raw, raw)
 
 
 def naive(conn: db.Connection, source: Source, mentions: Sequence[Mention]) -> int:
     """One INSERT per row, each its own transaction (autocommit): a commit, and an fsync, per row."""
     for m in mentions:
-        conn.execute(INSERT_IGNORE, row(source, m))
+        conn.execute(INSERT_IGNORE, insert_params(source, m))
     return len(mentions)
 
 
 def per_row_one_tx(conn: db.Connection, source: Source, mentions: Sequence[Mention]) -> int:
     with conn.transaction():
         for m in mentions:
-            conn.execute(INSERT_IGNORE, row(source, m))
+            conn.execute(INSERT_IGNORE, insert_params(source, m))
     return len(mentions)
 
 
 def executemany(conn: db.Connection, source: Source, mentions: Sequence[Mention]) -> int:
     """psycopg 3's executemany (pipelined) of INSERT ... ON CONFLICT DO NOTHING, one transaction."""
     with conn.transaction(), conn.cursor() as cur:
-        cur.executemany(INSERT_IGNORE, [row(source, m) for m in mentions])
+        cur.executemany(INSERT_IGNORE, [insert_params(source, m) for m in mentions])
     return len(mentions)
+
+
+# from a staging table (the mention's columns and raw) into both tables, as save_page's statement does
+STAGED_INSERT = f"""
+WITH m AS (
+    INSERT INTO sl_mentions ({COLUMNS}) SELECT {COLUMNS} FROM {{stage}}
+    ON CONFLICT (tenant_id, platform, external_id) DO NOTHING RETURNING id, external_id
+), r AS (
+    INSERT INTO sl_mention_raw (mention_id, raw)
+    SELECT m.id, s.raw FROM m JOIN {{stage}} s USING (external_id) WHERE s.raw IS NOT NULL
+)
+SELECT count(*) AS saved FROM m
+"""
+
+
+def copy_to_stage(conn: db.Connection, stage: str, source: Source, mentions: Sequence[Mention]) -> None:
+    with conn.cursor() as cur, cur.copy(f"COPY {stage} ({COLUMNS}, raw) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types((*TYPES, "jsonb"))
+        for m in mentions:
+            copy.write_row((*row(source, m), raw_of(m)))
 
 
 def staging_copy(conn: db.Connection, source: Source, mentions: Sequence[Mention]) -> int:
     """COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING: one transaction."""
     with conn.transaction():
-        conn.execute(f"CREATE TEMP TABLE stage ON COMMIT DROP AS SELECT {COLUMNS} FROM sl_mentions WITH NO DATA")
-        with conn.cursor() as cur, cur.copy(f"COPY stage ({COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(TYPES)
-            for m in mentions:
-                copy.write_row(row(source, m))
-        saved = conn.execute(
-            f"INSERT INTO sl_mentions ({COLUMNS}) SELECT {COLUMNS} FROM stage"
-            " ON CONFLICT (tenant_id, platform, external_id) DO NOTHING"
-        ).rowcount
-    return saved
+        conn.execute(
+            f"CREATE TEMP TABLE stage ON COMMIT DROP AS SELECT {COLUMNS}, NULL::jsonb AS raw FROM sl_mentions"
+            " WITH NO DATA"
+        )
+        copy_to_stage(conn, "stage", source, mentions)
+        found = conn.execute(STAGED_INSERT.format(stage="stage")).fetchone()
+    return int(found["saved"]) if found else 0
 
 
 def staging_copy_pages(page_size: int) -> Method:
@@ -102,141 +132,86 @@ def staging_copy_pages(page_size: int) -> Method:
 
     def run(conn: db.Connection, source: Source, mentions: Sequence[Mention]) -> int:
         conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS page_stage ON COMMIT DELETE ROWS AS SELECT {COLUMNS}"
-            " FROM sl_mentions WITH NO DATA"
+            f"CREATE TEMP TABLE IF NOT EXISTS page_stage ON COMMIT DELETE ROWS AS SELECT {COLUMNS},"
+            " NULL::jsonb AS raw FROM sl_mentions WITH NO DATA"
         )
         saved = 0
         for start in range(0, len(mentions), page_size):
             with conn.transaction():
-                with conn.cursor() as cur, cur.copy(f"COPY page_stage ({COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.set_types(TYPES)
-                    for m in mentions[start : start + page_size]:
-                        copy.write_row(row(source, m))
-                saved += conn.execute(
-                    f"INSERT INTO sl_mentions ({COLUMNS}) SELECT {COLUMNS} FROM page_stage"
-                    " ON CONFLICT (tenant_id, platform, external_id) DO NOTHING"
-                ).rowcount
+                copy_to_stage(conn, "page_stage", source, mentions[start : start + page_size])
+                found = conn.execute(STAGED_INSERT.format(stage="page_stage")).fetchone()
+                saved += int(found["saved"]) if found else 0
         return saved
 
     return run
+
+
+def copy_both(conn: db.Connection, source: Source, mentions: Sequence[Mention]) -> None:
+    """Binary COPY of the mentions, ids reserved first (COPY writes an identity column as given), then of their
+    raw payloads under those ids: both tables, as every method writes them."""
+    ids = conn.execute(
+        "SELECT nextval(pg_get_serial_sequence('sl_mentions', 'id')) AS id FROM generate_series(1, %s)",
+        (len(mentions),),
+    ).fetchall()
+    with conn.cursor() as cur, cur.copy(f"COPY sl_mentions (id, {COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(("int8", *TYPES))
+        for found, m in zip(ids, mentions, strict=True):
+            copy.write_row((found["id"], *row(source, m)))
+    with conn.cursor() as cur, cur.copy("COPY sl_mention_raw (mention_id, raw) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(RAW_TYPES)
+        for found, m in zip(ids, mentions, strict=True):
+            if m.raw is not None:
+                copy.write_row((found["id"], raw_of(m)))
 
 
 def raw_copy_pages(page_size: int) -> Method:
-    """Binary COPY straight into sl_mentions a page at a time, a transaction each, no conflict handling and no
+    """Binary COPY straight into the tables a page at a time, a transaction each, no conflict handling and no
     counters: what the per-page transaction alone costs COPY, the ceiling of any per-page save path."""
 
     def run(conn: db.Connection, source: Source, mentions: Sequence[Mention]) -> int:
-        copy_sql = f"COPY sl_mentions ({COLUMNS}) FROM STDIN (FORMAT BINARY)"
         for start in range(0, len(mentions), page_size):
-            with conn.transaction(), conn.cursor() as cur, cur.copy(copy_sql) as copy:
-                copy.set_types(TYPES)
-                for m in mentions[start : start + page_size]:
-                    copy.write_row(row(source, m))
+            with conn.transaction():
+                copy_both(conn, source, mentions[start : start + page_size])
         return len(mentions)
-
-    return run
-
-
-# save_page's statement before 2026-12-02: the page as a JSON array of objects, read by jsonb_to_recordset.
-OBJECTS_SAVE = """
-WITH page AS (
-    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(
-        external_id text, url text, content text, author_name text, author_handle text,
-        author_followers bigint, author_verified boolean, published_at timestamptz,
-        likes_count bigint, comments_count bigint, shares_count bigint, media_type text,
-        media_urls text[], location text, language text, raw jsonb)
-), inserted AS (
-    INSERT INTO sl_mentions (tenant_id, source_id, platform, external_id, url, content, author_name,
-        author_handle, author_followers, author_verified, published_at, likes_count, comments_count,
-        shares_count, media_type, media_urls, location, language, raw)
-    SELECT %(tenant_id)s, %(source_id)s, %(platform)s, external_id, url, content, author_name,
-        author_handle, author_followers, author_verified, published_at, likes_count, comments_count,
-        shares_count, media_type, media_urls, location, language, raw
-    FROM page
-    ON CONFLICT (tenant_id, platform, external_id) DO NOTHING
-    RETURNING 1
-), counted AS (
-    SELECT count(*) AS saved FROM inserted
-), source AS (
-    UPDATE sl_sources SET mentions_count = mentions_count + (SELECT saved FROM counted),
-        inflight_cursor = %(cursor)s, rate_limit_limit = %(limit)s, rate_limit_remaining = %(remaining)s,
-        rate_limit_reset_at = %(reset_at)s, updated_at = now()
-    WHERE id = %(source_id)s
-), run AS (
-    UPDATE sl_sync_runs SET pages = pages + 1, fetched = fetched + %(fetched)s,
-        saved = saved + (SELECT saved FROM counted), duplicates = duplicates + %(fetched)s - (SELECT saved FROM counted)
-    WHERE id = %(run_id)s
-)
-SELECT saved FROM counted
-"""
-
-
-def object_row(m: Mention) -> dict[str, Any]:
-    return {
-        "external_id": m.external_id, "url": m.url, "content": m.content, "author_name": m.author_name,
-        "author_handle": m.author_handle, "author_followers": m.author_followers,
-        "author_verified": m.author_verified, "published_at": m.published_at.isoformat(),
-        "likes_count": m.likes_count, "comments_count": m.comments_count, "shares_count": m.shares_count,
-        "media_type": m.media_type, "media_urls": list(m.media_urls) if m.media_urls is not None else None,
-        "location": m.location, "language": m.language, "raw": m.raw,
-    }  # fmt: skip
-
-
-def objects_save(page_size: int) -> Method:
-    """The save path as it was before 2026-12-02 (JSON objects), with the same counters, for comparison."""
-
-    def run(conn: db.Connection, source: Source, mentions: Sequence[Mention]) -> int:
-        run_id = db.begin_run(conn, source, "manual")
-        reset = datetime.now(UTC) + timedelta(minutes=15)
-        saved = 0
-        for n, start in enumerate(range(0, len(mentions), page_size)):
-            chunk = mentions[start : start + page_size]
-            rows = json.dumps([object_row(m) for m in chunk], ensure_ascii=False, separators=(",", ":"), default=str)
-            params = {
-                "rows": rows, "tenant_id": source.tenant_id, "source_id": source.id, "platform": source.platform,
-                "cursor": Jsonb({"next_seq": len(mentions) - start - len(chunk)}), "limit": 450,
-                "remaining": max(449 - n, 0), "reset_at": reset, "run_id": run_id, "fetched": len(chunk),
-            }  # fmt: skip
-            found = conn.execute(OBJECTS_SAVE, params).fetchone()
-            saved += int(found["saved"]) if found else 0
-        db.finish_success(conn, source, run_id, {"newest_seq": len(mentions)}, "benchmark")
-        return saved
 
     return run
 
 
 def raw_copy(conn: db.Connection, source: Source, mentions: Sequence[Mention]) -> int:
-    """Binary COPY straight into sl_mentions, no conflict handling: the practical ceiling.
+    """Binary COPY straight into the tables, no conflict handling: the practical ceiling.
 
     It pays the same Python-side conversion from Mention objects as every other method (binary COPY
     was the fastest way to do that here; text COPY of the same tuples was about 20% slower).
     """
-    copy_sql = f"COPY sl_mentions ({COLUMNS}) FROM STDIN (FORMAT BINARY)"
-    with conn.transaction(), conn.cursor() as cur, cur.copy(copy_sql) as copy:
-        copy.set_types(TYPES)
-        for m in mentions:
-            copy.write_row(row(source, m))
+    with conn.transaction():
+        copy_both(conn, source, mentions)
     return len(mentions)
 
 
-def server_only_copy(data: bytes) -> Method:
+def server_only_copy(data: tuple[bytes, bytes]) -> Method:
     """COPY of rows already in COPY's text format: the server's own ceiling, no Python-side work timed."""
 
     def run(conn: db.Connection, source: Source, mentions: Sequence[Mention]) -> int:
-        with conn.transaction(), conn.cursor() as cur, cur.copy(f"COPY sl_mentions ({COLUMNS}) FROM STDIN") as copy:
-            copy.write(data)
+        with conn.transaction():
+            with conn.cursor() as cur, cur.copy(f"COPY sl_mentions (id, {COLUMNS}) FROM STDIN") as copy:
+                copy.write(data[0])
+            with conn.cursor() as cur, cur.copy("COPY sl_mention_raw (mention_id, raw) FROM STDIN") as copy:
+                copy.write(data[1])
         return len(mentions)
 
     return run
 
 
-def dump_rows(conn: db.Connection) -> bytes:
-    """What sl_mentions holds now, in COPY's text format (to feed server_only_copy)."""
-    out = bytearray()
-    with conn.cursor() as cur, cur.copy(f"COPY sl_mentions ({COLUMNS}) TO STDOUT") as copy:
-        for chunk in copy:
-            out += chunk
-    return bytes(out)
+def dump_rows(conn: db.Connection) -> tuple[bytes, bytes]:
+    """What sl_mentions and sl_mention_raw hold now, in COPY's text format (to feed server_only_copy)."""
+    dumped = []
+    for statement in (f"COPY sl_mentions (id, {COLUMNS}) TO STDOUT", "COPY sl_mention_raw (mention_id, raw) TO STDOUT"):
+        out = bytearray()
+        with conn.cursor() as cur, cur.copy(statement) as copy:
+            for chunk in copy:
+                out += chunk
+        dumped.append(bytes(out))
+    return dumped[0], dumped[1]
 
 
 def save_path(page_size: int, pages_per_write: int) -> Method:
@@ -266,7 +241,7 @@ def save_path(page_size: int, pages_per_write: int) -> Method:
 
 
 def empty(conn: db.Connection) -> None:
-    conn.execute("TRUNCATE sl_mentions RESTART IDENTITY")
+    conn.execute("TRUNCATE sl_mentions, sl_mention_raw RESTART IDENTITY")
     conn.execute("UPDATE sl_sources SET mentions_count = 0")
     conn.execute("CHECKPOINT")
 
@@ -278,7 +253,8 @@ def measure(conn: db.Connection, source: Source, method: Method, mentions: Seque
     saved = method(conn, source, mentions)
     elapsed = time.perf_counter() - started
     stored = conn.execute("SELECT count(*) AS n FROM sl_mentions").fetchone()
-    if not stored or stored["n"] != len(mentions):
+    payloads = conn.execute("SELECT count(*) AS n FROM sl_mention_raw").fetchone()
+    if not stored or stored["n"] != len(mentions) or not payloads or payloads["n"] != len(mentions):
         raise SystemExit(f"{method.__name__}: stored {stored and stored['n']} rows, expected {len(mentions)}")
     return len(mentions) / elapsed, saved
 
@@ -301,7 +277,7 @@ def main() -> None:
         mentions = [stream_post(source_id, "Acme", seq) for seq in range(args.rows, 0, -1)]
         print(f"generated {len(mentions):,} mock mentions in {time.perf_counter() - started:.1f} s (not timed below)")
 
-        data: list[bytes] = []
+        data: list[tuple[bytes, bytes]] = []
 
         def server_only(conn: db.Connection, source: Source, mentions: Sequence[Mention]) -> int:
             return server_only_copy(data[0])(conn, source, mentions)
@@ -314,12 +290,6 @@ def main() -> None:
             ("3. executemany ON CONFLICT, one transaction", executemany, mentions, args.repeat),
             ("(ref) COPY to temp table + INSERT ON CONFLICT, one tx", staging_copy, mentions, args.repeat),
             ("(ref) same, 100 per page (a tx each)", staging_copy_pages(100), mentions, args.repeat),
-            (
-                "(ref) save_page before 2026-12-02 (JSON objects), 100 per page",
-                objects_save(100),
-                mentions,
-                args.repeat,
-            ),
             (SAVE_SYNC, save_path(100, WRITE_MENTIONS // 100), mentions, args.repeat),
             (SAVE_ONE_PAGE, save_path(100, 1), mentions, args.repeat),
             (RAW_COPY, raw_copy, mentions, args.repeat),

@@ -12,7 +12,9 @@ comes out as DatabaseError, classified by its SQLSTATE, so that the layers above
 from __future__ import annotations
 
 import json
+import logging
 import re
+import time
 import weakref
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +36,8 @@ from slsync.models import Gap, Mention, Page, RateLimit, Source
 
 # First key of every advisory lock slsync takes ('slsy'); the second is the source id (0: migrations).
 LOCK_NAMESPACE = 0x736C7379
+
+log = logging.getLogger("slsync.db")
 
 # When a source is due: both the claim and the check under a source's lock read it. The claim's use must
 # imply the predicate of sl_sources_due_idx for the planner to use that index. A source is due up to
@@ -310,27 +314,107 @@ def migration_files() -> list[tuple[int, str, str]]:
 
 
 def migrate(conn: Connection) -> list[str]:
-    """Apply missing migrations, one process at a time; returns the names applied."""
-    applied_now = []
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LOCK_NAMESPACE,))
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS sl_schema_migrations ("
-            " version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {row["version"] for row in conn.execute("SELECT version FROM sl_schema_migrations")}
-        for version, name, sql in migration_files():
-            if version in done:
-                continue
-            if not applied_now:
+    """Apply missing migrations in order; returns the names applied.
+
+    Files are applied together in one transaction under an advisory lock, so concurrent first runs apply
+    each exactly once. A file that starts with ONLINE (an index built CONCURRENTLY, rows moved in batches
+    that commit one by one) cannot run in a transaction, and on a large table takes minutes: it runs alone,
+    under a session lock of its own, and must be safe to run again after an interruption and unneeded by
+    the code (it may only make things faster or smaller). So another process that finds it running goes on
+    with its command, unless a transactional file waits behind it.
+    """
+    applied: list[str] = []
+    files = migration_files()
+    while True:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_NAMESPACE, _MIGRATION_LOCK))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS sl_schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            pending = [f for f in files if f[0] not in _applied_versions(conn)]
+            if pending:
                 # A migration may rewrite a large table: it waits for its locks no longer than any statement,
                 # but once it has them it runs to the end.
                 conn.execute("SET LOCAL statement_timeout = 0")
+            while pending and not pending[0][2].startswith(ONLINE):
+                version, name, sql = pending.pop(0)
+                conn.execute(sql)
+                _record(conn, version, name)
+                applied.append(name)
+        if not pending:
+            return applied
+        if not _apply_online(conn, pending):
+            return applied
+        applied.append(pending[0][1])
+
+
+# The first line of a migration that runs outside a transaction (see migrate).
+ONLINE = "-- slsync: online"
+# Second keys of the advisory locks of migrations (the first is LOCK_NAMESPACE; sources use their ids >= 1).
+_MIGRATION_LOCK, _ONLINE_MIGRATION_LOCK = 0, -1
+
+
+def _applied_versions(conn: Connection) -> set[int]:
+    return {row["version"] for row in conn.execute("SELECT version FROM sl_schema_migrations")}
+
+
+def _record(conn: Connection, version: int, name: str) -> None:
+    conn.execute(
+        "INSERT INTO sl_schema_migrations (version, name) VALUES (%s, %s) ON CONFLICT (version) DO NOTHING",
+        (version, name),
+    )
+
+
+def _apply_online(conn: Connection, pending: list[tuple[int, str, str]]) -> bool:
+    """Run the first pending file, an online one; False if another process runs it and this one may go on.
+
+    The lock is polled rather than waited for: a CREATE INDEX CONCURRENTLY in the other process waits for
+    every running statement's snapshot to end, this one's wait included, which would never end.
+    """
+    version, name, sql = pending[0]
+    must_wait = any(not later.startswith(ONLINE) for _, _, later in pending[1:])
+    while not _try_lock(conn, _ONLINE_MIGRATION_LOCK):
+        if not must_wait:
+            log.info("%s is being applied by another process; going on", name)
+            return False
+        time.sleep(0.5)
+    try:
+        if version in _applied_versions(conn):
+            return True
+        # an online file interrupted while building an index leaves it invalid (and IF NOT EXISTS would keep
+        # it): no slsync process builds one now, this lock says so
+        for row in conn.execute(
+            "SELECT indexrelid::regclass::text AS name FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE NOT i.indisvalid AND c.relname LIKE 'sl\\_%'"
+        ).fetchall():
+            conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{row["name"]}"')
+        log.info("applying %s (online)", name)
+        conn.add_notice_handler(_log_notice)
+        # as in migrate: it waits for its locks no longer than any statement, then runs to the end
+        row = conn.execute("SELECT current_setting('statement_timeout') AS limit").fetchone()
+        conn.execute("SET statement_timeout = 0")
+        try:
             conn.execute(sql)
-            conn.execute("INSERT INTO sl_schema_migrations (version, name) VALUES (%s, %s)", (version, name))
-            applied_now.append(name)
-    return applied_now
+        finally:
+            conn.remove_notice_handler(_log_notice)
+            conn.execute("SELECT set_config('statement_timeout', %s, false)", (row["limit"] if row else "0",))
+        _record(conn, version, name)
+        return True
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, _ONLINE_MIGRATION_LOCK))
+
+
+def _try_lock(conn: Connection, key: int) -> bool:
+    row = conn.execute("SELECT pg_try_advisory_lock(%s, %s) AS locked", (LOCK_NAMESPACE, key)).fetchone()
+    return bool(row and row["locked"])
+
+
+def _log_notice(notice: psycopg.errors.Diagnostic) -> None:
+    """An online migration's progress (RAISE NOTICE) and its news for the operator (RAISE WARNING)."""
+    level = logging.WARNING if notice.severity_nonlocalized == "WARNING" else logging.INFO
+    log.log(level, "%s", notice.message_primary, extra={"event": "migration"})
 
 
 # --- sources --------------------------------------------------------------------------------------
@@ -519,12 +603,13 @@ def begin_run(conn: Connection, source: Source, trigger: str) -> int:
     return int(row["id"])
 
 
-# One statement, so one round trip and one implicit transaction: the pages' mentions, the source's
-# counter, in-flight cursor and rate limit, and the run's counters. The page travels as one JSON array
-# of positional rows (see _mention_row): no keys to write in Python or to look up in PostgreSQL. Measured
-# ~10% faster than the array of objects it replaced (less CPU on both sides) and faster than COPY into a
-# staging table at a page of 100, whose extra round trips cost more than COPY saves (benchmarks/README.md).
-# JSON null comes out of ->> as SQL NULL; raw's NULLIF does the same for ->.
+# One statement, so one round trip and one implicit transaction: the pages' mentions and their raw
+# payloads, the source's counter, in-flight cursor and rate limit, and the run's counters. The page travels
+# as one JSON array of positional rows (see _mention_row): no keys to write in Python or to look up in
+# PostgreSQL. Measured ~10% faster than the array of objects it replaced (less CPU on both sides) and faster
+# than COPY into a staging table at a page of 100, whose extra round trips cost more than COPY saves
+# (benchmarks/README.md). JSON null comes out of ->> as SQL NULL; raw's NULLIF does the same for ->.
+# A new mention's payload joins it by external_id, unique within a write (_save keeps the first of twins).
 _SAVE = """
 WITH page AS (
     SELECT r->>0 AS external_id, r->>1 AS url, r->>2 AS content, r->>3 AS author_name, r->>4 AS author_handle,
@@ -536,13 +621,16 @@ WITH page AS (
 ), inserted AS (
     INSERT INTO sl_mentions (tenant_id, source_id, platform, external_id, url, content, author_name,
         author_handle, author_followers, author_verified, published_at, likes_count, comments_count,
-        shares_count, media_type, media_urls, location, language, raw)
+        shares_count, media_type, media_urls, location, language)
     SELECT %(tenant_id)s, %(source_id)s, %(platform)s, external_id, url, content, author_name,
         author_handle, author_followers, author_verified, published_at, likes_count, comments_count,
-        shares_count, media_type, media_urls, location, language, raw
+        shares_count, media_type, media_urls, location, language
     FROM page
     ON CONFLICT (tenant_id, platform, external_id) DO NOTHING
-    RETURNING 1
+    RETURNING id, external_id
+), raw AS (
+    INSERT INTO sl_mention_raw (mention_id, raw)
+    SELECT inserted.id, page.raw FROM inserted JOIN page USING (external_id) WHERE page.raw IS NOT NULL
 ), counted AS (
     SELECT count(*) AS saved FROM inserted
 ), source AS (
@@ -606,10 +694,15 @@ def _save(
         raise ValueError(f"mentions of {sorted(platforms)} cannot be saved for a {source.platform} source")
     # the newest word on limits and cursor is the last page's
     limits = next((p.rate_limit for p in reversed(pages) if p.rate_limit is not None), None)
+    # the same post twice in one write (a paging API may repeat it): the first is stored, the second counted
+    # as a duplicate, as ON CONFLICT would; without it, its payload would join the mention twice
+    firsts: dict[str, Mention] = {}
+    for m in mentions:
+        firsts.setdefault(m.external_id, m)
     row = conn.execute(
         _SAVE,
         {
-            "rows": json_text([_mention_row(m) for m in mentions]),
+            "rows": json_text([_mention_row(m) for m in firsts.values()]),
             "tenant_id": source.tenant_id,
             "source_id": source.id,
             "platform": source.platform,

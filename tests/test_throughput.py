@@ -133,8 +133,9 @@ def test_sync_due_prunes_old_run_records_in_bounded_batches(conn, settings) -> N
 def _stored(conn: db.Connection, external_id: str) -> dict:
     row = conn.execute(
         "SELECT url, content, author_name, author_handle, author_followers, author_verified, published_at,"
-        " likes_count, comments_count, shares_count, media_type, media_urls, location, language, raw,"
-        " raw IS NULL AS raw_is_sql_null FROM sl_mentions WHERE external_id = %s",
+        " likes_count, comments_count, shares_count, media_type, media_urls, location, language, r.raw,"
+        " r.mention_id IS NULL AS raw_is_sql_null"
+        " FROM sl_mentions m LEFT JOIN sl_mention_raw r ON r.mention_id = m.id WHERE external_id = %s",
         (external_id,),
     ).fetchone()
     assert row is not None, external_id

@@ -683,7 +683,7 @@ def test_comments_of_exactly_the_chosen_videos_over_two_comment_pages(
     comment = api.comments[ids["a"]][120]
     row = conn.execute(
         "SELECT url, content, likes_count, comments_count, author_handle, published_at, raw FROM sl_mentions"
-        " WHERE external_id = %s",
+        " JOIN sl_mention_raw ON mention_id = id WHERE external_id = %s",
         (f"comment:{comment['id']}",),
     ).fetchone()
     video = next(v for v in api.videos if v["id"] == ids["a"])

@@ -1,0 +1,139 @@
+"""Many sources and mentions: the raw payloads' own table and their move, claims released by id, `status`
+as a stream, a page or a summary, mentions read along an index. The big dataset lives in
+benchmarks/scale.py; these tests check behaviour on small ones."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from slsync import db
+from tests.conftest import _with_db, add_mock_source
+
+RELEASE_BEFORE = 8  # the last migration of the release that stored raw payloads in sl_mentions
+
+
+@pytest.fixture
+def old_database(pg_server: Any) -> Iterator[str]:
+    """A database as the release before left it: migrations up to RELEASE_BEFORE, nothing after."""
+    admin = pg_server.get_uri()
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute("DROP DATABASE IF EXISTS old_schema WITH (FORCE)")
+        c.execute("CREATE DATABASE old_schema")
+    url = _with_db(admin, "old_schema")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE sl_schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for version, name, sql in db.migration_files():
+            if version <= RELEASE_BEFORE:
+                conn.execute(sql)
+                conn.execute("INSERT INTO sl_schema_migrations VALUES (%s, %s)", (version, name))
+    yield url
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute("DROP DATABASE old_schema WITH (FORCE)")
+
+
+def old_mentions(conn: Any, first: int, last: int) -> None:
+    """Mentions written by the release before: the payload in sl_mentions.raw, sometimes none (NULL), some
+    empty, some with text PostgreSQL must keep exactly."""
+    conn.execute(
+        "INSERT INTO sl_mentions (tenant_id, source_id, platform, external_id, content, published_at, raw)"
+        " SELECT 1, 1, 'mock', 'p' || n, 'post ' || n, now() - make_interval(secs => n),"
+        " CASE WHEN n %% 97 = 0 THEN NULL WHEN n %% 89 = 0 THEN '{}'::jsonb"
+        " ELSE jsonb_build_object('id', n, 'text', 'ünï 😀 \"q\" ' || repeat('x', n %% 50),"
+        " 'nested', jsonb_build_object('list', jsonb_build_array(1, NULL, n::text), 'n', n / 7.0)) END"
+        " FROM generate_series(%s::int, %s::int) AS n",
+        (first, last),
+    )
+
+
+CHECKSUM = "sum(('x' || left(md5({id}::text || ':' || raw::text), 15))::bit(60)::bigint)"
+
+
+def payloads(conn: Any, where: str) -> dict[str, int]:
+    """How many mentions and raw payloads there are, and a checksum of every (mention id, payload) pair: in
+    sl_mentions.raw (`column`, before the move) or in sl_mention_raw (`table`, after it)."""
+    source = (
+        f"SELECT count(raw) AS n, {CHECKSUM.format(id='id')} AS s FROM sl_mentions"
+        if where == "column"
+        else f"SELECT count(*) AS n, {CHECKSUM.format(id='mention_id')} AS s FROM sl_mention_raw"
+    )
+    row = conn.execute(
+        f"SELECT (SELECT count(*) FROM sl_mentions) AS mentions, n AS payloads, s AS checksum FROM ({source}) AS p"
+    ).fetchone()
+    return {k: int(v or 0) for k, v in row.items()}
+
+
+def test_moving_raw_payloads_loses_nothing_and_resumes_where_it_stopped(old_database: str) -> None:
+    with psycopg.connect(old_database, autocommit=True, row_factory=dict_row) as conn:
+        conn.execute("INSERT INTO sl_sources (tenant_id, platform, name) VALUES (1, 'mock', 'old')")
+        old_mentions(conn, 1, 25_000)  # more than two batches of the move
+        # The upgrade's first transaction; then a move interrupted after its first batch; then a process of
+        # the release before, still running, stores more mentions with their payload in the old column.
+        version, name, sql = next(f for f in db.migration_files() if f[0] == RELEASE_BEFORE + 1)
+        conn.execute(sql)
+        conn.execute("INSERT INTO sl_schema_migrations VALUES (%s, %s)", (version, name))
+        conn.execute("INSERT INTO sl_mention_raw SELECT id, raw FROM sl_mentions WHERE id <= 10000 AND raw IS NOT NULL")
+        conn.execute("UPDATE sl_raw_move SET moved_upto = 10000")
+        old_mentions(conn, 25_001, 25_300)
+        before = payloads(conn, "column")
+        assert before["mentions"] == 25_300 and 25_000 < before["payloads"] < 25_300
+
+        applied = db.migrate(conn)
+
+        assert "011_move_raw_payloads.sql" in applied
+        assert payloads(conn, "table") == before
+        columns = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'sl_mentions'"
+        ).fetchall()
+        assert "raw" not in {c["column_name"] for c in columns}
+        assert conn.execute("SELECT to_regclass('sl_raw_move') AS t").fetchone()["t"] is None
+        fk = conn.execute(
+            "SELECT convalidated, confdeltype FROM pg_constraint WHERE conname = 'sl_mention_raw_mention_id_fkey'"
+        ).fetchone()
+        assert fk == {"convalidated": True, "confdeltype": "c"}  # checked, and ON DELETE CASCADE
+        conn.execute("DELETE FROM sl_mentions WHERE id = 1")
+        assert conn.execute("SELECT count(*) AS n FROM sl_mention_raw WHERE mention_id = 1").fetchone()["n"] == 0
+        assert db.migrate(conn) == []
+
+
+def test_an_online_migration_running_elsewhere_lets_a_command_go_on_and_an_invalid_index_is_rebuilt(conn) -> None:
+    online = [(v, name) for v, name, sql in db.migration_files() if sql.startswith(db.ONLINE)]
+    assert online and all(v > RELEASE_BEFORE for v, _ in online)
+    # as if the upgrade's online files had not run yet, and the index build had been killed half-way
+    conn.execute("DELETE FROM sl_schema_migrations WHERE version = ANY(%s)", ([v for v, _ in online],))
+    conn.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'sl_mentions_published_idx'::regclass")
+    with psycopg.connect(str(conn.info.dsn), autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s, -1)", (db.LOCK_NAMESPACE,))  # another process applies them
+        assert db.migrate(conn) == []  # only online files are left: go on without them
+    assert db.migrate(conn) == [name for _, name in online]
+    valid = conn.execute(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'sl_mentions_published_idx'::regclass"
+    ).fetchone()
+    assert valid == {"indisvalid": True}
+
+
+def test_a_post_twice_in_one_write_keeps_the_first_payload_once(conn) -> None:
+    from datetime import UTC, datetime
+
+    from slsync.models import Mention, Page
+
+    source = db.get_source(conn, add_mock_source(conn))
+    run_id = db.begin_run(conn, source, "manual")
+    when = datetime(2026, 3, 1, tzinfo=UTC)
+    first = Mention(platform="mock", external_id="twin", published_at=when, raw={"seen": 1})
+    again = Mention(platform="mock", external_id="twin", published_at=when, raw={"seen": 2})
+    other = Mention(platform="mock", external_id="other", published_at=when, raw={"seen": 3})
+    assert db.save_page(conn, source, run_id, Page(mentions=(first, again, other), cursor={})) == 2
+    stored = conn.execute(
+        "SELECT external_id, raw FROM sl_mentions JOIN sl_mention_raw ON mention_id = id ORDER BY id"
+    ).fetchall()
+    assert stored == [{"external_id": "twin", "raw": {"seen": 1}}, {"external_id": "other", "raw": {"seen": 3}}]
+    counted = conn.execute("SELECT fetched, saved, duplicates FROM sl_sync_runs WHERE id = %s", (run_id,)).fetchone()
+    assert counted == {"fetched": 3, "saved": 2, "duplicates": 1}
