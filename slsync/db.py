@@ -549,12 +549,15 @@ def claim_due(conn: Connection, limit: int) -> list[int]:
     return [int(r["id"]) for r in rows]
 
 
-def release_claims(conn: Connection) -> None:
-    # the claims of the session that made them, even if this statement lands in another (then reported)
+def release_claims(conn: Connection, source_ids: Sequence[int]) -> None:
+    """Release this session's claims on the sources it claimed (most are released by their run's end already).
+
+    By id, through the primary key: matching `claimed_by` alone read every source, 18 ms at 100,000. The
+    claims of the session that made them, even if this statement lands in another (then reported)."""
     row = conn.execute(
         "WITH released AS (UPDATE sl_sources SET claimed_by = NULL"
-        " WHERE claimed_by = coalesce(%s, pg_backend_pid())) SELECT pg_backend_pid() AS session",
-        (_sessions.get(conn),),
+        " WHERE id = ANY(%s) AND claimed_by = coalesce(%s, pg_backend_pid())) SELECT pg_backend_pid() AS session",
+        (list(source_ids), _sessions.get(conn)),
     ).fetchone()
     if row:
         _same_session(conn, row["session"])

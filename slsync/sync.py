@@ -214,18 +214,18 @@ def sync_due(settings: Settings, *, limit: int, concurrency: int, on_page: PageC
         db.connect(settings, for_sync=True) as conn,
         _command(settings, "due", require_due=True, on_page=on_page) as options,
     ):
-        ids = db.claim_due(conn, limit)
-        log.info("claimed %d due sources", len(ids), extra={"event": "claimed", "count": len(ids)})
+        claimed = db.claim_due(conn, limit)
+        log.info("claimed %d due sources", len(claimed), extra={"event": "claimed", "count": len(claimed)})
         try:
-            ids, deferred = _prioritize(conn, settings, ids)
+            ids, deferred = _prioritize(conn, settings, claimed)
             batch = _run_many(conn, settings, ids, options, concurrency)
             batch.results += deferred
         except BaseException:
             if not conn.closed:
                 with suppress(DatabaseError):
-                    db.release_claims(conn)
+                    db.release_claims(conn, claimed)
             raise
-        _then(batch, lambda: db.release_claims(conn))
+        _then(batch, lambda: db.release_claims(conn, claimed))
         _then(batch, lambda: _prune(conn, settings))
         _then(batch, lambda: _label_backlog(conn, settings, options, batch))
         return batch

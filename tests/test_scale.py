@@ -137,3 +137,15 @@ def test_a_post_twice_in_one_write_keeps_the_first_payload_once(conn) -> None:
     assert stored == [{"external_id": "twin", "raw": {"seen": 1}}, {"external_id": "other", "raw": {"seen": 3}}]
     counted = conn.execute("SELECT fetched, saved, duplicates FROM sl_sync_runs WHERE id = %s", (run_id,)).fetchone()
     assert counted == {"fetched": 3, "saved": 2, "duplicates": 1}
+
+
+def test_claims_are_released_by_id_and_only_this_sessions(conn, settings) -> None:
+    ids = [add_mock_source(conn, name=f"s{n}") for n in range(4)]
+    with db.connect(settings) as other:
+        theirs = db.claim_due(other, 1)
+        mine = db.claim_due(conn, 2)
+        assert len(theirs) == 1 and len(mine) == 2 and not set(theirs) & set(mine)
+        db.release_claims(conn, [*mine, *theirs])  # another session's claim is not this one's to release
+        claimed = conn.execute("SELECT id FROM sl_sources WHERE claimed_by IS NOT NULL ORDER BY id").fetchall()
+        assert [r["id"] for r in claimed] == theirs
+        assert sorted(db.claim_due(conn, 10)) == sorted(set(ids) - set(theirs))

@@ -179,7 +179,7 @@ def test_sync_due_picks_never_synced_first_then_oldest_and_respects_limit(conn, 
     conn.execute("UPDATE sl_sources SET next_sync_at = now() + interval '1 hour' WHERE id = %s", (ids[3],))
     claimed = db.claim_due(conn, 2)
     assert claimed == [ids[2], ids[1]]  # never synced first, then the oldest last sync
-    db.release_claims(conn)
+    db.release_claims(conn, claimed)
     batch = sync.sync_due(settings, limit=50, concurrency=2)
     assert sorted(r.source_id for r in batch.results) == sorted(ids[:3])
     assert all(r.success for r in batch.results)
