@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+import orjson
 import typer
 
 from slsync import __version__
@@ -141,8 +142,19 @@ def _json_default(value: Any) -> Any:
 
 
 def emit_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, default=_json_default, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+    sys.stdout.buffer.write(json_bytes(document) + b"\n")
+    sys.stdout.buffer.flush()
+
+
+def json_bytes(value: Any) -> bytes:
+    """`value` as compact JSON by orjson (~10x the standard library's speed). A datetime is written with its
+    own offset: the database's are UTC (db._SESSION_SETTINGS). What orjson refuses (an integer beyond 64 bits)
+    the standard library writes."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        return json.dumps(value, default=_json_default, ensure_ascii=False).encode()
 
 
 def _console(stderr: bool = False) -> Console:
@@ -1000,7 +1012,8 @@ def _write_mentions(rows: Iterator[dict[str, Any]], format: str, target: Any, co
             count += 1
     else:
         for row in rows:
-            target.write(json.dumps(row, default=_json_default, ensure_ascii=False) + "\n")
+            target.write(json_bytes(row).decode())
+            target.write("\n")
             count += 1
     target.flush()
     return count

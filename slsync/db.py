@@ -105,7 +105,10 @@ SYNC_OPTIONS = "-c synchronous_commit=off"
 
 # Each session's timeouts: slsync's value, or the server's (a role's, a database's) where that is stricter.
 # pg_settings gives them in milliseconds, 0 meaning none; a wanted 0 leaves the server's setting alone.
-_TIMEOUTS = """
+# The same round trip puts the session in UTC, so that a datetime from the database needs no conversion
+# before it is written as JSON (orjson writes the offset it finds; `status --json` writes ~500,000 of
+# them at 100,000 sources). A SET rather than a startup option, which PgBouncer refuses by default.
+_SESSION_SETTINGS = """
 SELECT name, value, set_config(name, value::text, false) AS applied
 FROM (
     SELECT name, CASE WHEN want = 0 THEN setting::bigint WHEN setting::bigint = 0 THEN want
@@ -113,7 +116,7 @@ FROM (
     FROM pg_settings JOIN (VALUES ('lock_timeout', %s::bigint), ('statement_timeout', %s::bigint),
                                   ('idle_in_transaction_session_timeout', %s::bigint)) AS wanted (name, want)
     USING (name)
-) chosen
+) chosen, (SELECT set_config('TimeZone', 'UTC', false)) AS utc
 """
 
 
@@ -156,7 +159,7 @@ def _open(url: str, settings: Settings, *, for_sync: bool) -> Connection:
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {_where(url)}: {_first_line(exc, url)}") from None
     try:
-        rows = conn.execute(_TIMEOUTS, session_timeouts(settings, for_sync=for_sync)).fetchall()
+        rows = conn.execute(_SESSION_SETTINGS, session_timeouts(settings, for_sync=for_sync)).fetchall()
     except BaseException:
         conn.close()
         raise
@@ -1140,19 +1143,32 @@ def stream_mentions(
     limit: int | None = None,
     newest_first: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """Mentions through a server-side cursor: a million rows pass through a few thousand at a time."""
+    """Mentions in published_at order, read along an index (sl_mentions_published_idx, or the tenant's or
+    source's) through a server-side cursor: no sort, and a million rows pass a few thousand at a time.
+
+    The cursor is declared (a cursor's plan favours the first rows, so the index) and then fetched whole as
+    a stream: PostgreSQL sends rows while Python encodes the ones before, on the other core. Binary rows
+    load ~15% faster; the score goes through text so that 0.4404 stays 0.4404 (a real's exact binary value
+    is 0.44040000438690186)."""
     order = "published_at DESC, id DESC" if newest_first else "published_at, id"
-    with conn.transaction(), conn.cursor(name="slsync_mentions") as cursor:
-        cursor.itersize = 2000
-        cursor.execute(
-            f"SELECT {', '.join(MENTION_COLUMNS)} FROM sl_mentions"
+    columns = ", ".join(c if c != "sentiment_score" else "sentiment_score::text::float8 AS sentiment_score"
+                        for c in MENTION_COLUMNS)  # fmt: skip
+    with conn.transaction():
+        conn.execute(
+            f"DECLARE slsync_mentions BINARY NO SCROLL CURSOR FOR SELECT {columns} FROM sl_mentions"
             " WHERE (%(tenant)s::bigint IS NULL OR tenant_id = %(tenant)s)"
             " AND (%(source)s::integer IS NULL OR source_id = %(source)s)"
             " AND (%(since)s::timestamptz IS NULL OR published_at >= %(since)s)"
             f" ORDER BY {order} LIMIT %(limit)s",
             {"tenant": tenant_id, "source": source_id, "since": since, "limit": limit},
         )
-        yield from cursor
+        yield from conn.cursor(binary=True).stream("FETCH ALL FROM slsync_mentions", size=_stream_chunk())
+
+
+def _stream_chunk() -> int:
+    """Rows a streamed result arrives in: chunks need libpq 17 (psycopg's binary wheels carry it); an
+    older libpq sends one row at a time, slower but as correct."""
+    return 2000 if psycopg.capabilities.has_stream_chunked() else 1
 
 
 # --- daily quotas -----------------------------------------------------------------------------------

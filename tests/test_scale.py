@@ -4,6 +4,7 @@ benchmarks/scale.py; these tests check behaviour on small ones."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from slsync import db
-from tests.conftest import _with_db, add_mock_source
+from tests.conftest import Cli, _with_db, add_mock_source
 
 RELEASE_BEFORE = 8  # the last migration of the release that stored raw payloads in sl_mentions
 
@@ -149,3 +150,25 @@ def test_claims_are_released_by_id_and_only_this_sessions(conn, settings) -> Non
         claimed = conn.execute("SELECT id FROM sl_sources WHERE claimed_by IS NOT NULL ORDER BY id").fetchall()
         assert [r["id"] for r in claimed] == theirs
         assert sorted(db.claim_due(conn, 10)) == sorted(set(ids) - set(theirs))
+
+
+def test_mentions_are_listed_and_exported_in_published_order_with_their_exact_values(cli: Cli, conn) -> None:
+    source_id = add_mock_source(conn)
+    # the command's session reads times in UTC whatever the database's zone
+    zone = "ALTER DATABASE %I SET TimeZone = ''Asia/Kolkata''"
+    conn.execute(f"DO $$ BEGIN EXECUTE format('{zone}', current_database()); END $$")
+    conn.execute(
+        "INSERT INTO sl_mentions (tenant_id, source_id, platform, external_id, published_at, status, sentiment,"
+        " sentiment_score, media_urls) SELECT 1, %s, 'mock', 'p' || n, timestamptz '2026-03-01 12:00:00.25+00'"
+        " + make_interval(hours => (n * 7) %% 10), 'processed', 'positive', 0.4404, ARRAY['u' || n]"
+        " FROM generate_series(1, 10) AS n",
+        (source_id,),
+    )
+    newest = cli.ok("mentions", "list", "--json", "--limit", "3").json()["mentions"]
+    assert [m["published_at"] for m in newest] == [
+        "2026-03-01T21:00:00.250000+00:00", "2026-03-01T20:00:00.250000+00:00", "2026-03-01T19:00:00.250000+00:00"
+    ]  # fmt: skip
+    assert newest[0]["sentiment_score"] == 0.4404 and newest[0]["media_urls"] == ["u7"]
+    exported = [json.loads(line) for line in cli.ok("mentions", "export").stdout.splitlines()]
+    assert [m["external_id"] for m in exported] == [f"p{n}" for n in (10, 3, 6, 9, 2, 5, 8, 1, 4, 7)]
+    assert exported[-3:] == newest[::-1]
