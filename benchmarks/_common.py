@@ -14,7 +14,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -167,21 +166,37 @@ def slsync_command(*args: str) -> list[str]:
     return [str(script), *args] if script.exists() else [sys.executable, "-m", "slsync", *args]
 
 
+# Runs a command as its child and reports the child's wall time, peak RSS and exit code. Linux gives a child
+# the peak RSS of the process it was forked from (exec records the old address space's high-water mark), so
+# a command started from the benchmark itself would report the benchmark's memory when that is larger; this
+# small launcher stands between them.
+_LAUNCHER = """
+import os, sys, time
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+code = os.waitstatus_to_exitcode(status)
+with open(sys.argv[1], "w") as report:
+    report.write(f"{time.perf_counter() - started} {usage.ru_maxrss} {code}")
+sys.exit(code)
+"""
+
+
 def measure(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, int, str]:
     """Wall seconds, peak RSS in MB, exit code and stdout of one child process."""
-    with tempfile.TemporaryFile(mode="w+") as out:
-        started = time.perf_counter()
-        child = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.PIPE)
-        assert child.stderr is not None
-        errors = child.stderr.read()  # small; read before reaping so the child never blocks on a full pipe
-        _, status, usage = os.wait4(child.pid, 0)
-        wall = time.perf_counter() - started
-        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
-        child.stderr.close()
+    with tempfile.TemporaryFile(mode="w+") as out, tempfile.NamedTemporaryFile(mode="r") as report:
+        child = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, report.name, *command],
+            env=env, cwd=cwd, stdout=out, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        _, errors = child.communicate()
         out.seek(0)
         stdout = out.read()
+        wall, maxrss, code = report.read().split()
     if child.returncode != 0:
         print(f"  {' '.join(command[-4:])} exited {child.returncode}: {errors.decode()[-1000:]}", file=sys.stderr)
     # ru_maxrss is in kilobytes on Linux, in bytes on macOS
-    rss = usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
-    return wall, rss, child.returncode, stdout
+    rss = int(maxrss) / (1024 * 1024 if sys.platform == "darwin" else 1024)
+    return float(wall), rss, int(code), stdout

@@ -16,7 +16,7 @@ import logging
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -42,23 +42,30 @@ def timed(conn: Any, call: Callable[[], Any], repeat: int = REPEAT) -> float:
     return statistics.median(times)
 
 
-def plan_of(conn: Any, query: str, params: Any = None) -> dict[str, Any]:
-    """The top node, the scans and the sort method of a statement's EXPLAIN (ANALYZE, BUFFERS)."""
+def plan_of(
+    conn: Any, query: Any, params: Any = None, settings: Sequence[str] = (), *, analyze: bool = True
+) -> dict[str, Any]:
+    """The scans, sorts and temporary blocks of a statement's EXPLAIN (ANALYZE, BUFFERS), under the SET LOCAL
+    settings the db function made before it."""
     with conn.transaction(force_rollback=True):
-        row = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query, params).fetchone()
+        for setting in settings:
+            conn.execute(setting)
+        options = "ANALYZE, BUFFERS, FORMAT JSON" if analyze else "FORMAT JSON"
+        row = conn.execute(f"EXPLAIN ({options}) " + _plain(query), params).fetchone()
     root = row["QUERY PLAN"][0]["Plan"]
     found: list[str] = []
-    temp = 0
+    temp = fetches = 0
 
     def walk(node: dict[str, Any]) -> None:
-        nonlocal temp
+        nonlocal temp, fetches
         kind = node["Node Type"]
+        fetches += int(node.get("Heap Fetches", 0))
         if "Index Name" in node:
             found.append(f"{kind} using {node['Index Name']}")
         elif "Relation Name" in node and "Scan" in kind:
             found.append(f"{kind} on {node['Relation Name']}")
         elif kind in ("Sort", "Incremental Sort"):
-            found.append(f"{kind} ({node.get('Sort Method', '?')}, {node.get('Sort Space Type', '?')})")
+            found.append(f"{kind} ({node.get('Sort Method', 'planned')}, {node.get('Sort Space Type', '-')})")
         temp += int(node.get("Temp Written Blocks", 0))
         for child in node.get("Plans", []):
             walk(child)
@@ -67,8 +74,8 @@ def plan_of(conn: Any, query: str, params: Any = None) -> dict[str, Any]:
     return {
         "plan": "; ".join(dict.fromkeys(found)) or root["Node Type"],
         "buffers": int(root.get("Shared Hit Blocks", 0)) + int(root.get("Shared Read Blocks", 0)),
-        "heap_fetches": sum(int(n.get("Heap Fetches", 0)) for n in [root, *root.get("Plans", [])]),
         "temp_mb": temp * 8192 / 1e6,
+        "heap_fetches": fetches,
     }
 
 
@@ -125,34 +132,69 @@ class _RecordingCursor:
 
 
 def claim_release(url: str) -> dict[str, Any]:
-    """claim_due(50) among the due sources, then releasing those claims, as `sync due` does at its end."""
+    """claim_due(50) among the due sources, then releasing those claims as `sync due` does at its end: after
+    its runs ended (each run's end cleared its source's claim already), and with every claim still held (a
+    run cut short)."""
     takes_ids = len(inspect.signature(db.release_claims).parameters) > 1
-    claims, releases = [], []
+
+    def release(conn: Any, ids: list[int]) -> None:
+        db.release_claims(conn, ids) if takes_ids else db.release_claims(conn)
+
+    claims, after_runs, held = [], [], []
     with connect(url) as conn:
         for _ in range(REPEAT):
             with conn.transaction(force_rollback=True):
                 started = time.perf_counter()
                 ids = db.claim_due(conn, 50)
-                claimed = time.perf_counter()
-                db.release_claims(conn, ids) if takes_ids else db.release_claims(conn)
-                claims.append((claimed - started) * 1000)
-                releases.append((time.perf_counter() - claimed) * 1000)
+                claims.append((time.perf_counter() - started) * 1000)
+                started = time.perf_counter()
+                release(conn, ids)
+                held.append((time.perf_counter() - started) * 1000)
+            with conn.transaction(force_rollback=True):
+                ids = db.claim_due(conn, 50)
+                conn.execute("UPDATE sl_sources SET claimed_by = NULL, claimed_at = NULL WHERE id = ANY(%s)", (ids,))
+                started = time.perf_counter()
+                release(conn, ids)
+                after_runs.append((time.perf_counter() - started) * 1000)
         with conn.transaction(force_rollback=True):
             ids = db.claim_due(conn, 50)
             capture = Capture(conn)
-            db.release_claims(capture, ids) if takes_ids else db.release_claims(capture)
+            release(capture, ids)
             plan = plan_of(conn, *capture.sent[-1])
-    return {"claim_ms": statistics.median(claims), "release_ms": statistics.median(releases), **plan}
+    return {
+        "claim_ms": statistics.median(claims),
+        "release_ms": statistics.median(after_runs),
+        "release_held_ms": statistics.median(held),
+        "claimed": len(ids),
+        **plan,
+    }
 
 
 def mentions_list(url: str) -> dict[str, Any]:
-    """The query of `mentions list --limit 20` with no filter: the newest 20 of every tenant."""
+    """The query of `mentions list --limit 20` with no filter (the newest 20 of every tenant), and the plan of
+    the full export's (oldest first, every row; planned only)."""
     with connect(url) as conn:
         ms = timed(conn, lambda: list(db.stream_mentions(conn, limit=20, newest_first=True)))
-        capture = Capture(conn)
-        list(db.stream_mentions(capture, limit=20, newest_first=True))
-        query, params = next((q, p) for q, p in capture.sent if "FROM sl_mentions" in str(q))
-        return {"ms": ms, **plan_of(conn, _plain(query), params)}
+        listed = _statement(conn, lambda c: list(db.stream_mentions(c, limit=20, newest_first=True)))
+        export = _statement(conn, _first_exported)
+        return {"ms": ms, **plan_of(conn, *listed), "export_plan": plan_of(conn, *export, analyze=False)["plan"]}
+
+
+def _first_exported(conn: Any) -> Any:
+    rows = db.stream_mentions(conn)
+    try:
+        return next(rows, None)
+    finally:
+        rows.close()
+
+
+def _statement(conn: Any, call: Callable[[Any], Any]) -> tuple[Any, Any, list[str]]:
+    """The statement reading sl_mentions that `call` sends, its parameters and the settings made before it."""
+    capture = Capture(conn)
+    call(capture)
+    settings = [str(q) for q, _ in capture.sent if str(q).lstrip().upper().startswith("SET ")]
+    query, params = next((q, p) for q, p in capture.sent if "FROM sl_mentions" in _plain(q))
+    return query, params, settings
 
 
 def breakdown(url: str, tenant: str) -> dict[str, Any]:

@@ -1144,25 +1144,28 @@ def stream_mentions(
     newest_first: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Mentions in published_at order, read along an index (sl_mentions_published_idx, or the tenant's or
-    source's) through a server-side cursor: no sort, and a million rows pass a few thousand at a time.
+    source's) and streamed: PostgreSQL sends rows as it reads them, 2,000 a chunk, while Python encodes
+    the ones before on the other core; a million rows never sit in memory, nor in a temporary file.
 
-    The cursor is declared (a cursor's plan favours the first rows, so the index) and then fetched whole as
-    a stream: PostgreSQL sends rows while Python encodes the ones before, on the other core. Binary rows
-    load ~15% faster; the score goes through text so that 0.4404 stays 0.4404 (a real's exact binary value
-    is 0.44040000438690186)."""
+    A declared cursor fetched whole (FETCH ALL) is materialized by the server first (104 MB of temporary
+    files for 300,000 mentions); fetched 2,000 at a time it waits a round trip per chunk (125,000 rows/s
+    against 170,000-190,000 streamed). Binary rows load ~15% faster; the score goes through text so that
+    0.4404 stays 0.4404 (a real's exact binary value is 0.44040000438690186)."""
     order = "published_at DESC, id DESC" if newest_first else "published_at, id"
     columns = ", ".join(c if c != "sentiment_score" else "sentiment_score::text::float8 AS sentiment_score"
                         for c in MENTION_COLUMNS)  # fmt: skip
     with conn.transaction():
-        conn.execute(
-            f"DECLARE slsync_mentions BINARY NO SCROLL CURSOR FOR SELECT {columns} FROM sl_mentions"
+        # never a sort: a whole table's spills to disk (680 MB at 2,000,000 mentions) before the first row
+        conn.execute("SET LOCAL enable_sort = off")
+        yield from conn.cursor(binary=True).stream(
+            f"SELECT {columns} FROM sl_mentions"
             " WHERE (%(tenant)s::bigint IS NULL OR tenant_id = %(tenant)s)"
             " AND (%(source)s::integer IS NULL OR source_id = %(source)s)"
             " AND (%(since)s::timestamptz IS NULL OR published_at >= %(since)s)"
             f" ORDER BY {order} LIMIT %(limit)s",
             {"tenant": tenant_id, "source": source_id, "since": since, "limit": limit},
+            size=_stream_chunk(),
         )
-        yield from conn.cursor(binary=True).stream("FETCH ALL FROM slsync_mentions", size=_stream_chunk())
 
 
 def _stream_chunk() -> int:
