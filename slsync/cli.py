@@ -625,6 +625,8 @@ def sync_due_command(
 
 
 BREAKDOWN_MAX_SOURCES = 1000
+# Beyond this many sources `status` prints a summary instead of a table (a row takes ~1 ms to draw).
+STATUS_TABLE_ROWS = 200
 # `status` warns this long before a connection's grant ends (LinkedIn's refresh token, a token without one)
 RECONNECT_WARNING = timedelta(days=14)
 
@@ -822,52 +824,147 @@ def _quota_table(rows: list[dict[str, Any]]) -> Any:
 def status(
     source_id: Optional[int] = typer.Argument(None, help="One source; all sources when omitted."),  # noqa: UP045
     tenant: Optional[int] = typer.Option(None, "--tenant", min=0, help="Only this tenant's sources."),  # noqa: UP045
+    limit: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--limit", min=1, help="At most this many sources, in (tenant, id) order: one page."
+    ),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many sources first (the next page's offset)."),
+    all_rows: bool = typer.Option(
+        False, "--all", help=f"Draw a row for every source, even beyond {STATUS_TABLE_ROWS} (instead of a summary)."
+    ),
     as_json: bool = JsonFlag,
 ) -> None:
     """Show each source's state, schedule, current run, rate limit and mention count. Exit 0, or 2 if unknown.
 
-    Also warns of connections about to end (reconnect before then) and, unnarrowed, shows the daily and
-    rolling quotas of the platform credentials (YouTube units, TikTok requests and records, Instagram hashtags).
+    Beyond 200 sources the table becomes a summary: counts by platform and status, the schedule, the failing
+    and erroring sources; --all draws every row. --json lists every source (streamed), or a page of them with
+    --limit and --offset. Also warns of connections about to end (reconnect before then) and, unnarrowed,
+    shows the daily and rolling quotas of the platform credentials (YouTube units, TikTok requests and
+    records, Instagram hashtags).
     """
     from slsync import db
 
     with db.connect(_settings()) as conn:
         if source_id is not None:
             db.get_source(conn, source_id, tenant_id=tenant)
-        rows = db.status_rows(conn, source_id=source_id, tenant_id=tenant)
+            rows = db.status_rows(conn, source_id=source_id)
+            gaps = db.coverage_gaps(conn, source_ids=[source_id])
+            doc = _status_json(rows[0], db.sentiment_breakdown(conn, [source_id]), gaps)
+            if as_json:
+                emit_json(doc)
+            else:
+                _print_status_table([doc], rows[0]["db_now"], [])
+            return
+        # quotas belong to credentials, which tenants may share: shown to the operator's unnarrowed view
+        quotas = db.quota_usage(conn) if tenant is None else []
+        total = db.count_sources(conn, tenant_id=tenant)
+        listed = max(0, min(total - offset, total if limit is None else limit))
+        if as_json:
+            _emit_status_listing(conn, tenant, limit, offset, total, listed, quotas)
+        elif not total:
+            print("no sources yet; add one: slsync source add mock --tenant 1 --name demo --keyword 'your brand'")
+        elif not listed:
+            print(f"no sources after the first {offset:,} ({total:,} in all)")
+        elif listed > STATUS_TABLE_ROWS and not all_rows:
+            summary = db.status_summary(conn, tenant_id=tenant, reconnect_within=RECONNECT_WARNING)
+            _print_status_summary(summary, total, tenant, quotas)
+        else:
+            wanted = listed <= BREAKDOWN_MAX_SOURCES or tenant is not None
+            for n, rows in enumerate(db.stream_status(conn, tenant_id=tenant, limit=limit, offset=offset)):
+                ids = [row["id"] for row in rows]
+                breakdown = db.sentiment_breakdown(conn, ids) if wanted else None
+                gaps = db.coverage_gaps(conn, source_ids=ids)
+                docs = [_status_json(row, breakdown, gaps) for row in rows]
+                _print_status_table(docs, rows[0]["db_now"], quotas if n == 0 else [])
+
+
+def _emit_status_listing(
+    conn: Any, tenant: int | None, limit: int | None, offset: int, total: int, listed: int, quotas: list[Any]
+) -> None:
+    """`status --json` without an id: one JSON document, written as the sources stream in (100,000 sources
+    make ~60 MB of JSON, which never sits in memory whole)."""
+    from slsync import db
+
+    wanted = listed <= BREAKDOWN_MAX_SOURCES or tenant is not None
+    out = sys.stdout.buffer
+    sys.stdout.flush()
+    out.write(b'{"sources":[')
+    active, written = [], 0
+    for rows in db.stream_status(conn, tenant_id=tenant, limit=limit, offset=offset):
         # The breakdown reads a week of mentions per source: for thousands of sources at once that is a
         # scan of the whole table, so it is left out (None) unless the list is narrowed.
-        wanted = len(rows) <= BREAKDOWN_MAX_SOURCES or source_id is not None or tenant is not None
         breakdown = db.sentiment_breakdown(conn, [row["id"] for row in rows]) if wanted else None
-        gaps = db.coverage_gaps(conn, source_ids=None if source_id is None else [source_id], tenant_id=tenant)
-        # quotas belong to credentials, which tenants may share: shown to the operator's unnarrowed view
-        quotas = db.quota_usage(conn) if source_id is None and tenant is None else []
-    docs = [_status_json(row, breakdown, gaps) for row in rows]
-    if as_json:
-        if source_id is not None:
-            emit_json(docs[0])
-        else:
-            active = [
-                {
-                    "source_id": d["source"]["id"],
-                    "started_at": d["sync"]["started_at"],
-                    "duration_ms": d["sync"]["duration_ms"],
-                }
-                for d in docs
-                if d["sync"]["syncing"]
-            ]
-            listing = {"sources": docs, "active_syncs": active}
-            if source_id is None and tenant is None:
-                listing["quotas"] = [_quota_json(row) for row in quotas]
-            emit_json(listing)
-        return
-    if not docs:
-        print("no sources yet; add one: slsync source add mock --tenant 1 --name demo --keyword 'your brand'")
-        return
+        gaps = db.coverage_gaps(conn, source_ids=[row["id"] for row in rows], tenant_id=tenant)
+        docs = [_status_json(row, breakdown, gaps) for row in rows]
+        out.write((b"," if written else b"") + b",".join(json_bytes(d) for d in docs))
+        written += len(docs)
+        active += [
+            {"source_id": d["source"]["id"], "started_at": run["started_at"], "duration_ms": run["duration_ms"]}
+            for d in docs
+            if (run := d["sync"])["syncing"]
+        ]
+    rest: dict[str, Any] = {"active_syncs": active}
+    if tenant is None:
+        rest["quotas"] = [_quota_json(row) for row in quotas]
+    following = offset + written if limit is not None and offset + written < total else None
+    rest["paging"] = {"total": total, "offset": offset, "limit": limit, "next_offset": following}
+    out.write(b"]," + json_bytes(rest)[1:] + b"\n")
+    out.flush()
+
+
+def _print_status_table(docs: list[dict[str, Any]], now: datetime, quotas: list[Any]) -> None:
     console = _console()
     console.print(_status_table(docs))
-    for line in _reconnect_warnings(docs, rows[0]["db_now"]) + _gap_warnings(docs):
+    for line in _reconnect_warnings(docs, now) + _gap_warnings(docs):
         console.print(line, soft_wrap=True, markup=False)
+    if quotas:
+        console.print(_quota_table(quotas))
+
+
+def _print_status_summary(summary: dict[str, Any], total: int, tenant: int | None, quotas: list[Any]) -> None:
+    """Many sources at a glance: what a table of thousands of rows would hide."""
+    from rich.table import Table
+    from rich.text import Text
+
+    console = _console()
+    where = f" in tenant {tenant}" if tenant is not None else ""
+    console.print(
+        f"{total:,} sources{where}: {summary['due_now']:,} due now, next due {_when(summary['next_due'])},"
+        f" {summary['syncing']:,} syncing, {summary['rate_limited']:,} waiting for a rate limit"
+        f" (a table of every source: --all, or narrow it with --tenant; all as JSON: --json)",
+        soft_wrap=True,
+    )
+    statuses = ("active", "connected", "failing", "error", "pending")
+    counts = Table("platform", *statuses, "total")
+    by_platform: dict[str, dict[str, int]] = {}
+    for row in summary["counts"]:
+        by_platform.setdefault(row["platform"], {})[row["status"]] = int(row["n"])
+    for platform, numbers in by_platform.items():
+        counts.add_row(Text(platform), *(f"{numbers.get(s, 0):,}" for s in statuses), f"{sum(numbers.values()):,}")
+    console.print(counts)
+    troubled = summary["troubled_sources"]
+    if troubled:
+        shown = f"the {len(troubled)} most in need of a look" if summary["troubled"] > len(troubled) else "all"
+        console.print(f"{summary['troubled']:,} sources failing or in error ({shown}):")
+        table = Table("id", "tenant", "platform", "name", "status", "failures", "next try", "error")
+        for row in troubled:
+            next_try = "-" if row["status"] == "error" else _when(row["next_sync_at"], short=True)
+            table.add_row(
+                str(row["id"]), str(row["tenant_id"]), Text(row["platform"]), Text(row["name"]), row["status"],
+                str(row["consecutive_failures"]), next_try, Text(row["error_message"] or ""),
+            )  # fmt: skip
+        console.print(table)
+    reconnect = summary["reconnect"]
+    docs = [{"source": r, "connection": {"reconnect_by": r["reconnect_by"]}} for r in reconnect]
+    for line in _reconnect_warnings(docs, summary["db_now"]):
+        console.print(line, soft_wrap=True, markup=False)
+    if reconnect and reconnect[0]["total"] > len(reconnect):
+        console.print(f"... and {reconnect[0]['total'] - len(reconnect):,} more connections ending within 14 days")
+    if summary["gaps"]:
+        console.print(
+            f"{summary['gaps']:,} coverage gaps in {summary['gapped']:,} sources: mentions may be missing there"
+            " (slsync status ID names a source's gaps)",
+            soft_wrap=True,
+        )
     if quotas:
         console.print(_quota_table(quotas))
 

@@ -1015,31 +1015,112 @@ def user_source_ids(conn: Connection) -> list[int]:
 
 # --- status ---------------------------------------------------------------------------------------
 
-_STATUS = f"""
+# What `status` shows of a source, nothing more: config and cursors (jsonb) are neither read nor decoded.
+# The page of sources is chosen first, so the run log is looked up for the sources listed only.
+_STATUS = """
 WITH held AS (
     SELECT objid::bigint AS source_id FROM pg_locks
     WHERE locktype = 'advisory' AND classid = %(ns)s::bigint::oid AND objsubid = 2 AND granted
       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+), listed AS (
+    SELECT id, tenant_id, platform, name, connection_type, status, error_message, sync_interval_minutes,
+        last_sync_at, next_sync_at, rate_limit_limit, rate_limit_remaining, rate_limit_reset_at,
+        consecutive_failures, mentions_count, reconnect_by, interval_mode, min_interval_minutes,
+        max_interval_minutes, covered_until, mention_rate
+    FROM sl_sources s
+    WHERE (%(id)s::integer IS NULL OR s.id = %(id)s) AND (%(tenant)s::bigint IS NULL OR s.tenant_id = %(tenant)s)
+    ORDER BY s.tenant_id, s.id
+    LIMIT %(limit)s OFFSET %(offset)s
 )
-SELECT {_SOURCE_COLUMNS},
-    (held.source_id IS NOT NULL) AS syncing,
+SELECT listed.*, (held.source_id IS NOT NULL) AS syncing,
     run.started_at AS run_started_at, run.finished_at AS run_finished_at, run.status AS run_status,
     now() AS db_now
-FROM sl_sources s
-LEFT JOIN held ON held.source_id = s.id
+FROM listed
+LEFT JOIN held ON held.source_id = listed.id
 LEFT JOIN LATERAL (
     SELECT started_at, finished_at, status FROM sl_sync_runs r
-    WHERE r.source_id = s.id ORDER BY r.started_at DESC LIMIT 1
+    WHERE r.source_id = listed.id ORDER BY r.started_at DESC LIMIT 1
 ) run ON true
-WHERE (%(id)s::integer IS NULL OR s.id = %(id)s) AND (%(tenant)s::bigint IS NULL OR s.tenant_id = %(tenant)s)
-ORDER BY s.tenant_id, s.id
+ORDER BY listed.tenant_id, listed.id
 """
 
 
 def status_rows(
     conn: Connection, *, source_id: int | None = None, tenant_id: int | None = None
 ) -> list[dict[str, Any]]:
-    return conn.execute(_STATUS, {"ns": LOCK_NAMESPACE, "id": source_id, "tenant": tenant_id}).fetchall()
+    """The status rows of one source or one tenant, at once (see stream_status for many)."""
+    return conn.execute(_STATUS, _status_params(source_id, tenant_id, None, 0)).fetchall()
+
+
+def stream_status(
+    conn: Connection, *, tenant_id: int | None = None, limit: int | None = None, offset: int = 0, chunk: int = 1000
+) -> Iterator[list[dict[str, Any]]]:
+    """Status rows in (tenant, id) order, `chunk` at a time, through a server-side cursor: the connection is
+    free between chunks (for their sentiment breakdown), and 100,000 sources never sit in memory at once."""
+    with conn.transaction(), conn.cursor(name="slsync_status") as cursor:
+        cursor.execute(_STATUS, _status_params(None, tenant_id, limit, offset))
+        while rows := cursor.fetchmany(chunk):
+            yield rows
+
+
+def _status_params(source_id: int | None, tenant_id: int | None, limit: int | None, offset: int) -> dict[str, Any]:
+    return {"ns": LOCK_NAMESPACE, "id": source_id, "tenant": tenant_id, "limit": limit, "offset": offset}
+
+
+def count_sources(conn: Connection, *, tenant_id: int | None = None) -> int:
+    row = conn.execute(
+        "SELECT count(*) AS n FROM sl_sources WHERE (%(t)s::bigint IS NULL OR tenant_id = %(t)s)", {"t": tenant_id}
+    ).fetchone()
+    return int(row["n"]) if row else 0
+
+
+def status_summary(
+    conn: Connection, *, tenant_id: int | None = None, listed: int = 20, reconnect_within: timedelta
+) -> dict[str, Any]:
+    """What `status` shows of many sources: how many by platform and status, the schedule, how many are
+    syncing, the `listed` failing or erroring sources most in need of a look (errors first, then the most
+    consecutive failures), and the first connections to end within `reconnect_within`. A few passes over
+    sl_sources, whatever their number."""
+    tenant = {"t": tenant_id, "ns": LOCK_NAMESPACE, "listed": listed, "within": reconnect_within}
+    narrowed = "(%(t)s::bigint IS NULL OR tenant_id = %(t)s)"
+    counts = conn.execute(
+        f"SELECT platform, status, count(*) AS n FROM sl_sources WHERE {narrowed} GROUP BY 1, 2 ORDER BY 1, 2",
+        tenant,
+    ).fetchall()
+    schedule = conn.execute(
+        f"SELECT count(*) FILTER (WHERE {_DUE}) AS due_now,"
+        " min(next_sync_at) FILTER (WHERE status IN ('active', 'connected', 'failing') AND next_sync_at > now())"
+        " AS next_due,"
+        " count(*) FILTER (WHERE rate_limit_remaining = 0 AND rate_limit_reset_at > now()) AS rate_limited,"
+        " count(*) FILTER (WHERE status IN ('failing', 'error')) AS troubled,"
+        " (SELECT count(*) FROM pg_locks l JOIN sl_sources x ON x.id = l.objid::bigint"
+        "  WHERE l.locktype = 'advisory' AND l.classid = %(ns)s::bigint::oid AND l.objsubid = 2 AND l.granted"
+        "  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        "  AND (%(t)s::bigint IS NULL OR x.tenant_id = %(t)s)) AS syncing,"
+        f" now() AS db_now FROM sl_sources WHERE {narrowed}",
+        tenant,
+    ).fetchone()
+    troubled = conn.execute(
+        "SELECT id, tenant_id, platform, name, status, consecutive_failures, error_message, next_sync_at"
+        f" FROM sl_sources WHERE status IN ('failing', 'error') AND {narrowed}"
+        " ORDER BY status = 'error' DESC, consecutive_failures DESC, id LIMIT %(listed)s",
+        tenant,
+    ).fetchall()
+    reconnect = conn.execute(
+        "SELECT id, platform, name, reconnect_by, count(*) OVER () AS total FROM sl_sources"
+        f" WHERE reconnect_by < now() + %(within)s AND {narrowed} ORDER BY reconnect_by, id LIMIT %(listed)s",
+        tenant,
+    ).fetchall()
+    gaps = conn.execute(
+        f"SELECT count(*) AS gaps, count(DISTINCT source_id) AS gapped FROM sl_coverage_gaps WHERE {narrowed}", tenant
+    ).fetchone()
+    return {
+        **(schedule or {}),
+        **(gaps or {}),
+        "counts": counts,
+        "troubled_sources": troubled,
+        "reconnect": reconnect,
+    }
 
 
 def prune_runs(conn: Connection, *, keep_days: int, batch: int = 10_000, batches: int = 30) -> int:

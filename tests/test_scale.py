@@ -120,6 +120,18 @@ def test_an_online_migration_running_elsewhere_lets_a_command_go_on_and_an_inval
     assert valid == {"indisvalid": True}
 
 
+def test_claims_are_released_by_id_and_only_this_sessions(conn, settings) -> None:
+    ids = [add_mock_source(conn, name=f"s{n}") for n in range(4)]
+    with db.connect(settings) as other:
+        theirs = db.claim_due(other, 1)
+        mine = db.claim_due(conn, 2)
+        assert len(theirs) == 1 and len(mine) == 2 and not set(theirs) & set(mine)
+        db.release_claims(conn, [*mine, *theirs])  # another session's claim is not this one's to release
+        claimed = conn.execute("SELECT id FROM sl_sources WHERE claimed_by IS NOT NULL ORDER BY id").fetchall()
+        assert [r["id"] for r in claimed] == theirs
+        assert sorted(db.claim_due(conn, 10)) == sorted(set(ids) - set(theirs))
+
+
 def test_a_post_twice_in_one_write_keeps_the_first_payload_once(conn) -> None:
     from datetime import UTC, datetime
 
@@ -140,16 +152,60 @@ def test_a_post_twice_in_one_write_keeps_the_first_payload_once(conn) -> None:
     assert counted == {"fetched": 3, "saved": 2, "duplicates": 1}
 
 
-def test_claims_are_released_by_id_and_only_this_sessions(conn, settings) -> None:
-    ids = [add_mock_source(conn, name=f"s{n}") for n in range(4)]
-    with db.connect(settings) as other:
-        theirs = db.claim_due(other, 1)
-        mine = db.claim_due(conn, 2)
-        assert len(theirs) == 1 and len(mine) == 2 and not set(theirs) & set(mine)
-        db.release_claims(conn, [*mine, *theirs])  # another session's claim is not this one's to release
-        claimed = conn.execute("SELECT id FROM sl_sources WHERE claimed_by IS NOT NULL ORDER BY id").fetchall()
-        assert [r["id"] for r in claimed] == theirs
-        assert sorted(db.claim_due(conn, 10)) == sorted(set(ids) - set(theirs))
+def many_sources(conn: Any, count: int, *, tenant_id: int = 1, first: int = 0) -> None:
+    """`count` sources in SQL (faster than `source add`), one in ten failing, one in fifty in error."""
+    conn.execute(
+        "INSERT INTO sl_sources (tenant_id, platform, name, status, error_message, consecutive_failures)"
+        " SELECT %s, CASE WHEN n %% 2 = 0 THEN 'mock' ELSE 'twitter' END, 'brand ' || n,"
+        " CASE WHEN n %% 50 = 0 THEN 'error' WHEN n %% 10 = 0 THEN 'failing' ELSE 'active' END,"
+        " CASE WHEN n %% 10 = 0 THEN 'HTTP 503 from the API' END, CASE WHEN n %% 10 = 0 THEN n %% 7 ELSE 0 END"
+        " FROM generate_series(%s::int, %s::int) AS n",
+        (tenant_id, first + 1, first + count),
+    )
+
+
+def test_status_json_pages_through_every_source_with_limit_and_offset(cli: Cli, conn) -> None:
+    many_sources(conn, 250)
+    many_sources(conn, 5, tenant_id=2, first=1000)
+    every = cli.ok("status", "--json").json()
+    assert len(every["sources"]) == 255 and every["paging"] == {
+        "total": 255, "offset": 0, "limit": None, "next_offset": None
+    }  # fmt: skip
+    ids = [d["source"]["id"] for d in every["sources"]]
+    assert ids == sorted(ids, key=lambda i: (i > 250, i))  # tenant, then id
+    assert every["sources"][0]["stats"]["sentiment_7d"] == {}  # 255 sources: few enough for the breakdown
+
+    pages, offset = [], 0
+    while offset is not None:
+        page = cli.ok("status", "--json", "--limit", "100", "--offset", str(offset)).json()
+        assert page["paging"]["total"] == 255 and page["paging"]["limit"] == 100
+        pages += page["sources"]
+        offset = page["paging"]["next_offset"]
+    assert pages == every["sources"]
+    tenant = cli.ok("status", "--json", "--tenant", "2", "--limit", "3").json()
+    assert [d["source"]["tenant_id"] for d in tenant["sources"]] == [2, 2, 2] and "quotas" not in tenant
+    assert tenant["paging"] == {"total": 5, "offset": 0, "limit": 3, "next_offset": 3}
+    beyond = cli.ok("status", "--json", "--offset", "999").json()
+    assert beyond["sources"] == [] and beyond["paging"]["next_offset"] is None
+    assert cli("status", "--json", "--limit", "0").returncode == 2
+
+
+def test_status_summarises_many_sources_and_draws_them_all_on_request(cli: Cli, conn) -> None:
+    many_sources(conn, 300)
+    full = cli.ok("status", "--all").stdout
+    assert all(f"brand {n} " in full for n in (1, 150, 300)) and "due now" not in full
+    narrowed = cli.ok("status", "--tenant", "1", "--limit", "5").stdout
+    assert "brand 5 " in narrowed and "brand 6 " not in narrowed and "due now" not in narrowed
+
+    conn.execute("UPDATE sl_sources SET error_message = 'HTTP 503 [/] from [bold]the API' WHERE id = 300")
+    summary = cli.ok("status").stdout
+    assert "300 sources: 294 due now" in summary  # the 6 in error are not scheduled
+    assert "brand 1 " not in summary  # no row per source
+    assert "platform" in summary and "twitter" in summary and "mock" in summary
+    # 24 failing and 6 erroring sources: errors first, then the most failures; at most 20 listed
+    assert "30 sources failing or in error (the 20 most in need of a look)" in summary
+    assert summary.index("brand 300") < summary.index("brand 90 ")
+    assert "HTTP 503 [/] from [bold]the API" in summary  # text from a platform is printed as is, never as markup
 
 
 def test_mentions_are_listed_and_exported_in_published_order_with_their_exact_values(cli: Cli, conn) -> None:
