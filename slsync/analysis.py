@@ -16,10 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import entry_points
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from slsync import db
 from slsync.errors import DatabaseError, UsageError
+
+if TYPE_CHECKING:
+    from slsync.config import Settings
 
 log = logging.getLogger("slsync.analysis")
 
@@ -206,9 +209,7 @@ def analyze_backlog(
     try:
         analyzer = load(analyzer_name)
     except UsageError as exc:
-        report.error = str(exc)
-        log.warning("analysis skipped: %s", exc, extra={"event": "analysis_failed"})
-        return report
+        return _skipped(report, exc)
     while limit is None or report.analyzed < limit:
         if deadline is not None and time.monotonic() >= deadline:
             if db.new_mentions_left(conn, tenant_id=tenant_id, source_ids=source_ids):
@@ -216,25 +217,114 @@ def analyze_backlog(
             break
         size = batch if limit is None else min(batch, limit - report.analyzed)
         try:
-            with conn.transaction():
-                rows = db.claim_new_mentions(conn, limit=size, tenant_id=tenant_id, source_ids=source_ids)
-                if not rows:
-                    break
-                texts = [Text(r["id"], r["content"], r["language"]) for r in rows]
-                results = analyzer.analyze(texts)
-                check(results, texts, analyzer_name)
-                labelled = [
-                    (t.id, r.sentiment, r.sentiment_score, r.intent) for t, r in zip(texts, results, strict=True)
-                ]
-                db.store_analyses(conn, labelled, analyzer_name)
+            done = _label_batch(conn, analyzer, analyzer_name, size, tenant_id, source_ids)
         except DatabaseError:
             raise  # the database's failure, not the analyzer's: the caller ends the command
         except Exception as exc:
-            report.error = f"analyzer {analyzer_name!r} failed: {type(exc).__name__}: {exc}"
-            log.warning("%s; the mentions stay new", report.error, extra={"event": "analysis_failed"})
+            _failed(report, exc)
             break
-        report.analyzed += len(rows)
-        if len(rows) < size:
+        report.analyzed += done
+        if done < size:
             break  # the backlog is done: claiming once more would only find nothing
     log.info("analyzed %d mentions", report.analyzed, extra={"event": "analyzed", "count": report.analyzed})
     return report
+
+
+def analyze_in_lanes(
+    settings: Settings,
+    analyzer_name: str,
+    *,
+    tenant_id: int | None = None,
+    limit: int | None = None,
+    lanes: int = 2,
+    batch: int = 500,
+) -> Report:
+    """`slsync analyze`: the backlog in `lanes` threads, each with a connection of its own, taking batches
+    from one budget (`limit`). A batch is the analyzer's Python, then PostgreSQL's writes; a thread waiting
+    for the database leaves the GIL to the other, so one lane's analysis runs while the other's labels are
+    written (on a second core), and the backlog takes about the time of the analysis alone."""
+    report = Report(analyzer_name)
+    try:
+        load(analyzer_name)
+    except UsageError as exc:
+        return _skipped(report, exc)
+    lock = threading.Lock()
+    left = [limit]  # None: no limit
+    stop = threading.Event()
+    crashed: list[BaseException] = []
+
+    def take() -> int:
+        with lock:
+            size = 0 if stop.is_set() else batch if left[0] is None else min(batch, left[0])
+            if left[0] is not None:
+                left[0] -= size
+            return size
+
+    def lane() -> None:
+        try:
+            with db.connect(settings, migrate_schema=False) as conn:
+                analyzer = load(analyzer_name)
+                while size := take():
+                    try:
+                        done = _label_batch(conn, analyzer, analyzer_name, size, tenant_id, None)
+                    except DatabaseError:
+                        raise  # the database's failure, not the analyzer's: the command ends
+                    except Exception as exc:
+                        with lock:
+                            _failed(report, exc)
+                        stop.set()
+                        return
+                    with lock:
+                        report.analyzed += done
+                    if done < size:
+                        stop.set()  # what is left is locked by the other lane, or there is nothing left
+        except BaseException as exc:
+            crashed.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=lane, name=f"slsync-analyze-{n}") for n in range(lanes)]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join()
+    finally:
+        stop.set()  # Ctrl-C: each lane ends after the batch it has (a batch is one transaction)
+        for thread in threads:
+            thread.join()
+    if crashed:
+        raise crashed[0]
+    log.info("analyzed %d mentions", report.analyzed, extra={"event": "analyzed", "count": report.analyzed})
+    return report
+
+
+def _label_batch(
+    conn: db.Connection,
+    analyzer: Analyzer,
+    analyzer_name: str,
+    size: int,
+    tenant_id: int | None,
+    source_ids: Sequence[int] | None,
+) -> int:
+    """Claim up to `size` new mentions, label them and store the labels: one transaction; how many."""
+    with conn.transaction():
+        rows = db.claim_new_mentions(conn, limit=size, tenant_id=tenant_id, source_ids=source_ids)
+        if not rows:
+            return 0
+        texts = [Text(r["id"], r["content"], r["language"]) for r in rows]
+        results = analyzer.analyze(texts)
+        check(results, texts, analyzer_name)
+        labelled = [(t.id, r.sentiment, r.sentiment_score, r.intent) for t, r in zip(texts, results, strict=True)]
+        db.store_analyses(conn, labelled, analyzer_name)
+    return len(rows)
+
+
+def _skipped(report: Report, exc: UsageError) -> Report:
+    report.error = str(exc)
+    log.warning("analysis skipped: %s", exc, extra={"event": "analysis_failed"})
+    return report
+
+
+def _failed(report: Report, exc: Exception) -> None:
+    report.error = f"analyzer {report.analyzer!r} failed: {type(exc).__name__}: {exc}"
+    log.warning("%s; the mentions stay new", report.error, extra={"event": "analysis_failed"})

@@ -987,7 +987,7 @@ def analyze(
 
     settings = _settings()
     with db.connect(settings) as conn:
-        report = analysis.analyze_backlog(conn, settings.analyzer, tenant_id=tenant, limit=limit)
+        report = analysis.analyze_in_lanes(settings, settings.analyzer, tenant_id=tenant, limit=limit)
         remaining = db.count_new_mentions(conn, tenant_id=tenant)
     if as_json:
         emit_json({**report.as_json(), "remaining": remaining})

@@ -228,3 +228,14 @@ def test_mentions_are_listed_and_exported_in_published_order_with_their_exact_va
     exported = [json.loads(line) for line in cli.ok("mentions", "export").stdout.splitlines()]
     assert [m["external_id"] for m in exported] == [f"p{n}" for n in (10, 3, 6, 9, 2, 5, 8, 1, 4, 7)]
     assert exported[-3:] == newest[::-1]
+
+
+def test_analyze_shares_one_limit_between_its_lanes(cli: Cli, conn) -> None:
+    source_id = add_mock_source(conn)
+    cli.ok("mock", str(source_id), "--count", "3000")
+    first = cli.ok("analyze", "--limit", "1234", "--json").json()
+    assert (first["analyzed"], first["remaining"], first["error"]) == (1234, 1766, None)
+    processed = conn.execute("SELECT count(*) AS n FROM sl_mentions WHERE status = 'processed'").fetchone()
+    assert processed == {"n": 1234}
+    rest = cli.ok("analyze", "--json").json()
+    assert (rest["analyzed"], rest["remaining"]) == (1766, 0)
