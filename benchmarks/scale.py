@@ -423,7 +423,13 @@ def report(before: Phase, after: Phase, migration: dict[str, Any], args: argpars
         b.median("status_tenant", "wall"), a.median("status_tenant", "wall"), "s",
     )  # fmt: skip
     add("  its breakdown query", bd_b["ms"], bd_a["ms"], "ms")
-    add("  its plan (buffers)", f"{bd_b['plan']} ({bd_b['buffers']:,})", f"{bd_a['plan']} ({bd_a['buffers']:,})", "")
+
+    def plan(p: dict[str, Any]) -> str:
+        return f"{p['plan']} ({p['buffers']:,} buffers)"
+
+    add("  its plan", plan(bd_b), plan(bd_a), "")
+    add("  the same read from the table (no index-only scan)", bd_b["heap_ms"], bd_a["heap_ms"], "ms")
+    add("  its plan", plan(bd_b["heap_plan"]), plan(bd_a["heap_plan"]), "")
     labelled = int(a.runs["analyze"][0].stdout)
     wall_b, wall_a = b.median("analyze", "wall"), a.median("analyze", "wall")
     wal_b, wal_a = b.median("analyze", "wal"), a.median("analyze", "wal")
