@@ -51,9 +51,4 @@ BEGIN
     ON CONFLICT (mention_id) DO NOTHING;
     ALTER TABLE sl_mentions DROP COLUMN raw;
     DROP TABLE sl_raw_move;
-    ALTER TABLE sl_mention_raw ADD CONSTRAINT sl_mention_raw_mention_id_fkey FOREIGN KEY (mention_id)
-        REFERENCES sl_mentions (id) ON DELETE CASCADE NOT VALID;
-    COMMIT;
-    -- checked in one pass, without blocking writes (SHARE UPDATE EXCLUSIVE)
-    ALTER TABLE sl_mention_raw VALIDATE CONSTRAINT sl_mention_raw_mention_id_fkey;
 END $$;
