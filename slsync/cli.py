@@ -836,10 +836,10 @@ def status(
     """Show each source's state, schedule, current run, rate limit and mention count. Exit 0, or 2 if unknown.
 
     Beyond 200 sources the table becomes a summary: counts by platform and status, the schedule, the failing
-    and erroring sources; --all draws every row. --json lists every source (streamed), or a page of them with
-    --limit and --offset. Also warns of connections about to end (reconnect before then) and, unnarrowed,
-    shows the daily and rolling quotas of the platform credentials (YouTube units, TikTok requests and
-    records, Instagram hashtags).
+    and erroring sources; --all draws every row, --limit and --offset a page of them. --json lists every
+    source (streamed), or a page with --limit and --offset. Also warns of connections about to end (reconnect
+    before then) and, unnarrowed, shows the daily and rolling quotas of the platform credentials (YouTube
+    units, TikTok requests and records, Instagram hashtags).
     """
     from slsync import db
 
@@ -852,7 +852,7 @@ def status(
             if as_json:
                 emit_json(doc)
             else:
-                _print_status_table([doc], rows[0]["db_now"], [])
+                _print_status_table([doc], rows[0]["db_now"])
             return
         # quotas belong to credentials, which tenants may share: shown to the operator's unnarrowed view
         quotas = db.quota_usage(conn) if tenant is None else []
@@ -864,17 +864,18 @@ def status(
             print("no sources yet; add one: slsync source add mock --tenant 1 --name demo --keyword 'your brand'")
         elif not listed:
             print(f"no sources after the first {offset:,} ({total:,} in all)")
-        elif listed > STATUS_TABLE_ROWS and not all_rows:
+        elif listed > STATUS_TABLE_ROWS and not all_rows and limit is None:
             summary = db.status_summary(conn, tenant_id=tenant, reconnect_within=RECONNECT_WARNING)
             _print_status_summary(summary, total, tenant, quotas)
         else:
             wanted = listed <= BREAKDOWN_MAX_SOURCES or tenant is not None
-            for n, rows in enumerate(db.stream_status(conn, tenant_id=tenant, limit=limit, offset=offset)):
+            for rows in db.stream_status(conn, tenant_id=tenant, limit=limit, offset=offset):
                 ids = [row["id"] for row in rows]
                 breakdown = db.sentiment_breakdown(conn, ids) if wanted else None
                 gaps = db.coverage_gaps(conn, source_ids=ids)
-                docs = [_status_json(row, breakdown, gaps) for row in rows]
-                _print_status_table(docs, rows[0]["db_now"], quotas if n == 0 else [])
+                _print_status_table([_status_json(row, breakdown, gaps) for row in rows], rows[0]["db_now"])
+            if quotas:
+                _console().print(_quota_table(quotas))
 
 
 def _emit_status_listing(
@@ -911,13 +912,11 @@ def _emit_status_listing(
     out.flush()
 
 
-def _print_status_table(docs: list[dict[str, Any]], now: datetime, quotas: list[Any]) -> None:
+def _print_status_table(docs: list[dict[str, Any]], now: datetime) -> None:
     console = _console()
     console.print(_status_table(docs))
     for line in _reconnect_warnings(docs, now) + _gap_warnings(docs):
         console.print(line, soft_wrap=True, markup=False)
-    if quotas:
-        console.print(_quota_table(quotas))
 
 
 def _print_status_summary(summary: dict[str, Any], total: int, tenant: int | None, quotas: list[Any]) -> None:

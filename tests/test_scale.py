@@ -196,6 +196,8 @@ def test_status_summarises_many_sources_and_draws_them_all_on_request(cli: Cli, 
     assert all(f"brand {n} " in full for n in (1, 150, 300)) and "due now" not in full
     narrowed = cli.ok("status", "--tenant", "1", "--limit", "5").stdout
     assert "brand 5 " in narrowed and "brand 6 " not in narrowed and "due now" not in narrowed
+    page = cli.ok("status", "--limit", "250", "--offset", "50").stdout  # a page is drawn, whatever its size
+    assert "brand 51 " in page and "brand 300 " in page and "brand 50 " not in page and "due now" not in page
 
     conn.execute("UPDATE sl_sources SET error_message = 'HTTP 503 [/] from [bold]the API' WHERE id = 300")
     summary = cli.ok("status").stdout
