@@ -399,10 +399,8 @@ def report(before: Phase, after: Phase, migration: dict[str, Any], args: argpars
         "sync due: releasing the claims (after the runs)", claims_b["release_ms"], claims_a["release_ms"], "ms",
         "< 1 ms", claims_a["release_ms"] < 1,
     )  # fmt: skip
-    add(
-        f"  with all {claims_a['claimed']} claims still held", claims_b["release_held_ms"],
-        claims_a["release_held_ms"], "ms", "< 1 ms", claims_a["release_held_ms"] < 1,
-    )  # fmt: skip
+    add(f"  with all {claims_a['claimed']} still held (a run cut short)", claims_b["release_held_ms"],
+        claims_a["release_held_ms"], "ms")  # fmt: skip
     add("  releasing: plan", claims_b["plan"], claims_a["plan"], "")
     add("mentions list --limit 20: query", b.probes["list"]["ms"], a.probes["list"]["ms"], "ms", "< 50 ms",
         a.probes["list"]["ms"] < 50)  # fmt: skip

@@ -869,11 +869,8 @@ def status(
             _print_status_summary(summary, total, tenant, quotas)
         else:
             wanted = listed <= BREAKDOWN_MAX_SOURCES or tenant is not None
-            for rows in db.stream_status(conn, tenant_id=tenant, limit=limit, offset=offset):
-                ids = [row["id"] for row in rows]
-                breakdown = db.sentiment_breakdown(conn, ids) if wanted else None
-                gaps = db.coverage_gaps(conn, source_ids=ids)
-                _print_status_table([_status_json(row, breakdown, gaps) for row in rows], rows[0]["db_now"])
+            for docs, now in _status_chunks(conn, tenant, limit, offset, wanted):
+                _print_status_table(docs, now)
             if quotas:
                 _console().print(_quota_table(quotas))
 
@@ -883,19 +880,13 @@ def _emit_status_listing(
 ) -> None:
     """`status --json` without an id: one JSON document, written as the sources stream in (100,000 sources
     make ~60 MB of JSON, which never sits in memory whole)."""
-    from slsync import db
 
     wanted = listed <= BREAKDOWN_MAX_SOURCES or tenant is not None
     out = sys.stdout.buffer
     sys.stdout.flush()
     out.write(b'{"sources":[')
     active, written = [], 0
-    for rows in db.stream_status(conn, tenant_id=tenant, limit=limit, offset=offset):
-        # The breakdown reads a week of mentions per source: for thousands of sources at once that is a
-        # scan of the whole table, so it is left out (None) unless the list is narrowed.
-        breakdown = db.sentiment_breakdown(conn, [row["id"] for row in rows]) if wanted else None
-        gaps = db.coverage_gaps(conn, source_ids=[row["id"] for row in rows], tenant_id=tenant)
-        docs = [_status_json(row, breakdown, gaps) for row in rows]
+    for docs, _ in _status_chunks(conn, tenant, limit, offset, wanted):
         out.write((b"," if written else b"") + b",".join(json_bytes(d) for d in docs))
         written += len(docs)
         active += [
@@ -910,6 +901,25 @@ def _emit_status_listing(
     rest["paging"] = {"total": total, "offset": offset, "limit": limit, "next_offset": following}
     out.write(b"]," + json_bytes(rest)[1:] + b"\n")
     out.flush()
+
+
+def _status_chunks(
+    conn: Any, tenant: int | None, limit: int | None, offset: int, wanted: bool
+) -> Iterator[tuple[list[dict[str, Any]], datetime]]:
+    """The status documents of a listing, a chunk at a time, with the database's time.
+
+    The sentiment breakdown reads a week of mentions per source: for thousands of sources at once that is a
+    scan of the whole table, so it is left out (None) unless `wanted` (the list is narrowed). Without it
+    the rows stream and no statement may run between chunks, so the coverage gaps (a table the run log's
+    retention bounds) are read first, for the whole list."""
+    from slsync import db
+
+    every_gap = None if wanted else db.coverage_gaps(conn, tenant_id=tenant)
+    for rows in db.stream_status(conn, tenant_id=tenant, limit=limit, offset=offset, queries_between=wanted):
+        ids = [row["id"] for row in rows]
+        breakdown = db.sentiment_breakdown(conn, ids) if wanted else None
+        gaps = every_gap if every_gap is not None else db.coverage_gaps(conn, source_ids=ids, tenant_id=tenant)
+        yield [_status_json(row, breakdown, gaps) for row in rows], rows[0]["db_now"]
 
 
 def _print_status_table(docs: list[dict[str, Any]], now: datetime) -> None:

@@ -11,6 +11,7 @@ comes out as DatabaseError, classified by its SQLSTATE, so that the layers above
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -1053,14 +1054,30 @@ def status_rows(
 
 
 def stream_status(
-    conn: Connection, *, tenant_id: int | None = None, limit: int | None = None, offset: int = 0, chunk: int = 1000
+    conn: Connection,
+    *,
+    tenant_id: int | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+    chunk: int = 1000,
+    queries_between: bool = False,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Status rows in (tenant, id) order, `chunk` at a time, through a server-side cursor: the connection is
-    free between chunks (for their sentiment breakdown), and 100,000 sources never sit in memory at once."""
-    with conn.transaction(), conn.cursor(name="slsync_status") as cursor:
-        cursor.execute(_STATUS, _status_params(None, tenant_id, limit, offset))
-        while rows := cursor.fetchmany(chunk):
-            yield rows
+    """Status rows in (tenant, id) order, `chunk` at a time: 100,000 sources never sit in memory at once.
+
+    The result streams (PostgreSQL sends rows while Python writes the ones before: 0.82 s against 0.96 s for
+    100,000 sources); with `queries_between` it comes from a server-side cursor instead, so that the
+    connection can run other statements between chunks (their sentiment breakdown)."""
+    params = _status_params(None, tenant_id, limit, offset)
+    with conn.transaction():
+        if queries_between:
+            with conn.cursor(name="slsync_status") as cursor:
+                cursor.execute(_STATUS, params)
+                while rows := cursor.fetchmany(chunk):
+                    yield rows
+        else:
+            rows_in = conn.cursor().stream(_STATUS, params, size=_stream_chunk())
+            while rows := list(itertools.islice(rows_in, chunk)):
+                yield rows
 
 
 def _status_params(source_id: int | None, tenant_id: int | None, limit: int | None, offset: int) -> dict[str, Any]:
