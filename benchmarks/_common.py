@@ -179,13 +179,19 @@ if pid == 0:
 _, status, usage = os.wait4(pid, 0)
 code = os.waitstatus_to_exitcode(status)
 with open(sys.argv[1], "w") as report:
-    report.write(f"{time.perf_counter() - started} {usage.ru_maxrss} {code}")
+    report.write(f"{time.perf_counter() - started} {usage.ru_maxrss} {code} {usage.ru_utime + usage.ru_stime}")
 sys.exit(code)
 """
 
 
 def measure(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, int, str]:
     """Wall seconds, peak RSS in MB, exit code and stdout of one child process."""
+    wall, rss, code, stdout, _ = measure_cpu(command, env, cwd)
+    return wall, rss, code, stdout
+
+
+def measure_cpu(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, int, str, float]:
+    """measure(), and the CPU seconds the child used (with the processes it started and waited for)."""
     with tempfile.TemporaryFile(mode="w+") as out, tempfile.NamedTemporaryFile(mode="r") as report:
         child = subprocess.Popen(
             [sys.executable, "-c", _LAUNCHER, report.name, *command],
@@ -194,9 +200,9 @@ def measure(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, 
         _, errors = child.communicate()
         out.seek(0)
         stdout = out.read()
-        wall, maxrss, code = report.read().split()
+        wall, maxrss, code, cpu = report.read().split()
     if child.returncode != 0:
         print(f"  {' '.join(command[-4:])} exited {child.returncode}: {errors.decode()[-1000:]}", file=sys.stderr)
     # ru_maxrss is in kilobytes on Linux, in bytes on macOS
     rss = int(maxrss) / (1024 * 1024 if sys.platform == "darwin" else 1024)
-    return float(wall), rss, int(code), stdout
+    return float(wall), rss, int(code), stdout, float(cpu)

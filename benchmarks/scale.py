@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import cli_env, connect, machine, measure, postgres, revision, table, verdict, with_db
+import psycopg
+from _common import cli_env, connect, machine, measure_cpu, postgres, revision, table, verdict, with_db
 
 REPO = Path(__file__).resolve().parent.parent
 PROBE = Path(__file__).resolve().parent / "_scale_probe.py"
@@ -226,6 +227,8 @@ class Run:
     out_bytes: int
     wal: int
     temp: int
+    cpu: float  # slsync's CPU seconds (with its worker processes)
+    server_cpu: float  # PostgreSQL's: its backends that ended meanwhile (the command's own among them)
     stdout: str = ""
 
 
@@ -260,13 +263,25 @@ class Bench:
         row = self.conn.execute("SELECT temp_bytes FROM pg_stat_database WHERE datname = current_database()").fetchone()
         return int(row["temp_bytes"])
 
+    def server_cpu(self) -> float:
+        """CPU seconds of the PostgreSQL backends that have ended so far (the postmaster reaps them), or 0
+        where the server's processes cannot be read (another machine)."""
+        try:
+            directory = self.conn.execute("SHOW data_directory").fetchone()["data_directory"]
+            postmaster = Path(directory, "postmaster.pid").read_text().split()[0]
+            fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError, psycopg.Error):
+            return 0.0
+        return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")  # cutime + cstime
+
     def cli(self, code: Code, *args: str, output: Path | None = None) -> Run:
-        temp, lsn = self.temp_bytes(), self.lsn()
-        wall, rss, exit_code, stdout = measure(code.command(*args), code.env(self.base_env), self.work)
+        temp, lsn, server = self.temp_bytes(), self.lsn(), self.server_cpu()
+        wall, rss, exit_code, stdout, cpu = measure_cpu(code.command(*args), code.env(self.base_env), self.work)
         if exit_code != 0:
             raise SystemExit(f"slsync {' '.join(args)} exited {exit_code} under {code.label}")
         out = output.stat().st_size if output else len(stdout.encode())
-        return Run(wall, rss, out, self.wal_since(lsn), self.temp_bytes() - temp, stdout)
+        server_cpu = self.server_cpu() - server
+        return Run(wall, rss, out, self.wal_since(lsn), self.temp_bytes() - temp, cpu, server_cpu, stdout)
 
     def repeat_cli(self, phase: Phase, key: str, *args: str, times: int | None = None) -> None:
         runs = []
@@ -412,6 +427,7 @@ def report(before: Phase, after: Phase, migration: dict[str, Any], args: argpars
     rate_a = rows_a / a.median("export", "wall")
     add(f"mentions export (all {rows_a:,}): wall", b.median("export", "wall"), a.median("export", "wall"), "s")
     add("mentions export: rows/s", rate_b, rate_a, "rows/s", ">= 100,000", rate_a >= 100_000)
+    add("mentions export: CPU s, slsync + PostgreSQL", *(cpu_split(p, "export") for p in (b, a)), "")
     temp_a = a.median("export", "temp")
     add("mentions export: temporary files", b.median("export", "temp") / 1e6, temp_a / 1e6, "MB", "none", temp_a == 0)
     add("mentions export: peak RSS", b.median("export", "rss"), a.median("export", "rss"), "MB")
@@ -433,6 +449,7 @@ def report(before: Phase, after: Phase, migration: dict[str, Any], args: argpars
     wal_b, wal_a = b.median("analyze", "wal"), a.median("analyze", "wal")
     add(f"analyze ({labelled:,} backlog): wall", wall_b, wall_a, "s", ">= 1.5x faster", wall_b / wall_a >= 1.5)
     add("analyze: rows/s", labelled / wall_b, labelled / wall_a, "rows/s")
+    add("analyze: CPU s, slsync + PostgreSQL", *(cpu_split(p, "analyze") for p in (b, a)), "")
     add("analyze: WAL", wal_b / 1e6, wal_a / 1e6, "MB", ">= 2x less", wal_b / wal_a >= 2)
     add("analyze: WAL per 1,000 labels", wal_b / labelled * 1000 / 1e6, wal_a / labelled * 1000 / 1e6, "MB")
     sb, sa = b.sizes, a.sizes
@@ -455,6 +472,10 @@ def report(before: Phase, after: Phase, migration: dict[str, Any], args: argpars
     if "compaction_seconds" in migration:
         seconds = migration["compaction_seconds"]
         print(f"VACUUM FULL sl_mentions afterwards (optional, locks the table): {seconds:.1f} s")
+
+
+def cpu_split(phase: Phase, key: str) -> str:
+    return f"{phase.median(key, 'cpu'):.1f} + {phase.median(key, 'server_cpu'):.1f}"
 
 
 def _fmt(value: Any, unit: str) -> str:
