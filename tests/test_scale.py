@@ -5,6 +5,7 @@ benchmarks/scale.py; these tests check behaviour on small ones."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -241,3 +242,44 @@ def test_analyze_shares_one_limit_between_its_lanes(cli: Cli, conn) -> None:
     assert processed == {"n": 1234}
     rest = cli.ok("analyze", "--json").json()
     assert (rest["analyzed"], rest["remaining"]) == (1766, 0)
+
+
+WORKER_PLUGIN = """
+    import os
+    from slsync.analysis import Analysis
+
+    class Plugin:
+        name = "testplug"
+
+        def analyze(self, texts):
+            if os.environ.get("PLUGIN_FAIL"):
+                raise RuntimeError("the model service is down")
+            with open(os.environ["PLUGIN_LOG"], "a") as log:
+                log.write(f"{os.getpid()} {len(texts)}\\n")
+            return [Analysis("positive", 0.5, "praise") for _ in texts]
+"""
+
+
+def test_a_large_backlog_is_analysed_in_worker_processes_and_their_failure_is_reported(
+    cli: Cli, conn, tmp_path: Any
+) -> None:
+    from slsync.analysis import ELSEWHERE_FROM
+    from tests.test_analysis import write_plugin
+
+    source_id = add_mock_source(conn)
+    count = ELSEWHERE_FROM + 700
+    cli.ok("mock", str(source_id), "--count", str(count))
+    log = tmp_path / "seen.log"
+    env = {**write_plugin(tmp_path / "plugins", WORKER_PLUGIN), "PLUGIN_LOG": str(log), "PLUGIN_FAIL": "1"}
+    failed = cli("analyze", "--json", env=env)
+    assert failed.returncode == 1 and "the model service is down" in failed.json()["error"]
+    assert conn.execute("SELECT count(*) AS n FROM sl_mentions WHERE status = 'new'").fetchone() == {"n": count}
+
+    del env["PLUGIN_FAIL"]
+    done = cli.ok("analyze", "--json", env=env).json()
+    assert (done["analyzed"], done["remaining"], done["error"]) == (count, 0, None)
+    batches = [line.split() for line in log.read_text().splitlines()]
+    assert sorted(int(size) for _, size in batches) == [200] + [500] * (count // 500)  # every batch once
+    assert len({pid for pid, _ in batches} | {str(os.getpid())}) > 2  # in worker processes, more than one
+    analyzers = conn.execute("SELECT DISTINCT analyzer, status FROM sl_mentions").fetchall()
+    assert analyzers == [{"analyzer": "testplug", "status": "processed"}]
