@@ -39,14 +39,15 @@ PLACEHOLDERS = ", ".join(["%s"] * 18)
 # a mention and its raw payload (its own table, keyed by the mention's id), in one statement
 INSERT_IGNORE = (
     f"WITH m AS (INSERT INTO sl_mentions ({COLUMNS}) VALUES ({PLACEHOLDERS})"
-    " ON CONFLICT (tenant_id, platform, external_id) DO NOTHING RETURNING id)"
-    " INSERT INTO sl_mention_raw (mention_id, raw) SELECT id, %s FROM m WHERE %s::jsonb IS NOT NULL"
+    " ON CONFLICT (tenant_id, platform, external_id) DO NOTHING RETURNING id, tenant_id)"
+    " INSERT INTO sl_mention_raw (mention_id, tenant_id, raw) SELECT id, tenant_id, %s FROM m"
+    " WHERE %s::jsonb IS NOT NULL"
 )
 TYPES = (
     "int8", "int4", "text", "text", "text", "text", "text", "text", "int8", "bool", "timestamptz", "int8", "int8",
     "int8", "text", "text[]", "text", "text",
 )  # fmt: skip
-RAW_TYPES = ("int8", "jsonb")
+RAW_TYPES = ("int8", "int8", "jsonb")
 
 Method = Callable[[db.Connection, Source, Sequence[Mention]], int]
 SAVE_SYNC = f"4. slsync save_pages, pages of 100, {WRITE_MENTIONS:,} a transaction (as a sync writes)"
@@ -97,10 +98,10 @@ def executemany(conn: db.Connection, source: Source, mentions: Sequence[Mention]
 STAGED_INSERT = f"""
 WITH m AS (
     INSERT INTO sl_mentions ({COLUMNS}) SELECT {COLUMNS} FROM {{stage}}
-    ON CONFLICT (tenant_id, platform, external_id) DO NOTHING RETURNING id, external_id
+    ON CONFLICT (tenant_id, platform, external_id) DO NOTHING RETURNING id, tenant_id, external_id
 ), r AS (
-    INSERT INTO sl_mention_raw (mention_id, raw)
-    SELECT m.id, s.raw FROM m JOIN {{stage}} s USING (external_id) WHERE s.raw IS NOT NULL
+    INSERT INTO sl_mention_raw (mention_id, tenant_id, raw)
+    SELECT m.id, m.tenant_id, s.raw FROM m JOIN {{stage}} s USING (external_id) WHERE s.raw IS NOT NULL
 )
 SELECT count(*) AS saved FROM m
 """
@@ -157,11 +158,14 @@ def copy_both(conn: db.Connection, source: Source, mentions: Sequence[Mention]) 
         copy.set_types(("int8", *TYPES))
         for found, m in zip(ids, mentions, strict=True):
             copy.write_row((found["id"], *row(source, m)))
-    with conn.cursor() as cur, cur.copy("COPY sl_mention_raw (mention_id, raw) FROM STDIN (FORMAT BINARY)") as copy:
+    with (
+        conn.cursor() as cur,
+        cur.copy("COPY sl_mention_raw (mention_id, tenant_id, raw) FROM STDIN (FORMAT BINARY)") as copy,
+    ):
         copy.set_types(RAW_TYPES)
         for found, m in zip(ids, mentions, strict=True):
             if m.raw is not None:
-                copy.write_row((found["id"], raw_of(m)))
+                copy.write_row((found["id"], source.tenant_id, raw_of(m)))
 
 
 def raw_copy_pages(page_size: int) -> Method:
@@ -195,7 +199,7 @@ def server_only_copy(data: tuple[bytes, bytes]) -> Method:
         with conn.transaction():
             with conn.cursor() as cur, cur.copy(f"COPY sl_mentions (id, {COLUMNS}) FROM STDIN") as copy:
                 copy.write(data[0])
-            with conn.cursor() as cur, cur.copy("COPY sl_mention_raw (mention_id, raw) FROM STDIN") as copy:
+            with conn.cursor() as cur, cur.copy("COPY sl_mention_raw (mention_id, tenant_id, raw) FROM STDIN") as copy:
                 copy.write(data[1])
         return len(mentions)
 
@@ -205,7 +209,10 @@ def server_only_copy(data: tuple[bytes, bytes]) -> Method:
 def dump_rows(conn: db.Connection) -> tuple[bytes, bytes]:
     """What sl_mentions and sl_mention_raw hold now, in COPY's text format (to feed server_only_copy)."""
     dumped = []
-    for statement in (f"COPY sl_mentions (id, {COLUMNS}) TO STDOUT", "COPY sl_mention_raw (mention_id, raw) TO STDOUT"):
+    for statement in (
+        f"COPY sl_mentions (id, {COLUMNS}) TO STDOUT",
+        "COPY sl_mention_raw (mention_id, tenant_id, raw) TO STDOUT",
+    ):
         out = bytearray()
         with conn.cursor() as cur, cur.copy(statement) as copy:
             for chunk in copy:

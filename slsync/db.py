@@ -636,8 +636,8 @@ WITH page AS (
     ON CONFLICT (tenant_id, platform, external_id) DO NOTHING
     RETURNING id, external_id
 ), raw AS (
-    INSERT INTO sl_mention_raw (mention_id, raw)
-    SELECT inserted.id, page.raw FROM inserted JOIN page USING (external_id) WHERE page.raw IS NOT NULL
+    INSERT INTO sl_mention_raw (mention_id, tenant_id, raw)
+    SELECT inserted.id, %(tenant_id)s, page.raw FROM inserted JOIN page USING (external_id) WHERE page.raw IS NOT NULL
 ), counted AS (
     SELECT count(*) AS saved FROM inserted
 ), source AS (

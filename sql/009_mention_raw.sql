@@ -3,9 +3,12 @@
 -- dropped (or kept for N days: mention ids grow with fetched_at) without touching its mention. New
 -- mentions write it here from now on; the payloads already stored move in batches, outside this
 -- transaction (013).
+-- Keyed, like the mention, by (id, tenant_id) (007: every key of a tenant's table names the tenant).
 CREATE TABLE sl_mention_raw (
-    mention_id  bigint PRIMARY KEY,
-    raw         jsonb  NOT NULL
+    mention_id  bigint NOT NULL,
+    tenant_id   bigint NOT NULL,
+    raw         jsonb  NOT NULL,
+    PRIMARY KEY (mention_id, tenant_id)
 );
 
 -- A payload goes with its mention. Not a foreign key: its check on every insert (a lookup and a row lock
@@ -16,7 +19,7 @@ BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         TRUNCATE sl_mention_raw;
     ELSE
-        DELETE FROM sl_mention_raw r USING gone WHERE r.mention_id = gone.id;
+        DELETE FROM sl_mention_raw r USING gone WHERE r.mention_id = gone.id AND r.tenant_id = gone.tenant_id;
     END IF;
     RETURN NULL;
 END

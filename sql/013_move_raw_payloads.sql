@@ -23,9 +23,9 @@ BEGIN
         SELECT max(id) INTO batch_end
         FROM (SELECT id FROM sl_mentions WHERE id > moved AND id <= last ORDER BY id LIMIT 10000) AS batch;
         EXIT WHEN batch_end IS NULL;
-        INSERT INTO sl_mention_raw (mention_id, raw)
-        SELECT id, raw FROM sl_mentions WHERE id > moved AND id <= batch_end AND raw IS NOT NULL
-        ON CONFLICT (mention_id) DO NOTHING;
+        INSERT INTO sl_mention_raw (mention_id, tenant_id, raw)
+        SELECT id, tenant_id, raw FROM sl_mentions WHERE id > moved AND id <= batch_end AND raw IS NOT NULL
+        ON CONFLICT (mention_id, tenant_id) DO NOTHING;
         UPDATE sl_raw_move SET moved_upto = batch_end;
         COMMIT;
         IF batch_end / 200000 > moved / 200000 THEN
@@ -46,9 +46,9 @@ BEGIN
             PERFORM pg_sleep(1);
         END;
     END LOOP;
-    INSERT INTO sl_mention_raw (mention_id, raw)
-    SELECT id, raw FROM sl_mentions WHERE id > last AND raw IS NOT NULL
-    ON CONFLICT (mention_id) DO NOTHING;
+    INSERT INTO sl_mention_raw (mention_id, tenant_id, raw)
+    SELECT id, tenant_id, raw FROM sl_mentions WHERE id > last AND raw IS NOT NULL
+    ON CONFLICT (mention_id, tenant_id) DO NOTHING;
     ALTER TABLE sl_mentions DROP COLUMN raw;
     DROP TABLE sl_raw_move;
 END $$;

@@ -432,7 +432,8 @@ def test_two_pages_then_only_new_statuses_with_filters_applied_here(cli: Cli, ap
     assert two.param("max_id") == newest_first[39]["id"]
     assert one.authorization is None and two.authorization is None  # hashtags are read anonymously
     rows = conn.execute(
-        "SELECT m.*, r.raw FROM sl_mentions m JOIN sl_mention_raw r ON r.mention_id = m.id ORDER BY external_id"
+        "SELECT m.*, r.raw FROM sl_mentions m"
+        " JOIN sl_mention_raw r ON (r.mention_id, r.tenant_id) = (m.id, m.tenant_id) ORDER BY external_id"
     ).fetchall()
     by_uri = {s["uri"]: s for s in api.statuses}
     assert sorted(by_uri[r["external_id"]]["id"] for r in rows) == sorted(wanted)

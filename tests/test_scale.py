@@ -16,7 +16,8 @@ from psycopg.rows import dict_row
 from slsync import db
 from tests.conftest import Cli, _with_db, add_mock_source
 
-RELEASE_BEFORE = 5  # the last migration of the release that stored raw payloads in sl_mentions
+RELEASE_BEFORE = 5  # the last migration of the release that stored raw payloads in sl_mentions (0.1.0)
+MENTION_RAW = 9  # the migration that creates sl_mention_raw
 
 
 @pytest.fixture
@@ -46,7 +47,8 @@ def old_mentions(conn: Any, first: int, last: int) -> None:
     empty, some with text PostgreSQL must keep exactly."""
     conn.execute(
         "INSERT INTO sl_mentions (tenant_id, source_id, platform, external_id, content, published_at, raw)"
-        " SELECT 1, 1, 'mock', 'p' || n, 'post ' || n, now() - make_interval(secs => n),"
+        " SELECT CASE WHEN n %% 5 = 0 THEN 2 ELSE 1 END, CASE WHEN n %% 5 = 0 THEN NULL ELSE 1 END,"
+        " 'mock', 'p' || n, 'post ' || n, now() - make_interval(secs => n),"
         " CASE WHEN n %% 97 = 0 THEN NULL WHEN n %% 89 = 0 THEN '{}'::jsonb"
         " ELSE jsonb_build_object('id', n, 'text', 'ünï 😀 \"q\" ' || repeat('x', n %% 50),"
         " 'nested', jsonb_build_object('list', jsonb_build_array(1, NULL, n::text), 'n', n / 7.0)) END"
@@ -55,11 +57,11 @@ def old_mentions(conn: Any, first: int, last: int) -> None:
     )
 
 
-CHECKSUM = "sum(('x' || left(md5({id}::text || ':' || raw::text), 15))::bit(60)::bigint)"
+CHECKSUM = "sum(('x' || left(md5({id}::text || ':' || tenant_id::text || ':' || raw::text), 15))::bit(60)::bigint)"
 
 
 def payloads(conn: Any, where: str) -> dict[str, int]:
-    """How many mentions and raw payloads there are, and a checksum of every (mention id, payload) pair: in
+    """How many mentions and raw payloads there are, and a checksum of every (mention id, tenant, payload): in
     sl_mentions.raw (`column`, before the move) or in sl_mention_raw (`table`, after it)."""
     source = (
         f"SELECT count(raw) AS n, {CHECKSUM.format(id='id')} AS s FROM sl_mentions"
@@ -76,12 +78,17 @@ def test_moving_raw_payloads_loses_nothing_and_resumes_where_it_stopped(old_data
     with psycopg.connect(old_database, autocommit=True, row_factory=dict_row) as conn:
         conn.execute("INSERT INTO sl_sources (tenant_id, platform, name) VALUES (1, 'mock', 'old')")
         old_mentions(conn, 1, 25_000)  # more than two batches of the move
-        # The upgrade's first transaction; then a move interrupted after its first batch; then a process of
-        # the release before, still running, stores more mentions with their payload in the old column.
-        version, name, sql = next(f for f in db.migration_files() if f[0] == RELEASE_BEFORE + 1)
-        conn.execute(sql)
-        conn.execute("INSERT INTO sl_schema_migrations VALUES (%s, %s)", (version, name))
-        conn.execute("INSERT INTO sl_mention_raw SELECT id, raw FROM sl_mentions WHERE id <= 10000 AND raw IS NOT NULL")
+        # The upgrade's first transaction (up to sl_mention_raw's creation); then a move interrupted after its
+        # first batch; then a process of the release before, still running, stores more mentions with their
+        # payload in the old column.
+        for version, name, sql in db.migration_files():
+            if RELEASE_BEFORE < version <= MENTION_RAW:
+                conn.execute(sql)
+                conn.execute("INSERT INTO sl_schema_migrations VALUES (%s, %s)", (version, name))
+        conn.execute(
+            "INSERT INTO sl_mention_raw (mention_id, tenant_id, raw)"
+            " SELECT id, tenant_id, raw FROM sl_mentions WHERE id <= 10000 AND raw IS NOT NULL"
+        )
         conn.execute("UPDATE sl_raw_move SET moved_upto = 10000")
         old_mentions(conn, 25_001, 25_300)
         before = payloads(conn, "column")
@@ -146,7 +153,8 @@ def test_a_post_twice_in_one_write_keeps_the_first_payload_once(conn) -> None:
     other = Mention(platform="mock", external_id="other", published_at=when, raw={"seen": 3})
     assert db.save_page(conn, source, run_id, Page(mentions=(first, again, other), cursor={})) == 2
     stored = conn.execute(
-        "SELECT external_id, raw FROM sl_mentions JOIN sl_mention_raw ON mention_id = id ORDER BY id"
+        "SELECT external_id, raw FROM sl_mentions m"
+        " JOIN sl_mention_raw r ON (r.mention_id, r.tenant_id) = (m.id, m.tenant_id) ORDER BY id"
     ).fetchall()
     assert stored == [{"external_id": "twin", "raw": {"seen": 1}}, {"external_id": "other", "raw": {"seen": 3}}]
     counted = conn.execute("SELECT fetched, saved, duplicates FROM sl_sync_runs WHERE id = %s", (run_id,)).fetchone()

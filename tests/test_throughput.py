@@ -135,7 +135,8 @@ def _stored(conn: db.Connection, external_id: str) -> dict:
         "SELECT url, content, author_name, author_handle, author_followers, author_verified, published_at,"
         " likes_count, comments_count, shares_count, media_type, media_urls, location, language, r.raw,"
         " r.mention_id IS NULL AS raw_is_sql_null"
-        " FROM sl_mentions m LEFT JOIN sl_mention_raw r ON r.mention_id = m.id WHERE external_id = %s",
+        " FROM sl_mentions m LEFT JOIN sl_mention_raw r ON (r.mention_id, r.tenant_id) = (m.id, m.tenant_id)"
+        " WHERE external_id = %s",
         (external_id,),
     ).fetchone()
     assert row is not None, external_id
