@@ -217,6 +217,37 @@ def test_status_summarises_many_sources_and_draws_them_all_on_request(cli: Cli, 
     assert "30 sources failing or in error (the 20 most in need of a look)" in summary
     assert summary.index("brand 300") < summary.index("brand 90 ")
     assert "HTTP 503 [/] from [bold]the API" in summary  # text from a platform is printed as is, never as markup
+    assert "coverage gaps" not in summary
+    add_gaps(conn, {7: 2, 8: 1})
+    assert "3 coverage gaps in 2 sources" in cli.ok("status").stdout
+
+
+def add_gaps(conn: Any, per_source: dict[int, int]) -> None:
+    """`count` coverage gaps of a day each, in the last days, for each source id (tenant 1)."""
+    for source_id, count in per_source.items():
+        conn.execute(
+            "INSERT INTO sl_coverage_gaps (source_id, tenant_id, from_at, to_at, reason, missed_estimate)"
+            " SELECT %s, 1, now() - make_interval(days => d + 1), now() - make_interval(days => d), 'cap', 40"
+            " FROM generate_series(1, %s) AS d",
+            (source_id, count),
+        )
+
+
+def test_status_json_of_many_sources_streams_them_with_their_gaps(cli: Cli, conn) -> None:
+    """Beyond 1,000 sources no breakdown is read between chunks, so the rows stream and the gaps are read
+    first: every source still carries its own."""
+    many_sources(conn, 1_001)
+    add_gaps(conn, {5: 2, 1_001: 1})
+    listing = cli.ok("status", "--json").json()
+    assert len(listing["sources"]) == 1_001
+    assert all(d["stats"]["sentiment_7d"] is None for d in listing["sources"])  # too many for the breakdown
+    gaps = {d["source"]["id"]: len(d["gaps"]) for d in listing["sources"] if d["gaps"]}
+    assert gaps == {5: 2, 1_001: 1}
+    assert listing["sources"][4]["gaps"][0]["reason"] == "cap"
+    one = cli.ok("status", "5", "--json").json()
+    assert len(one["gaps"]) == 2
+    page = cli.ok("status", "--limit", "10", "--all").stdout  # a drawn page warns of its sources' gaps
+    assert page.count("source 5 (") == 2 and "coverage gap" in page
 
 
 def test_mentions_are_listed_and_exported_in_published_order_with_their_exact_values(cli: Cli, conn) -> None:
