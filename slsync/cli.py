@@ -142,9 +142,27 @@ def _json_default(value: Any) -> Any:
 
 
 def emit_json(document: Any) -> None:
+    out = binary_stdout()
+    out.write(json_bytes(document) + b"\n")
+    out.flush()
+
+
+def binary_stdout() -> Any:
+    """Where JSON bytes go: stdout's buffer, after what was written to stdout as text; a stdout without one
+    (replaced by an embedding program, an in-process test) gets them as text."""
     sys.stdout.flush()
-    sys.stdout.buffer.write(json_bytes(document) + b"\n")
-    sys.stdout.buffer.flush()
+    return getattr(sys.stdout, "buffer", None) or _TextWriter(sys.stdout)
+
+
+class _TextWriter:
+    def __init__(self, text: Any) -> None:
+        self.text = text
+
+    def write(self, data: bytes) -> None:
+        self.text.write(data.decode())
+
+    def flush(self) -> None:
+        self.text.flush()
 
 
 def json_bytes(value: Any) -> bytes:
@@ -882,8 +900,7 @@ def _emit_status_listing(
     make ~60 MB of JSON, which never sits in memory whole)."""
 
     wanted = listed <= BREAKDOWN_MAX_SOURCES or tenant is not None
-    out = sys.stdout.buffer
-    sys.stdout.flush()
+    out = binary_stdout()
     out.write(b'{"sources":[')
     active, written = [], 0
     for docs, _ in _status_chunks(conn, tenant, limit, offset, wanted):

@@ -1068,16 +1068,19 @@ def stream_status(
     100,000 sources); with `queries_between` it comes from a server-side cursor instead, so that the
     connection can run other statements between chunks (their sentiment breakdown)."""
     params = _status_params(None, tenant_id, limit, offset)
-    with conn.transaction():
-        if queries_between:
-            with conn.cursor(name="slsync_status") as cursor:
-                cursor.execute(_STATUS, params)
-                while rows := cursor.fetchmany(chunk):
-                    yield rows
-        else:
-            rows_in = conn.cursor().stream(_STATUS, params, size=_stream_chunk())
-            while rows := list(itertools.islice(rows_in, chunk)):
+    # No transaction around either: a statement that fails in one (a lock timeout) aborts it, and the error
+    # could no longer name who held the lock (database_error).
+    if queries_between:
+        # WITH HOLD outside a transaction: the server keeps the result (the few sources a narrowed or
+        # short list holds) until the cursor closes
+        with conn.cursor(name="slsync_status", withhold=True) as cursor:
+            cursor.execute(_STATUS, params)
+            while rows := cursor.fetchmany(chunk):
                 yield rows
+    else:
+        rows_in = conn.cursor().stream(_STATUS, params, size=_stream_chunk())
+        while rows := list(itertools.islice(rows_in, chunk)):
+            yield rows
 
 
 def _status_params(source_id: int | None, tenant_id: int | None, limit: int | None, offset: int) -> dict[str, Any]:

@@ -489,10 +489,14 @@ def test_a_full_disk_stops_the_command_with_one_line_and_charges_no_source(own) 
     except (OSError, Exception) as exc:  # mounting a tmpfs needs root (CAP_SYS_ADMIN)
         pytest.skip(f"cannot mount a small filesystem here ({exc}); see tests/own_server.py")
     try:
+        # a mention's row and its raw payload's: both tables fill the disk
+        tables = ("sl_mentions", "sl_mention_raw")
         indexes = [
-            r["indexname"] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'sl_mentions'")
+            r["indexname"]
+            for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = ANY(%s)", (list(tables),))
         ]
-        conn.execute(f"ALTER TABLE sl_mentions SET TABLESPACE {name}")
+        for table in tables:
+            conn.execute(f"ALTER TABLE {table} SET TABLESPACE {name}")
         for index in indexes:
             conn.execute(f"ALTER INDEX {index} SET TABLESPACE {name}")
         ids = [add_mock_source(conn, name=f"s{n}") for n in range(8)]
@@ -507,7 +511,8 @@ def test_a_full_disk_stops_the_command_with_one_line_and_charges_no_source(own) 
         for source_id in ids:
             mentions_and_cursor_agree(conn, source_id)
         # space again: the next run continues every source where it stopped
-        conn.execute("ALTER TABLE sl_mentions SET TABLESPACE pg_default")
+        for table in tables:
+            conn.execute(f"ALTER TABLE {table} SET TABLESPACE pg_default")
         for index in indexes:
             conn.execute(f"ALTER INDEX {index} SET TABLESPACE pg_default")
         assert_whole_after_the_next_run(conn, cli, ids)
