@@ -40,8 +40,9 @@ from _common import cli_env, connect, machine, measure_cpu, postgres, revision, 
 
 REPO = Path(__file__).resolve().parent.parent
 PROBE = Path(__file__).resolve().parent / "_scale_probe.py"
-# The code before the scale work: the "before" column. Any commit or branch name works.
-BASELINE = "0211cc8"
+# The code before the scale work: the "before" column (main when the scale work was rebased on it; 0211cc8,
+# main before issues 17, 20 and 22, works too). Any commit or branch name works.
+BASELINE = "02bbac8"
 BIG_TENANT_SOURCES = 100  # tenant 1, whose week of mentions `status --tenant 1` breaks down
 PLATFORMS = "ARRAY['twitter','reddit','youtube','bluesky','mastodon','facebook','instagram','linkedin','tiktok','mock']"
 BYTES_PER_MENTION = 5_500  # disk the run needs per mention, all told (see the module docstring)
