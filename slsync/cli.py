@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +22,8 @@ import orjson
 import typer
 
 from slsync import __version__
-from slsync.errors import SlsyncError, UsageError
+from slsync.errors import NotFound, SlsyncError, UsageError
+from slsync.terminal import counted, json_escaped, json_line, shortened, text, visible
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -33,25 +35,120 @@ if TYPE_CHECKING:
 EXIT_CODES = "Exit codes: 0 success, 1 failed, 2 usage or configuration error."
 
 
-class _App(typer.Typer):
+class _Command(typer.core.TyperCommand):
+    """A command that refuses an option given twice (the parser would keep the last value without a word) unless
+    it is repeatable, and reads `-1` where a number argument is expected as that number, out of range, rather
+    than as an unknown option."""
+
+    def make_parser(self, ctx: Any) -> Any:
+        parser = super().make_parser(ctx)
+        parse = parser.parse_args
+
+        def parse_args(args: list[str]) -> Any:
+            try:
+                opts, rest, order = parse(args)
+            except typer._click.exceptions.NoSuchOption as exc:
+                if re.fullmatch(r"-\d+", exc.option_name):
+                    for param in self.get_params(ctx):
+                        if isinstance(param, typer.core.TyperArgument):
+                            param.process_value(ctx, exc.option_name)  # a number argument's range error
+                raise
+            given: set[str] = set()
+            for param in order:
+                if getattr(param, "multiple", True) or getattr(param, "is_flag", True):
+                    continue
+                if param.name in given:
+                    raise typer._click.exceptions.UsageError(f"{param.opts[0]} is given more than once", ctx)
+                given.add(param.name)
+            return opts, rest, order
+
+        parser.parse_args = parse_args
+        return parser
+
+
+class _Typer(typer.Typer):
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+class _App(_Typer):
     """Typer with one top-level error handler: one line on stderr, a traceback only with --debug."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         sys.exit(run(self, kwargs.get("args")))
 
 
+class _Interrupts:
+    """SIGINT (Ctrl-C) and SIGTERM (`systemctl stop`, `timeout`, `kill`) end a command the same way.
+
+    While sources are syncing, the first signal asks the runs to stop after their current page: each records
+    what it saved (`partial`, continued by the next run) and releases its source. At any other moment, or at a
+    second signal, the command is interrupted at once and its open transaction rolls back. Either way the
+    process ends normally, so it stops what it started (the embedded PostgreSQL), and one line says what was
+    kept: exit 130 after SIGINT, 143 after SIGTERM.
+    """
+
+    def __init__(self) -> None:
+        self.stop: Any = None  # the sync's Stop while one runs
+        self.received: int | None = None
+        self.between_pages = False
+        # what the line says was kept; a command that knows better says so (`sync`, `connect`)
+        self.outcome = "interrupted"
+
+    def handle(self, signum: int, frame: Any) -> None:
+        self.received = self.received or signum
+        if self.between_pages and not self.stop.is_set():
+            self.stop.because("interrupted")
+            return
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    @contextmanager
+    def stopping_between_pages(self, outcome: str) -> Iterator[Any]:
+        """Around a sync: the Stop its runs check between pages; interrupted when a signal set it."""
+        from slsync.sync import Stop
+
+        self.stop = Stop()
+        self.outcome = outcome
+        self.between_pages = True
+        try:
+            yield self.stop
+        finally:
+            self.between_pages = False
+        if self.received is not None:
+            raise KeyboardInterrupt
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.received or signal.SIGINT)
+
+
+_interrupts = _Interrupts()
+SYNC_INTERRUPTED = "interrupted; the next sync continues where each source stopped"
 _debug = False
 
 
 def run(application: typer.Typer, argv: Sequence[str] | None = None) -> int:
-    global _debug
+    global _debug, _interrupts
+    _interrupts = _Interrupts()
     args = list(sys.argv[1:] if argv is None else argv)
     _debug = "--debug" in args
     command = typer.main.get_command(application)
     try:
-        code = command.main(args=args, prog_name="slsync", standalone_mode=False)
-        if code == 130:  # the parser's answer to Ctrl-C, returned as the exit code
-            _error("interrupted; the next sync continues where each source stopped")
+        with _interrupts.installed():
+            code = command.main(args=args, prog_name="slsync", standalone_mode=False)
+        if code == 130:  # the parser's answer to Ctrl-C (a KeyboardInterrupt), returned as the exit code
+            _error(_interrupts.outcome)
+            return _interrupts.exit_code
         return code if isinstance(code, int) else 0
     except typer.Exit as exc:
         return exc.exit_code
@@ -82,7 +179,12 @@ def run(application: typer.Typer, argv: Sequence[str] | None = None) -> int:
 
 
 def _error(message: str) -> None:
-    print(f"slsync: error: {message}", file=sys.stderr)
+    _say(f"slsync: error: {shortened(message)}", file=sys.stderr)
+
+
+def _say(line: str, file: Any = None) -> None:
+    """One line for a person: every control character a value brought along is shown as an escape."""
+    print(visible(line), file=file)
 
 
 app = _App(
@@ -92,12 +194,10 @@ app = _App(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-source_app = typer.Typer(help="Add, list and remove sources (what to listen for, where).", no_args_is_help=True)
-sync_app = typer.Typer(
-    help="Sync sources now: one, one tenant's, or every due one (the cron job).", no_args_is_help=True
-)
-mentions_app = typer.Typer(help="Read and hand off the stored mentions.", no_args_is_help=True)
-tokens_app = typer.Typer(
+source_app = _Typer(help="Add, list and remove sources (what to listen for, where).", no_args_is_help=True)
+sync_app = _Typer(help="Sync sources now: one, one tenant's, or every due one (the cron job).", no_args_is_help=True)
+mentions_app = _Typer(help="Read and hand off the stored mentions.", no_args_is_help=True)
+tokens_app = _Typer(
     help="Manage the user tokens: move them between stores, make and rotate the database store's key.",
     no_args_is_help=True,
 )
@@ -107,6 +207,11 @@ app.add_typer(mentions_app, name="mentions")
 app.add_typer(tokens_app, name="tokens")
 
 JsonFlag = typer.Option(False, "--json", help="Print exactly one JSON document on stdout.")
+# The largest ids the database holds (checked here, so an absurd number is a usage error, not a database one):
+# tenant ids are bigints, source ids integers.
+MAX_TENANT = 2**63 - 1
+MAX_SOURCE = 2**31 - 1
+SourceArgument = typer.Argument(..., min=1, max=MAX_SOURCE, help="The source id.")
 
 
 def _version(value: bool) -> None:
@@ -168,21 +273,33 @@ class _TextWriter:
 def json_bytes(value: Any) -> bytes:
     """`value` as compact JSON by orjson (~10x the standard library's speed). A datetime is written with its
     own offset: the database's are UTC (db._SESSION_SETTINGS). What orjson refuses (an integer beyond 64 bits)
-    the standard library writes."""
+    the standard library writes (a lone surrogate too). Characters a terminal would act on are \\u escapes."""
     try:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+        return json_escaped(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
     except orjson.JSONEncodeError:
-        return json.dumps(value, default=_json_default, ensure_ascii=False).encode()
+        return json_line(value, default=_json_default).encode()
 
 
 def _console(stderr: bool = False) -> Console:
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
+    # markup off: what slsync prints through rich is never read as markup, even a string that slipped past
+    # _table's Text cells
     if stream.isatty():
-        return Console(stderr=stderr, soft_wrap=True)
+        return Console(stderr=stderr, soft_wrap=True, markup=False)
     # Not a terminal (cron, a pipe): no colour, and wide enough that tables and URLs never wrap.
-    return Console(stderr=stderr, width=200, no_color=True, soft_wrap=True, highlight=False)
+    return Console(stderr=stderr, width=200, no_color=True, soft_wrap=True, highlight=False, markup=False)
+
+
+def _table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Any:
+    """A rich table whose every cell is shown literally (a Text of the value, control characters escaped)."""
+    from rich.table import Table
+
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*(text(cell) for cell in row))
+    return table
 
 
 def _when(value: datetime | None, *, short: bool = False) -> str:
@@ -201,9 +318,17 @@ def _progress(enabled: bool) -> Iterator[PageCallback | None]:
     with console.status("syncing...") as status:
 
         def on_page(source: Source, pages: int, fetched: int) -> None:
-            status.update(f"source {source.id} ({source.platform}: {source.name}): page {pages}, {fetched} fetched")
+            where = f"source {source.id} ({source.platform}: {source.name})"
+            status.update(text(f"{where}: page {pages}, {fetched} fetched"))
 
         yield on_page
+
+
+@contextmanager
+def _syncing(show_progress: bool) -> Iterator[tuple[PageCallback | None, Any]]:
+    """Around a sync: the live progress line, and the event a signal sets to stop the runs between pages."""
+    with _interrupts.stopping_between_pages(SYNC_INTERRUPTED) as stop, _progress(show_progress) as on_page:
+        yield on_page, stop
 
 
 def _parse_since(value: str | None) -> datetime | None:
@@ -228,12 +353,7 @@ def platforms(as_json: bool = JsonFlag) -> None:
     if as_json:
         emit_json({"platforms": rows})
         return
-    from rich.table import Table
-
-    table = Table("platform", "name", "state", "note")
-    for row in rows:
-        table.add_row(row["name"], row["title"], row["state"], row["note"])
-    _console().print(table)
+    _console().print(_table(("platform", "name", "state", "note"), [list(row.values()) for row in rows]))
 
 
 # --- sources --------------------------------------------------------------------------------------
@@ -241,12 +361,26 @@ def platforms(as_json: bool = JsonFlag) -> None:
 _LANGUAGE = re.compile(r"^[a-z]{2,3}$")
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _typed(value: str, flag: str) -> str:
+    """A value typed on the command line, stripped; one the database cannot store (bytes that are not UTF-8,
+    which Python hands over as lone surrogates) is refused."""
+    if bad := _UNSTORABLE.search(value):
+        char = ord(bad.group())
+        what = f"the byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"the character U+{char:04X}"
+        raise UsageError(f"{flag} {value!r}: {what} is not UTF-8 text")
+    value = value.strip()
+    if not value:
+        raise UsageError(f"{flag} needs a non-empty value")
+    return value
+
+
 def _terms(values: list[str], flag: str, strip: str = "") -> list[str]:
     cleaned = []
     for value in values:
-        term = value.strip().lstrip(strip).strip()
-        if not term:
-            raise UsageError(f"{flag} needs a non-empty value")
+        term = _typed(_typed(value, flag).lstrip(strip), flag)
         if term not in cleaned:
             cleaned.append(term)
     return cleaned
@@ -314,7 +448,7 @@ def _interval(value: str, lowest: int | None, highest: int | None) -> tuple[int,
 @source_app.command("add")
 def source_add(
     platform: str = typer.Argument(..., help="A platform name from `slsync platforms`."),
-    tenant: int = typer.Option(..., "--tenant", min=0, help="Tenant id (an integer of your system)."),
+    tenant: int = typer.Option(..., "--tenant", min=0, max=MAX_TENANT, help="Tenant id (an integer of your system)."),
     name: str = typer.Option(..., "--name", help="A name for the source, unique per tenant and platform."),
     keyword: list[str] = typer.Option([], "--keyword", help="Keyword or phrase to listen for (repeatable)."),
     hashtag: list[str] = typer.Option([], "--hashtag", help="Hashtag, with or without # (repeatable)."),
@@ -341,15 +475,15 @@ def source_add(
     from slsync import db
     from slsync.connectors import connector_class
 
-    name = name.strip()
-    if not name:
-        raise UsageError("--name needs a non-empty value")
+    name = _typed(name, "--name")
     languages = _terms([v.lower() for v in language], "--language")
     for code in languages:
         if not _LANGUAGE.match(code):
             raise UsageError(f"--language {code!r}: expected a two- or three-letter code such as en")
     minutes, auto = _interval(interval, min_interval, max_interval)
     connector = connector_class(platform)
+    if connector.development_only and _settings().is_production:
+        raise UsageError(f"{platform} sources are refused when SLSYNC_ENV=production: they make up their mentions")
     search = {
         "keywords": _terms(keyword, "--keyword"),
         "hashtags": _terms(hashtag, "--hashtag", "#"),
@@ -374,16 +508,16 @@ def source_add(
     if as_json:
         emit_json(_source_json(source))
     else:
-        print(f"added {platform} source {source_id} ({name!r}) for tenant {tenant}")
+        _say(f"added {platform} source {source_id} ({name!r}) for tenant {tenant}")
         if source.status == "pending":
-            print(f"connect it to an account first: slsync connect {source_id}")
+            _say(f"connect it to an account first: slsync connect {source_id}")
         else:
-            print(f"sync it now: slsync sync source {source_id}")
+            _say(f"sync it now: slsync sync source {source_id}")
 
 
 @source_app.command("list")
 def source_list(
-    tenant: Optional[int] = typer.Option(None, "--tenant", min=0, help="Only this tenant's sources."),  # noqa: UP045
+    tenant: Optional[int] = typer.Option(None, "--tenant", min=0, max=MAX_TENANT, help="Only this tenant's sources."),  # noqa: UP045
     as_json: bool = JsonFlag,
 ) -> None:
     """List sources with their search parameters. Exit 0."""
@@ -394,26 +528,17 @@ def source_list(
     if as_json:
         emit_json({"sources": [_source_json(s) for s in sources]})
         return
-    from rich.table import Table
-
-    table = Table("id", "tenant", "platform", "name", "status", "every", "search")
+    rows = []
     for s in sources:
         terms = [*s.config.get("keywords", []), *("#" + h for h in s.config.get("hashtags", []))]
         terms += ["@" + m for m in s.config.get("mentions", [])] + ["-" + x for x in s.config.get("exclude", [])]
-        table.add_row(
-            str(s.id),
-            str(s.tenant_id),
-            s.platform,
-            s.name,
-            s.status,
-            _every(s.interval_mode, s.sync_interval_minutes, s.min_interval_minutes, s.max_interval_minutes),
-            " ".join(terms),
-        )
-    _console().print(table)
+        every = _every(s.interval_mode, s.sync_interval_minutes, s.min_interval_minutes, s.max_interval_minutes)
+        rows.append((s.id, s.tenant_id, s.platform, s.name, s.status, every, " ".join(terms)))
+    _console().print(_table(("id", "tenant", "platform", "name", "status", "every", "search"), rows))
 
 
 @source_app.command("remove")
-def source_remove(source_id: int = typer.Argument(..., help="The source id."), as_json: bool = JsonFlag) -> None:
+def source_remove(source_id: int = SourceArgument, as_json: bool = JsonFlag) -> None:
     """Remove a source and its run log; its stored mentions are kept. Exit 0, or 2 if unknown."""
     from slsync import db
 
@@ -423,7 +548,7 @@ def source_remove(source_id: int = typer.Argument(..., help="The source id."), a
     if as_json:
         emit_json({"removed": source_id})
     else:
-        print(f"removed source {source_id} ({source.name!r}); its {source.mentions_count} mentions are kept")
+        _say(f"removed source {source_id} ({source.name!r}); its {source.mentions_count} mentions are kept")
 
 
 # --- connect --------------------------------------------------------------------------------------
@@ -431,7 +556,7 @@ def source_remove(source_id: int = typer.Argument(..., help="The source id."), a
 
 @app.command()
 def connect(
-    source_id: int = typer.Argument(..., help="The source id."),
+    source_id: int = SourceArgument,
     no_browser: bool = typer.Option(False, "--no-browser", help="Only print the URL (e.g. over SSH)."),
     port: Optional[int] = typer.Option(  # noqa: UP045
         None, "--port", min=1, max=65535, help="Callback port on 127.0.0.1 (default 8765, or TWITTER_OAUTH_CALLBACK's)."
@@ -447,10 +572,11 @@ def connect(
     """
     from slsync.connect import connect_source
 
+    _interrupts.outcome = f"interrupted; nothing was stored: to connect the source, run slsync connect {source_id}"
     done = connect_source(_settings(), source_id, port=port, timeout=timeout, open_browser=not no_browser)
     source = done.source
-    print(f"connected source {source.id} ({source.platform}: {source.name}); token kept in {done.where}")
-    print(f"it syncs on the next `slsync sync due`, or now: slsync sync source {source.id}")
+    _say(f"connected source {source.id} ({source.platform}: {source.name}); token kept in {done.where}")
+    _say(f"it syncs on the next `slsync sync due`, or now: slsync sync source {source.id}")
 
 
 # --- tokens ---------------------------------------------------------------------------------------
@@ -555,14 +681,14 @@ def _analysis_line(report: dict[str, Any] | None) -> None:
     if report is None:
         return
     if report["error"]:
-        print(f"analysis: {report['analyzed']} mentions labelled, then {report['error']} (the rest stay new)")
+        _say(f"analysis: {report['analyzed']} mentions labelled, then {report['error']} (the rest stay new)")
     elif report.get("stopped"):
-        print(
+        _say(
             f"analysis: {report['analyzed']} mentions labelled by {report['analyzer']}, then {report['stopped']}"
             " (the rest stay new for the next sync due)"
         )
     else:
-        print(f"analysis: {report['analyzed']} mentions labelled by {report['analyzer']}")
+        _say(f"analysis: {report['analyzed']} mentions labelled by {report['analyzer']}")
 
 
 def _report_batch(batch: BatchResult, as_json: bool) -> None:
@@ -572,10 +698,10 @@ def _report_batch(batch: BatchResult, as_json: bool) -> None:
         # Failures first: under cron this is the mail an operator reads.
         failed = {id(r) for r in batch.failed}
         for r in sorted(batch.results, key=lambda r: id(r) not in failed):
-            print(_result_line(r))
+            _say(_result_line(r))
         doc = batch.as_json()
         deferred = f" ({doc['sources_deferred']} deferred)" if doc["sources_deferred"] else ""
-        print(
+        _say(
             f"{doc['sources_synced']} synced, {doc['sources_failed']} failed, {doc['sources_cut_short']} cut short,"
             f" {doc['sources_skipped']} skipped{deferred} of {doc['sources_claimed']};"
             f" {doc['total_mentions_saved']} new mentions"
@@ -589,7 +715,7 @@ def _report_batch(batch: BatchResult, as_json: bool) -> None:
 
 @sync_app.command("source")
 def sync_source_command(
-    source_id: int = typer.Argument(..., help="The source id."),
+    source_id: int = SourceArgument,
     since: Optional[str] = typer.Option(  # noqa: UP045
         None, "--since", help="Reach back to this date (e.g. 2026-11-20) instead of the cursor."
     ),
@@ -598,12 +724,13 @@ def sync_source_command(
     """Sync one source now, whatever its schedule. Exit 0 synced; 1 failed, busy or rate limited; 2 bad input."""
     from slsync import sync
 
-    with _progress(not as_json) as on_page:
-        result = sync.sync_source(_settings(), source_id, since=_parse_since(since), on_page=on_page)
+    since_time = _parse_since(since)
+    with _syncing(not as_json) as (on_page, stop):
+        result = sync.sync_source(_settings(), source_id, since=since_time, on_page=on_page, stop=stop)
     if as_json:
         emit_json(result.as_json())
     else:
-        print(_result_line(result) + f" ({result.duration_ms / 1000:.1f} s)")
+        _say(_result_line(result) + f" ({result.duration_ms / 1000:.1f} s)")
         _analysis_line(result.extra.get("analysis"))
     if result.stopped_by is not None:
         raise result.stopped_by
@@ -613,15 +740,15 @@ def sync_source_command(
 
 @sync_app.command("tenant")
 def sync_tenant_command(
-    tenant_id: int = typer.Argument(..., min=0, help="The tenant id."),
+    tenant_id: int = typer.Argument(..., min=0, max=MAX_TENANT, help="The tenant id."),
     concurrency: int = typer.Option(4, "--concurrency", min=1, max=64, help="Sources synced in parallel."),
     as_json: bool = JsonFlag,
 ) -> None:
     """Sync every source of one tenant now. Exit 0 if none failed, 1 if any failed, 2 on bad input."""
     from slsync import sync
 
-    with _progress(not as_json) as on_page:
-        batch = sync.sync_tenant(_settings(), tenant_id, concurrency=concurrency, on_page=on_page)
+    with _syncing(not as_json) as (on_page, stop):
+        batch = sync.sync_tenant(_settings(), tenant_id, concurrency=concurrency, on_page=on_page, stop=stop)
     _report_batch(batch, as_json)
 
 
@@ -634,8 +761,8 @@ def sync_due_command(
     """Sync the sources whose time has come (the cron job). Exit 0 if none failed, 1 if any failed."""
     from slsync import sync
 
-    with _progress(not as_json) as on_page:
-        batch = sync.sync_due(_settings(), limit=limit, concurrency=concurrency, on_page=on_page)
+    with _syncing(not as_json) as (on_page, stop):
+        batch = sync.sync_due(_settings(), limit=limit, concurrency=concurrency, on_page=on_page, stop=stop)
     _report_batch(batch, as_json)
 
 
@@ -725,24 +852,25 @@ def _breakdown_line(counts: dict[str, int]) -> str:
     return ", ".join(parts) + (f"; {', '.join(extra)}" if extra else "")
 
 
-def _status_table(docs: list[dict[str, Any]]) -> Any:
-    from rich.table import Table
+STATUS_COLUMNS = (
+    "id",
+    "tenant",
+    "platform",
+    "name",
+    "status",
+    "last sync (UTC)",
+    "next due",
+    "every",
+    "mentions",
+    "7-day sentiment",
+    "rate limit",
+    "syncing",
+    "error",
+)
 
-    table = Table(
-        "id",
-        "tenant",
-        "platform",
-        "name",
-        "status",
-        "last sync (UTC)",
-        "next due",
-        "every",
-        "mentions",
-        "7-day sentiment",
-        "rate limit",
-        "syncing",
-        "error",
-    )
+
+def _status_table(docs: list[dict[str, Any]]) -> Any:
+    rows = []
     for doc in docs:
         s, run, limit = doc["source"], doc["sync"], doc["rate_limit"]
         rate = (
@@ -753,25 +881,27 @@ def _status_table(docs: list[dict[str, Any]]) -> Any:
         syncing = f"since {_when(run['started_at'], short=True)}" if run["syncing"] else "no"
         error = s["error_message"] or ""
         if s["consecutive_failures"]:
-            error = f"{s['consecutive_failures']} failures: {error}"
-        table.add_row(
-            str(s["id"]),
-            str(s["tenant_id"]),
-            s["platform"],
-            s["name"],
-            s["status"],
-            _when(s["last_sync_at"], short=True),
-            _when(s["next_sync_at"], short=True),
-            _every(
-                s["interval_mode"], s["sync_interval_minutes"], s["min_interval_minutes"], s["max_interval_minutes"]
-            ),
-            f"{doc['stats']['total_mentions']:,}",
-            _breakdown_short(doc["stats"]["sentiment_7d"]),
-            rate,
-            syncing,
-            error,
+            error = f"{counted(s['consecutive_failures'], 'failure')}: {error}"
+        rows.append(
+            (
+                s["id"],
+                s["tenant_id"],
+                s["platform"],
+                s["name"],
+                s["status"],
+                _when(s["last_sync_at"], short=True),
+                _when(s["next_sync_at"], short=True),
+                _every(
+                    s["interval_mode"], s["sync_interval_minutes"], s["min_interval_minutes"], s["max_interval_minutes"]
+                ),
+                f"{doc['stats']['total_mentions']:,}",
+                _breakdown_short(doc["stats"]["sentiment_7d"]),
+                rate,
+                syncing,
+                error,
+            )
         )
-    return table
+    return _table(STATUS_COLUMNS, rows)
 
 
 def _reconnect_warnings(docs: list[dict[str, Any]], now: datetime) -> list[str]:
@@ -822,11 +952,8 @@ def _quota_json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _quota_table(rows: list[dict[str, Any]]) -> Any:
-    from rich.table import Table
-
-    table = Table("quota (credential)", "period", "since", "used", "limit", "remaining", "next slot frees")
-    for row in map(_quota_json, rows):
-        table.add_row(
+    cells = [
+        (
             row["credential"],
             "per day" if row["period"] == "day" else f"rolling {row['period']}",
             row["since"][:16],
@@ -835,13 +962,17 @@ def _quota_table(rows: list[dict[str, Any]]) -> Any:
             f"{row['remaining']:,}",
             _when(row["frees_at"], short=True) if row["frees_at"] else "-",
         )
-    return table
+        for row in map(_quota_json, rows)
+    ]
+    return _table(("quota (credential)", "period", "since", "used", "limit", "remaining", "next slot frees"), cells)
 
 
 @app.command()
 def status(
-    source_id: Optional[int] = typer.Argument(None, help="One source; all sources when omitted."),  # noqa: UP045
-    tenant: Optional[int] = typer.Option(None, "--tenant", min=0, help="Only this tenant's sources."),  # noqa: UP045
+    source_id: Optional[int] = typer.Argument(  # noqa: UP045
+        None, min=1, max=MAX_SOURCE, help="One source; all sources when omitted."
+    ),
+    tenant: Optional[int] = typer.Option(None, "--tenant", min=0, max=MAX_TENANT, help="Only this tenant's sources."),  # noqa: UP045
     limit: Optional[int] = typer.Option(  # noqa: UP045
         None, "--limit", min=1, help="At most this many sources, in (tenant, id) order: one page."
     ),
@@ -879,9 +1010,9 @@ def status(
         if as_json:
             _emit_status_listing(conn, tenant, limit, offset, total, listed, quotas)
         elif not total:
-            print("no sources yet; add one: slsync source add mock --tenant 1 --name demo --keyword 'your brand'")
+            _say("no sources yet; add one: slsync source add mock --tenant 1 --name demo --keyword 'your brand'")
         elif not listed:
-            print(f"no sources after the first {offset:,} ({total:,} in all)")
+            _say(f"no sources after the first {offset:,} ({total:,} in all)")
         elif listed > STATUS_TABLE_ROWS and not all_rows and limit is None:
             summary = db.status_summary(conn, tenant_id=tenant, reconnect_within=RECONNECT_WARNING)
             _print_status_summary(summary, total, tenant, quotas)
@@ -943,14 +1074,11 @@ def _print_status_table(docs: list[dict[str, Any]], now: datetime) -> None:
     console = _console()
     console.print(_status_table(docs))
     for line in _reconnect_warnings(docs, now) + _gap_warnings(docs):
-        console.print(line, soft_wrap=True, markup=False)
+        console.print(text(line), soft_wrap=True)
 
 
 def _print_status_summary(summary: dict[str, Any], total: int, tenant: int | None, quotas: list[Any]) -> None:
     """Many sources at a glance: what a table of thousands of rows would hide."""
-    from rich.table import Table
-    from rich.text import Text
-
     console = _console()
     where = f" in tenant {tenant}" if tenant is not None else ""
     console.print(
@@ -960,29 +1088,34 @@ def _print_status_summary(summary: dict[str, Any], total: int, tenant: int | Non
         soft_wrap=True,
     )
     statuses = ("active", "connected", "failing", "error", "pending")
-    counts = Table("platform", *statuses, "total")
     by_platform: dict[str, dict[str, int]] = {}
     for row in summary["counts"]:
         by_platform.setdefault(row["platform"], {})[row["status"]] = int(row["n"])
-    for platform, numbers in by_platform.items():
-        counts.add_row(Text(platform), *(f"{numbers.get(s, 0):,}" for s in statuses), f"{sum(numbers.values()):,}")
-    console.print(counts)
+    console.print(
+        _table(
+            ("platform", *statuses, "total"),
+            (
+                (platform, *(f"{numbers.get(s, 0):,}" for s in statuses), f"{sum(numbers.values()):,}")
+                for platform, numbers in by_platform.items()
+            ),
+        )
+    )
     troubled = summary["troubled_sources"]
     if troubled:
         shown = f"the {len(troubled)} most in need of a look" if summary["troubled"] > len(troubled) else "all"
         console.print(f"{summary['troubled']:,} sources failing or in error ({shown}):")
-        table = Table("id", "tenant", "platform", "name", "status", "failures", "next try", "error")
-        for row in troubled:
-            next_try = "-" if row["status"] == "error" else _when(row["next_sync_at"], short=True)
-            table.add_row(
-                str(row["id"]), str(row["tenant_id"]), Text(row["platform"]), Text(row["name"]), row["status"],
-                str(row["consecutive_failures"]), next_try, Text(row["error_message"] or ""),
-            )  # fmt: skip
-        console.print(table)
+        rows = (
+            (
+                row["id"], row["tenant_id"], row["platform"], row["name"], row["status"], row["consecutive_failures"],
+                "-" if row["status"] == "error" else _when(row["next_sync_at"], short=True), row["error_message"] or "",
+            )
+            for row in troubled
+        )  # fmt: skip
+        console.print(_table(("id", "tenant", "platform", "name", "status", "failures", "next try", "error"), rows))
     reconnect = summary["reconnect"]
     docs = [{"source": r, "connection": {"reconnect_by": r["reconnect_by"]}} for r in reconnect]
     for line in _reconnect_warnings(docs, summary["db_now"]):
-        console.print(line, soft_wrap=True, markup=False)
+        console.print(text(line), soft_wrap=True)
     if reconnect and reconnect[0]["total"] > len(reconnect):
         console.print(f"... and {reconnect[0]['total'] - len(reconnect):,} more connections ending within 14 days")
     if summary["gaps"]:
@@ -1000,7 +1133,7 @@ def _print_status_summary(summary: dict[str, Any], total: int, tenant: int | Non
 
 @app.command()
 def analyze(
-    tenant: Optional[int] = typer.Option(None, "--tenant", min=0, help="Only this tenant's mentions."),  # noqa: UP045
+    tenant: Optional[int] = typer.Option(None, "--tenant", min=0, max=MAX_TENANT, help="Only this tenant's mentions."),  # noqa: UP045
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Most mentions to label in this run."),  # noqa: UP045
     as_json: bool = JsonFlag,
 ) -> None:
@@ -1019,17 +1152,25 @@ def analyze(
         emit_json({**report.as_json(), "remaining": remaining})
     else:
         _analysis_line(report.as_json())
-        print(f"{remaining} mentions not analysed yet" if remaining else "no mentions left to analyse")
+        _say(f"{remaining} mentions not analysed yet" if remaining else "no mentions left to analyse")
     if report.error:
         raise typer.Exit(1)
 
 
-def _mention_filters(tenant: int | None, source: int | None, since: str | None) -> dict[str, Any]:
+def _mention_filters(conn: Any, tenant: int | None, source: int | None, since: str | None) -> dict[str, Any]:
+    """The filters of `mentions list` and `export`; a tenant or source that does not exist is an error (exit 2),
+    not an empty answer that looks like "no mentions"."""
+    from slsync import db
+
+    if source is not None:
+        db.get_source(conn, source, tenant_id=tenant)
+    elif tenant is not None and not db.tenant_known(conn, tenant):
+        raise NotFound(f"no tenant {tenant}: it has no sources and no mentions")
     return {"tenant_id": tenant, "source_id": source, "since": _parse_since(since)}
 
 
-TenantFilter = typer.Option(None, "--tenant", min=0, help="Only this tenant's mentions.")
-SourceFilter = typer.Option(None, "--source", min=1, help="Only this source's mentions.")
+TenantFilter = typer.Option(None, "--tenant", min=0, max=MAX_TENANT, help="Only this tenant's mentions.")
+SourceFilter = typer.Option(None, "--source", min=1, max=MAX_SOURCE, help="Only this source's mentions.")
 SinceFilter = typer.Option(None, "--since", help="Only mentions published on or after this date.")
 
 
@@ -1041,25 +1182,29 @@ def mentions_list(
     limit: int = typer.Option(20, "--limit", min=1, max=10_000, help="How many, newest first."),
     as_json: bool = JsonFlag,
 ) -> None:
-    """Show the newest mentions with their sentiment and intent. {"mentions": [...]} with --json. Exit 0."""
+    """Show the newest mentions with their sentiment and intent. {"mentions": [...]} with --json.
+
+    Exit 0, or 2 on bad input (also an unknown tenant or source)."""
     from slsync import db
 
     with db.connect(_settings()) as conn:
-        rows = list(db.stream_mentions(conn, limit=limit, newest_first=True, **_mention_filters(tenant, source, since)))
+        filters = _mention_filters(conn, tenant, source, since)
+        rows = list(db.stream_mentions(conn, limit=limit, newest_first=True, **filters))
     if as_json:
         emit_json({"mentions": rows})
         return
-    from rich.table import Table
-
-    table = Table("published", "platform", "author", "sentiment", "intent", "content")
+    cells = []
     for row in rows:
         author = f"@{row['author_handle']}" if row["author_handle"] else (row["author_name"] or "-")
         sentiment = row["sentiment"] or ("new" if row["status"] == "new" else "-")
         content = " ".join((row["content"] or "").split())
-        table.add_row(
-            _when(row["published_at"]), row["platform"], author, sentiment, row["intent"] or "-", content[:120]
+        cells.append(
+            (_when(row["published_at"]), row["platform"], author, sentiment, row["intent"] or "-", content[:120])
         )
-    _console().print(table)
+    _console().print(_table(("published", "platform", "author", "sentiment", "intent", "content"), cells))
+
+
+EXPORT_FORMATS = ("jsonl", "csv")
 
 
 @mentions_app.command("export")
@@ -1068,39 +1213,44 @@ def mentions_export(
     tenant: Optional[int] = TenantFilter,  # noqa: UP045
     source: Optional[int] = SourceFilter,  # noqa: UP045
     since: Optional[str] = SinceFilter,  # noqa: UP045
-    output: Optional[Path] = typer.Option(None, "--output", help="Write to this file instead of stdout."),  # noqa: UP045
+    output: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--output", help="Write to this file (replaced only when the export succeeded) instead of stdout."
+    ),
     metadata: Optional[Path] = typer.Option(  # noqa: UP045
         None, "--metadata", help="Also write a JSON document of the export: its filters, count and coverage gaps."
     ),
 ) -> None:
     """Write mentions, oldest first, as JSON lines or CSV; streamed, so any number of rows needs little memory.
 
-    The exported sources' open coverage gaps (stretches no sync could read, so mentions may be missing) are
-    named on stderr and listed in the --metadata document. Exit 0, or 2 on bad input.
+    JSON lines hold the exact data. CSV is for spreadsheets: a cell that a spreadsheet would run as a formula
+    (starting with = + - @, a tab or a carriage return) starts with ' instead, and control characters other
+    than line breaks are written as escapes (\\x1b). The exported sources' open coverage gaps (stretches no
+    sync could read, so mentions may be missing) are named on stderr and listed in the --metadata document.
+
+    Exit 0; 1 if writing failed (a full disk); 2 on bad input (an unknown tenant or source, a path that
+    cannot be written).
     """
-    if format not in ("jsonl", "csv"):
+    chosen = format.strip().lower()
+    if chosen not in EXPORT_FORMATS:
         raise UsageError(f"--format {format!r}: expected jsonl or csv")
+    path = _output_path(output)
     from slsync import db
 
-    filters = _mention_filters(tenant, source, since)
     with db.connect(_settings()) as conn:
-        target = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
-        # closed before the connection: its transaction must end first, also when the reader goes away
-        with closing(db.stream_mentions(conn, **filters)) as rows:
-            try:
-                count = _write_mentions(rows, format, target, db.MENTION_COLUMNS)
-            finally:
-                if output:
-                    target.close()
+        filters = _mention_filters(conn, tenant, source, since)
+        # the file is replaced only after the last row; the rows close before the connection, whose
+        # transaction must end first, also when the reader goes away
+        with _export_target(path) as target, closing(db.stream_mentions(conn, **filters)) as rows:
+            count = _write_mentions(rows, chosen, target, db.MENTION_COLUMNS)
         gaps = _export_gaps(conn, filters)
-    if output:
-        print(f"wrote {count} mentions to {output}", file=sys.stderr)
+    if path is not None:
+        _say(f"wrote {counted(count, 'mention')} to {path}", file=sys.stderr)
     if gaps:
         where = f"; listed in {metadata}" if metadata else "; --metadata FILE lists them"
-        print(f"note: {len(gaps)} coverage gaps in the exported sources: mentions may be missing there{where}",
-              file=sys.stderr)  # fmt: skip
+        _say(f"note: {len(gaps)} coverage gaps in the exported sources: mentions may be missing there{where}",
+             file=sys.stderr)  # fmt: skip
     if metadata:
-        doc = {"exported_at": datetime.now(UTC), "format": format, "mentions": count,
+        doc = {"exported_at": datetime.now(UTC), "format": chosen, "mentions": count,
                "filters": {"tenant": tenant, "source": source, "since": filters["since"]}, "gaps": gaps}  # fmt: skip
         metadata.write_text(json.dumps(doc, default=_json_default, ensure_ascii=False, indent=2) + "\n", "utf-8")
 
@@ -1120,6 +1270,89 @@ def _export_gaps(conn: Any, filters: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _output_path(value: str | None) -> Path | None:
+    """--output as a path a file can be written to, or a usage error naming it."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise UsageError("--output needs a file path")
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise UsageError(f"--output {value}: is a directory; name a file in it")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UsageError(f"--output {value}: the directory {parent} does not exist")
+    return path
+
+
+@contextmanager
+def _export_target(path: Path | None) -> Iterator[Any]:
+    """Where the rows go: stdout, or a temporary file beside `path` renamed over it only once every row is
+    written (a failed export leaves the old file as it was). A device or a pipe (/dev/stdout, a FIFO) cannot
+    be renamed over and is written directly."""
+    if path is None:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    import os
+    import stat
+    import tempfile
+
+    try:
+        existing = path.stat()
+    except FileNotFoundError:
+        existing = None
+    except OSError as exc:
+        raise UsageError(f"--output {path}: {exc.strerror}") from None
+    try:
+        if existing is not None and not stat.S_ISREG(existing.st_mode):
+            with _writing(path), path.open("w", encoding="utf-8", newline="") as stream:
+                yield stream
+            return
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except PermissionError as exc:
+        raise UsageError(f"--output {path}: {exc.strerror}") from None
+    try:
+        # a new file gets the usual mode (the umask's); a replaced one keeps its own
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, stat.S_IMODE(existing.st_mode) if existing else 0o666 & ~umask)
+        with _writing(path), os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, path)
+    finally:
+        Path(temp).unlink(missing_ok=True)
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A failed write (a full disk, an I/O error) as one line naming the file: exit 1."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, PermissionError):
+            raise UsageError(f"--output {path}: {exc.strerror}") from None
+        raise SlsyncError(f"could not write {path}: {exc.strerror or exc}") from None
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: Any) -> Any:
+    """A value as a spreadsheet may safely open it: control characters escaped, never a formula."""
+    if isinstance(value, datetime):
+        return _json_default(value)
+    if isinstance(value, (list, tuple)):
+        value = " ".join(map(str, value))
+    if not isinstance(value, str):
+        return value
+    value = visible(value, keep_line_breaks=True)
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
 def _write_mentions(rows: Iterator[dict[str, Any]], format: str, target: Any, columns: Sequence[str]) -> int:  # noqa: A002
     import csv
 
@@ -1128,10 +1361,7 @@ def _write_mentions(rows: Iterator[dict[str, Any]], format: str, target: Any, co
         writer = csv.DictWriter(target, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            row = {k: (_json_default(v) if isinstance(v, datetime) else v) for k, v in row.items()}
-            if row.get("media_urls") is not None:
-                row["media_urls"] = " ".join(row["media_urls"])
-            writer.writerow(row)
+            writer.writerow({k: _csv_cell(v) for k, v in row.items()})
             count += 1
     else:
         for row in rows:
@@ -1152,7 +1382,7 @@ def _refuse_in_production(command: str) -> None:
 
 @app.command()
 def mock(
-    source_id: int = typer.Argument(..., help="The source to fill."),
+    source_id: int = typer.Argument(..., min=1, max=MAX_SOURCE, help="The source to fill."),
     count: int = typer.Option(20, "--count", min=1, max=100_000, help="How many mentions to generate."),
     as_json: bool = JsonFlag,
 ) -> None:
@@ -1160,17 +1390,16 @@ def mock(
     _refuse_in_production("mock")
     from slsync import db
     from slsync.connectors.mock import generate, search_term
-    from slsync.sync import utcnow
+    from slsync.sync import save_mentions, utcnow
 
     with db.connect(_settings()) as conn:
         source = db.get_source(conn, source_id)
         mentions = generate(source.platform, source.id, search_term(source.config), count, utcnow())
-        with conn.transaction():
-            saved = db.insert_mentions(conn, source, mentions)
+        saved = save_mentions(conn, source, mentions)
     if as_json:
         emit_json({"generated": count, "saved": saved})
     else:
-        print(f"generated {count} mentions for source {source_id}, saved {saved}")
+        _say(f"generated {count} mentions for source {source_id}, saved {saved}")
 
 
 DEMO_TENANT = 0
@@ -1186,7 +1415,7 @@ def demo() -> None:
 
     settings = _settings()
     where = "SLSYNC_DATABASE_URL" if settings.database_url else f"embedded PostgreSQL in {settings.data_dir / 'pgdata'}"
-    print(f"database: {where}")
+    _say(f"database: {where}")
     with db.connect(settings) as conn:
         source = db.find_source(conn, tenant_id=DEMO_TENANT, platform="mock", name=DEMO_SOURCE)
         if source is None:
@@ -1200,15 +1429,14 @@ def demo() -> None:
                 config=config,
                 interval_minutes=15,
             )
-            print(f"created tenant {DEMO_TENANT} with mock source {source_id} ({DEMO_SOURCE!r})")
+            _say(f"created tenant {DEMO_TENANT} with mock source {source_id} ({DEMO_SOURCE!r})")
         else:
             source_id = source.id
-        with _progress(True) as on_page:
-            options = sync.RunOptions(
-                "manual", on_page=on_page, deadline=time.monotonic() + settings.time_budget_seconds
-            )
+        with _syncing(True) as (on_page, stop):
+            deadline = time.monotonic() + settings.time_budget_seconds
+            options = sync.RunOptions("manual", on_page=on_page, deadline=deadline, stop=stop)
             result = sync.run_source(conn, settings, source_id, options)  # analyses what it saved
-        print(_result_line(result))
+        _say(_result_line(result))
         _analysis_line(result.extra.get("analysis"))
         if result.stopped_by is not None:
             raise result.stopped_by
@@ -1217,7 +1445,7 @@ def demo() -> None:
     docs = [_status_json(row, breakdown) for row in rows]
     _console().print(_status_table(docs))
     for doc in docs:
-        print(f"sentiment of the last 7 days, {doc['source']['name']}: {_breakdown_line(doc['stats']['sentiment_7d'])}")
-    print(f"next: slsync status {source_id} --json   |   slsync sync due   |   slsync source add --help")
+        _say(f"sentiment of the last 7 days, {doc['source']['name']}: {_breakdown_line(doc['stats']['sentiment_7d'])}")
+    _say(f"next: slsync status {source_id} --json   |   slsync sync due   |   slsync source add --help")
     if not result.success:
         raise typer.Exit(1)

@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -82,6 +84,14 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: object) -> object:
         return _unset_if_blank(value)
 
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _blank_is_default(cls, value: object) -> object:
+        # SLSYNC_DATA_DIR= (empty) means unset: not the working directory, where it would start a new database
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return platformdirs.user_data_path("slsync")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
@@ -115,7 +125,8 @@ class Settings(BaseSettings):
                 try:
                     names = {model.env_name(field) for field in model.model_fields}
                     given = {k: v for k, v in self._variables.items() if k in names}
-                    self._platforms[model] = model(_env_file=self._env_file_of_platforms, **given)
+                    with _reading_env():
+                        self._platforms[model] = model(_env_file=self._env_file_of_platforms, **given)
                 except ValidationError as exc:
                     raise _usage_error(exc, model.env_name) from None
             return self._platforms[model]  # type: ignore[return-value]
@@ -131,6 +142,21 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Read the settings once per process; a bad value is a usage error naming the variable."""
     try:
-        return Settings()
+        with _reading_env():
+            return Settings()
     except ValidationError as exc:
         raise _usage_error(exc, Settings.env_name) from None
+
+
+@contextmanager
+def _reading_env() -> Iterator[None]:
+    """A .env that cannot be read as text is a usage error naming it, not a traceback."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{Path('.env').resolve()} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at byte "
+            f"{exc.start + 1}): save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"{Path('.env').resolve()} cannot be read: {exc.strerror}") from None

@@ -582,6 +582,16 @@ def unlock_source(conn: Connection, source_id: int) -> None:
     conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, source_id))
 
 
+def tenant_known(conn: Connection, tenant_id: int) -> bool:
+    """Whether the tenant has a source or a stored mention (the mentions of removed sources stay)."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM sl_sources WHERE tenant_id = %(t)s)"
+        " OR EXISTS (SELECT 1 FROM sl_mentions WHERE tenant_id = %(t)s) AS known",
+        {"t": tenant_id},
+    ).fetchone()
+    return bool(row and row["known"])
+
+
 def tenant_source_ids(conn: Connection, tenant_id: int) -> list[int]:
     rows = conn.execute(
         "SELECT id FROM sl_sources WHERE tenant_id = %s AND status <> 'pending'"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from datetime import UTC, datetime
+
+from slsync.terminal import json_line, visible
 
 # Attributes callers pass through `extra=` that belong in a structured line.
 FIELDS = ("source", "event", "trigger", "count", "pages", "fetched", "saved", "duplicates", "errors")
@@ -26,7 +27,7 @@ class JsonFormatter(logging.Formatter):
         doc.update({key: getattr(record, key) for key in FIELDS if hasattr(record, key)})
         if record.exc_info and self.with_traceback:
             doc["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str, ensure_ascii=False)
+        return json_line(doc, default=str)
 
 
 class TextFormatter(logging.Formatter):
@@ -36,7 +37,8 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         where = f"source {record.source}: " if hasattr(record, "source") else ""
-        line = f"slsync: {record.levelname.lower()}: {where}{record.getMessage()}"
+        # one line whatever the message quotes (a post, a name, a platform's error text)
+        line = f"slsync: {record.levelname.lower()}: {where}{visible(record.getMessage())}"
         if record.exc_info and self.with_traceback:
             line += "\n" + self.formatException(record.exc_info)
         return line

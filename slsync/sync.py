@@ -12,7 +12,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -35,7 +35,8 @@ from slsync.errors import (
     Retriable,
     UsageError,
 )
-from slsync.models import Gap, Page, RateLimit, Source, SyncResult
+from slsync.models import Gap, Mention, Page, RateLimit, Source, SyncResult
+from slsync.terminal import counted
 
 if TYPE_CHECKING:
     import ssl
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("slsync.sync")
 
 BACKFILL = timedelta(days=7)
+# The furthest `sync source --since` reaches back on a platform that states no limit of its own: a wrong
+# year must not become a run that pages for hours.
+MAX_LOOKBACK = timedelta(days=365)
 # Pages are written together until this many mentions or this many seconds have gathered: a backfill
 # writes ~1,000 rows a transaction (near COPY's rate, benchmarks/save_path.py), an incremental sync of
 # one page writes it at once, and a crash loses at most a second of fetching, never a saved mention.
@@ -156,7 +160,7 @@ def backoff_seconds(interval_minutes: int, failures: int, rng: random.Random | N
 
 
 @contextmanager
-def _command(settings: Settings, trigger: str, **options: Any) -> Iterator[RunOptions]:
+def _command(settings: Settings, trigger: str, *, stop: Stop | None = None, **options: Any) -> Iterator[RunOptions]:
     """What the runs of one command share: its deadline, rate-limit budgets, TLS context and (outside the
     workers of `sync due`, which make their own) HTTP client."""
     from slsync import http
@@ -167,25 +171,35 @@ def _command(settings: Settings, trigger: str, **options: Any) -> Iterator[RunOp
     gc.set_threshold(10_000, 10, 10)
     tls = http.tls_context()
     with http.client(timeout=settings.http_timeout_seconds, tls=tls) as client:
-        yield RunOptions(
-            trigger, deadline=time.monotonic() + settings.time_budget_seconds, http=client, tls=tls, **options
-        )
+        deadline = time.monotonic() + settings.time_budget_seconds
+        yield RunOptions(trigger, deadline=deadline, http=client, tls=tls, stop=stop or Stop(), **options)
 
 
 def sync_source(
-    settings: Settings, source_id: int, *, since: datetime | None = None, on_page: PageCallback | None = None
+    settings: Settings,
+    source_id: int,
+    *,
+    since: datetime | None = None,
+    on_page: PageCallback | None = None,
+    stop: Stop | None = None,
 ) -> SyncResult:
     """`sync source`: run one source now, whatever its schedule (rate limits still hold)."""
     if since is not None and since > utcnow():
         raise UsageError("--since is in the future")
     with (
         db.connect(settings, for_sync=True) as conn,
-        _command(settings, "manual", since=since, on_page=on_page) as options,
+        _command(settings, "manual", since=since, on_page=on_page, stop=stop) as options,
     ):
         source = db.get_source(conn, source_id)
-        reach = connector_class(source.platform).max_lookback
-        if since is not None and reach is not None and since < utcnow() - reach:
-            raise UsageError(f"--since reaches back further than {source.platform} search allows ({reach.days} days)")
+        connector_cls = connector_class(source.platform)
+        if refusal := _refused(connector_cls, source, settings):
+            raise UsageError(refusal)
+        reach = connector_cls.reach(source.config) or MAX_LOOKBACK
+        if since is not None and since < utcnow() - reach:
+            raise UsageError(
+                f"--since {since:%Y-%m-%d} reaches back more than {reach.days} days, the most {source.platform} "
+                "sources reach back"
+            )
         result = run_source(conn, settings, source_id, options)
     if isinstance(result.stopped_by, DatabaseError):
         result.stopped_by = _command_stopped(result.stopped_by)  # the caller reports the result, then this
@@ -193,17 +207,32 @@ def sync_source(
 
 
 def sync_tenant(
-    settings: Settings, tenant_id: int, *, concurrency: int = 1, on_page: PageCallback | None = None
+    settings: Settings,
+    tenant_id: int,
+    *,
+    concurrency: int = 1,
+    on_page: PageCallback | None = None,
+    stop: Stop | None = None,
 ) -> BatchResult:
     """`sync tenant`: every source of one tenant, and nothing of any other."""
-    with db.connect(settings, for_sync=True) as conn, _command(settings, "tenant", on_page=on_page) as options:
+    with (
+        db.connect(settings, for_sync=True) as conn,
+        _command(settings, "tenant", on_page=on_page, stop=stop) as options,
+    ):
         ids = db.tenant_source_ids(conn, tenant_id)
         if not ids:
             raise NotFound(f"tenant {tenant_id} has no sources to sync")
         return _run_many(conn, settings, ids, options, concurrency)
 
 
-def sync_due(settings: Settings, *, limit: int, concurrency: int, on_page: PageCallback | None = None) -> BatchResult:
+def sync_due(
+    settings: Settings,
+    *,
+    limit: int,
+    concurrency: int,
+    on_page: PageCallback | None = None,
+    stop: Stop | None = None,
+) -> BatchResult:
     """`sync due`: claim due sources and sync them with at most `concurrency` workers, then label what is
     left unlabelled (a crash's or a cut-short run's mentions) while the budget lasts.
 
@@ -212,7 +241,7 @@ def sync_due(settings: Settings, *, limit: int, concurrency: int, on_page: PageC
     """
     with (
         db.connect(settings, for_sync=True) as conn,
-        _command(settings, "due", require_due=True, on_page=on_page) as options,
+        _command(settings, "due", require_due=True, on_page=on_page, stop=stop) as options,
     ):
         claimed = db.claim_due(conn, limit)
         log.info("claimed %d due sources", len(claimed), extra={"event": "claimed", "count": len(claimed)})
@@ -482,7 +511,7 @@ def _run_workers(
         except BaseException as exc:  # surfaced in the main thread below
             errors.append(exc)
             if isinstance(exc, UsageError):  # a configuration error ends the command: the others stop too
-                options.stop.set()
+                options.stop.because("the sync stopped on a configuration error")
         finally:
             done.set()
 
@@ -593,6 +622,30 @@ def _analyze(conn: db.Connection, settings: Settings, source_id: int, options: R
     ).as_json()
 
 
+def _refused(connector_cls: type[Connector], source: Source, settings: Settings) -> str | None:
+    """Why this source is not synced here at all, or None."""
+    if connector_cls.development_only and settings.is_production:
+        return (
+            f"source {source.id} is a {source.platform} source, not synced when SLSYNC_ENV=production (made-up posts)"
+        )
+    return None
+
+
+def save_mentions(conn: db.Connection, source: Source, mentions: Iterable[Mention]) -> int:
+    """Mentions that come from no run (`slsync mock`), saved the way a run saves its pages: WRITE_MENTIONS at a
+    time, a transaction each, so any number of them needs little memory. How many were new."""
+    saved = 0
+    batch: list[Mention] = []
+    for mention in mentions:
+        batch.append(mention)
+        if len(batch) >= WRITE_MENTIONS:
+            saved += db.insert_mentions(conn, source, batch)
+            batch.clear()
+    if batch:
+        saved += db.insert_mentions(conn, source, batch)
+    return saved
+
+
 def _skipped(source_id: int, status: str, message: str) -> SyncResult:
     log.info(message, extra={"source": source_id, "event": "skipped"})
     return SyncResult(source_id=source_id, success=False, skipped=True, status=status, message=message)
@@ -616,6 +669,9 @@ def _run_locked(conn: db.Connection, settings: Settings, source_id: int, options
         return _skipped(source_id, "rate_limited", message)
 
     connector_cls = connector_class(source.platform)
+    if refusal := _refused(connector_cls, source, settings):
+        db.release_claim(conn, source_id)
+        return _skipped(source_id, "refused", refusal)
     context = Context(
         now=utcnow,
         settings=settings,
@@ -682,7 +738,7 @@ def _fetch_and_save(
                 # Between pages, not inside one: what is saved stays consistent with the in-flight cursor.
                 if result.pages and (reason := options.out_of_time()):
                     write()
-                    raise OutOfTime(f"stopped after {result.pages} pages: {reason}; the next run continues")
+                    raise OutOfTime(f"stopped after {counted(result.pages, 'page')}: {reason}; the next run continues")
                 page = next(pages, None)
                 if page is None:
                     break
@@ -706,12 +762,13 @@ def _fetch_and_save(
             write()  # the pages fetched before the failure are whole and good: keep them
             return _record_failure(conn, source, run_id, result, exc, started, begun)
         except UsageError as exc:
-            # A configuration error (the token store's key): nothing the source did. The run is closed with the
-            # message, the source keeps its schedule and record, and the command ends with it.
+            # A configuration error (the token store's key, a token file of another user or damaged): nothing the
+            # source did. The run is closed with the message, the source keeps its schedule and record, and the
+            # command ends with it.
             write()
             db.finish_failure(
-                conn, source, run_id, run_status="failed", message=str(exc),
-                source_status=source.status, retry_in_seconds=None, count_failure=False, keep_inflight=True,
+                conn, source, run_id, run_status="failed", message=str(exc), source_status=source.status,
+                retry_in_seconds=None, count_failure=False, keep_inflight=True, inflight_started_at=begun,
             )  # fmt: skip
             raise
         except DatabaseError:
@@ -723,7 +780,7 @@ def _fetch_and_save(
         finally:
             pages.close()
         message = (
-            f"saved {result.mentions_saved} new of {result.mentions_fetched} fetched in {result.pages} pages"
+            f"saved {result.mentions_saved} new of {result.mentions_fetched} fetched in {counted(result.pages, 'page')}"
             if result.mentions_fetched
             else "nothing new"
         )

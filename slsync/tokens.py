@@ -27,6 +27,7 @@ from typing import Literal, Protocol
 
 from slsync.config import Settings
 from slsync.errors import UsageError
+from slsync.terminal import user_name
 
 KEYRING_SERVICE = "slsync"
 
@@ -141,14 +142,32 @@ class FileStore:
         self.where = str(path)
 
     def _read(self) -> dict[str, str]:
+        """The stored tokens. A file of another user, one that cannot be read or one that is not what slsync
+        wrote is a configuration error (exit 2) naming the file and the fix, never a failure of a source."""
         try:
-            return json.loads(self.path.read_text(encoding="utf-8"))
+            owner = self.path.stat().st_uid
+            if owner != os.geteuid():
+                raise UsageError(
+                    f"the token file {self.path} belongs to {user_name(owner)}, not to {user_name(os.geteuid())} "
+                    f"who runs slsync: run slsync as {user_name(owner)}, or make the file theirs "
+                    f"(chown {user_name(os.geteuid())} {self.path})"
+                )
+            tokens = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}
-        except ValueError:
+        except OSError as exc:
             raise UsageError(
-                f"the token file {self.path} is damaged; remove it and connect the sources again"
+                f"the token file {self.path} cannot be read ({exc.strerror}): it must be a file its owner "
+                f"can read (chmod 600 {self.path})"
             ) from None
+        except ValueError:  # not JSON, or not UTF-8
+            tokens = None
+        if not isinstance(tokens, dict) or not all(isinstance(v, str) for v in tokens.values()):
+            raise self._damaged()
+        return tokens
+
+    def _damaged(self) -> UsageError:
+        return UsageError(f"the token file {self.path} is damaged; remove it and connect the sources again")
 
     def _update(self, key: str, value: str | None) -> None:
         import fasteners
@@ -178,7 +197,10 @@ class FileStore:
 
     def get(self, source_id: int) -> Token | None:
         text = self._read().get(_key(source_id))
-        return Token.from_json(text) if text else None
+        try:
+            return Token.from_json(text) if text else None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise self._damaged() from None
 
     def put(self, source_id: int, token: Token) -> None:
         self._update(_key(source_id), token.to_json())

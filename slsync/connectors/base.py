@@ -178,6 +178,8 @@ class Connector(ABC):
     builds: ClassVar[Callable[[Mapping[str, Any]], Any] | None] = None
     # what an operator does after the platform refused the credentials ({source_id} is filled in)
     reconnect: ClassVar[str] = "fix the {platform} credentials, then: slsync sync source {source_id}"
+    # a stand-in that makes up its posts: refused (added or synced) when SLSYNC_ENV=production
+    development_only: ClassVar[bool] = False
 
     def __init__(self, source: Source, context: Context) -> None:
         self.source = source

@@ -4,8 +4,10 @@ Each source sees its own deterministic stream: one post in every 10-minute slot 
 offset inside the slot), texts from positive / negative / neutral templates about the source's
 keyword, varied authors and metrics. Pages hold 100 posts, newest first, and page back towards the
 cursor, so a first sync backfills 7 days (about 1,000 posts) and an immediate re-sync finds only
-what was posted since. Options slow it down or break it after page k, so tests can kill or fail a
-run mid-way.
+what was posted since. Like X's recent search it allows 450 calls per 15-minute window: a run that
+has used them stops as rate limited and the next continues after the reset; `--since` reaches back
+at most two years. Options slow it down, break it after page k (so tests can kill or fail a run
+mid-way) or change its window.
 """
 
 from __future__ import annotations
@@ -17,14 +19,17 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from slsync.connectors.base import Connector, CursorDoc
+from slsync.connectors.base import Connector, CursorDoc, whole_number
 from slsync.errors import AuthError, Fatal, RateLimited, Retriable
 from slsync.models import Mention, Page, RateLimit
 
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 SLOT_SECONDS = 600
 PAGE_SIZE = 100
-WINDOW_CALLS = 450  # calls per 15-minute window, reported like a real API's rate-limit headers
+WINDOW_CALLS = 450  # calls per 15-minute window, reported like a real API's rate-limit headers, and enforced
+WINDOW = timedelta(minutes=15)
+# How far `--since` reaches back (about 105,000 posts): the stream itself has no beginning.
+LOOKBACK = timedelta(days=730)
 
 POSITIVE = (
     "Loving the new {kw}! Best thing I bought this year.",
@@ -167,21 +172,32 @@ def stream_post(source_id: int, term: str, seq: int) -> Mention:
     return build_post("mock", term, f"mock-{source_id}-{seq}", post_time(source_id, seq), _slot_rng(source_id, seq))
 
 
-def generate(platform: str, source_id: int, term: str, count: int, now: datetime) -> list[Mention]:
-    """Random posts of the last 7 days for `slsync mock` (development data, not the stream)."""
+def generate(platform: str, source_id: int, term: str, count: int, now: datetime) -> Iterator[Mention]:
+    """Random posts of the last 7 days for `slsync mock` (development data, not the stream), one at a time."""
     rng = random.SystemRandom()
-    posts = []
     for _ in range(count):
         published = now - timedelta(seconds=rng.uniform(0, 7 * 86400))
-        posts.append(build_post(platform, term, f"gen-{source_id}-{rng.getrandbits(64):016x}", published, rng))
-    return posts
+        yield build_post(platform, term, f"gen-{source_id}-{rng.getrandbits(64):016x}", published, rng)
+
+
+def window_reset(now: datetime) -> datetime:
+    """When the 15-minute rate-limit window around `now` ends."""
+    start = now.replace(minute=now.minute - now.minute % 15, second=0, microsecond=0)
+    return start + WINDOW
 
 
 class MockConnector(Connector):
     platform = "mock"
     title = "Mock"
     connection_type = "none"
-    options = {"page_delay": _non_negative_float, "fail_after_page": _page_number, "fail_with": _failure_kind}
+    development_only = True
+    max_lookback = LOOKBACK
+    options = {
+        "page_delay": _non_negative_float,
+        "fail_after_page": _page_number,
+        "fail_with": _failure_kind,
+        "calls_per_window": whole_number("calls", 1_000_000),
+    }
 
     def pages(self, cursor: CursorDoc, *, since: datetime | None, resume: CursorDoc) -> Iterator[Page]:
         source_id = self.source.id
@@ -202,22 +218,31 @@ class MockConnector(Connector):
                 floor = first_seq_since(source_id, now - timedelta(days=7))
         committed_newest = int(known["newest_seq"]) if known and "newest_seq" in known else None
         newest = top if committed_newest is None else max(top, committed_newest)
-        window_reset = now.replace(minute=now.minute - now.minute % 15, second=0, microsecond=0) + timedelta(minutes=15)
+        # The window is the platform's, not the run's: calls an earlier run made in it still count.
+        allowed = options.get("calls_per_window", WINDOW_CALLS)
+        reset_at = window_reset(now)
+        left = allowed
+        if self.source.rate_limit_reset_at == reset_at and self.source.rate_limit_remaining is not None:
+            left = min(self.source.rate_limit_remaining, allowed)
 
         calls = 0
         # Like a real API, a run makes at least one call, even when it finds nothing.
         while start >= floor or calls == 0:
+            if left <= 0:
+                until = f"{reset_at:%Y-%m-%d %H:%M} UTC"
+                raise RateLimited(f"mock API rate limit: {allowed} calls per 15 minutes used, until {until}", reset_at)
             if options.get("page_delay"):
                 time.sleep(options["page_delay"])
             if options.get("fail_after_page") is not None and calls >= options["fail_after_page"]:
                 self._fail(options.get("fail_with", "retriable"), calls, now)
             calls += 1
+            left -= 1
             end = max(floor, start - PAGE_SIZE + 1)
             mentions = tuple(stream_post(source_id, term, seq) for seq in range(start, end - 1, -1))
             start = min(start, end - 1)
             more = start >= floor
             page_cursor = {"newest_seq": top, "next_seq": start, "floor_seq": floor} if more else {"newest_seq": newest}
-            limits = RateLimit(limit=WINDOW_CALLS, remaining=max(WINDOW_CALLS - calls, 0), reset_at=window_reset)
+            limits = RateLimit(limit=allowed, remaining=left, reset_at=reset_at)
             yield Page(mentions=mentions, cursor=page_cursor, rate_limit=limits)
 
     @staticmethod
