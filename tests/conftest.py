@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,7 +18,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from slsync import db
+from slsync import db, embedded
 from slsync.config import Settings
 
 TEMPLATE = "slsync_template"
@@ -27,18 +26,15 @@ _numbers = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pgserver
-
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg") / "pgdata", cleanup_mode="stop")
-    admin = server.get_uri()
+def admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's server, started the way slsync starts its embedded one (and stopped at exit the same way):
+    on a fresh machine the workers' first starts create the `pgserver` user under slsync's lock."""
+    admin = embedded.database_url(tmp_path_factory.mktemp("pg"))
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {TEMPLATE}")
     with psycopg.connect(_with_db(admin, TEMPLATE), autocommit=True, row_factory=dict_row) as conn:
         db.migrate(conn)
-    yield server
+    yield admin
 
 
 def _with_db(url: str, name: str) -> str:
@@ -47,9 +43,9 @@ def _with_db(url: str, name: str) -> str:
 
 
 @pytest.fixture
-def database_url(pg_server: Any) -> Iterator[str]:
+def database_url(admin_url: str) -> Iterator[str]:
     name = f"t_{os.getpid()}_{next(_numbers)}"
-    admin = pg_server.get_uri()
+    admin = admin_url
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
     yield _with_db(admin, name)

@@ -110,12 +110,12 @@ def test_a_run_killed_between_pages_loses_nothing_and_blocks_nothing(conn, cli: 
     assert statuses == ["abandoned", "success"]
 
 
-def test_concurrent_first_commands_apply_the_migrations_once(pg_server, cli: Cli) -> None:
+def test_concurrent_first_commands_apply_the_migrations_once(admin_url: str, cli: Cli) -> None:
     import psycopg
 
     from tests.conftest import _with_db
 
-    admin = pg_server.get_uri()
+    admin = admin_url
     with psycopg.connect(admin, autocommit=True) as c:
         c.execute("DROP DATABASE IF EXISTS fresh_schema WITH (FORCE)")
         c.execute("CREATE DATABASE fresh_schema")
