@@ -233,15 +233,23 @@ def snowflake_time(status_id: str) -> datetime:
 
 
 class _Text(HTMLParser):
-    """Readable text of a status: tags dropped, <br> and </p> as line breaks, entities unescaped."""
+    """Readable text of a status: tags dropped, <br> and </p> as line breaks, entities unescaped, and a link
+    whose text is its own address cut short (other servers than Mastodon write `bsky.app/profile/h4lc...`)
+    written out as its href."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
+        self._link: tuple[str, int] | None = None  # the open link's href, and where its text starts in parts
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "br":
             self.parts.append("\n")
+        elif tag == "a":
+            found = dict(attrs)
+            href, kinds = found.get("href") or "", f"{found.get('class') or ''} {found.get('rel') or ''}"
+            if href.startswith(("https://", "http://")) and not _MENTION_OR_TAG.search(kinds):
+                self._link = (href, len(self.parts))
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.handle_starttag(tag, attrs)
@@ -249,9 +257,27 @@ class _Text(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag == "p":
             self.parts.append("\n\n")
+        elif tag == "a" and self._link is not None:
+            href, start = self._link
+            self._link = None
+            if _address_cut_short("".join(self.parts[start:]), href):
+                self.parts[start:] = [href]
 
     def handle_data(self, data: str) -> None:
         self.parts.append(data)
+
+
+_MENTION_OR_TAG = re.compile(r"\b(mention|hashtag|tag)\b")
+
+
+def _address_cut_short(shown: str, href: str) -> bool:
+    """Whether a link's text is its address, whole or cut short (an ellipsis, no scheme, no www.)."""
+
+    def bare(address: str) -> str:
+        return re.sub(r"^(https?://)?(www\.)?", "", address.strip()).rstrip("…").removesuffix("...")
+
+    shown_bare = bare(shown)
+    return bool(shown_bare) and " " not in shown_bare and bare(href).startswith(shown_bare)
 
 
 def html_text(value: Any) -> str | None:

@@ -41,6 +41,9 @@ PAGE_SIZE = 100
 SNOWFLAKE_EPOCH_MS = 1288834974657
 # Recent search reaches 7 days back; keep a margin so a request built now is still valid when it lands.
 LOOKBACK = timedelta(days=7)
+# X's `lang` codes that name no language: undetermined, no linguistic content, and X's own for posts of media
+# only (qme), hashtags only (qht), mentions only (qam), cashtags only (qct) and very short text (qst)
+NOT_A_LANGUAGE = frozenset({None, "und", "zxx", "qme", "qht", "qam", "qct", "qst"})
 LOOKBACK_MARGIN = timedelta(minutes=1)
 READ_LIMITS = http.header_limits("x-rate-limit-")
 SEARCH_PARAMS = {
@@ -195,7 +198,7 @@ def normalize_tweet(
         media_type=media_type,
         media_urls=media_urls,
         location=_text((place or {}).get("full_name")),
-        language=None if language in (None, "und", "zxx") else language,
+        language=None if language in NOT_A_LANGUAGE else language,
         raw=raw,
     )
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
@@ -246,7 +247,11 @@ def _record_id(value: Any) -> str:
 def _handle(channel_url: Any) -> str | None:
     """The author's @handle from a channel URL such as https://www.youtube.com/@acme (without the @)."""
     match = path_match(channel_url, _HANDLE_PATH)
-    return match.group(1) if match else None
+    if not match:
+        return None
+    # non-Latin handles come percent-encoded (/@%EB%A3%A8...): stored as the letters they are
+    handle = unquote(match.group(1))
+    return handle if handle.isprintable() else None
 
 
 def normalize_video(item: Mapping[str, Any]) -> Mention:
