@@ -39,7 +39,8 @@ def main() -> None:
         print(machine(url))
         work = Path(tmp)
         env = cli_env(url, work / "data")
-        config = MockConnector.build_config({"keywords": ["Acme"]}, {})
+        # the mock allows 450 calls a 15-minute window, as X does: 100,000 posts need 1,000
+        config = MockConnector.build_config({"keywords": ["Acme"]}, {"calls_per_window": str(max(args.posts) // 50)})
         with connect(url) as conn:
             ids = [
                 db.add_source(
