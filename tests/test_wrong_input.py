@@ -145,8 +145,13 @@ def test_a_token_file_of_another_user_or_damaged_is_a_configuration_error_and_th
     before = schedule(conn, source_id)
     path = data_dir / "tokens.json"
     damage(path, how)
-    args = ("sync", "source", str(source_id)) if command == "source" else ("sync", "due")
+    # sync due's workers: the others stop between pages, as after Ctrl-C
+    other = add_mock_source(conn, page_delay=0.05) if command == "due" else None
+    args = ("sync", "source", str(source_id)) if command == "source" else ("sync", "due", "--concurrency", "2")
     line = one_error(x_cli(*args), 2)
+    if other is not None:
+        statuses = conn.execute("SELECT status FROM sl_sync_runs WHERE source_id = %s", (other,)).fetchall()
+        assert [r["status"] for r in statuses] in ([], ["partial"], ["success"])  # never left running
     assert str(path) in line
     if how == "another owner":
         assert "belongs to nobody" in line and "run slsync as nobody" in line and "chown" in line
