@@ -18,6 +18,11 @@ class UsageError(SlsyncError):
     exit_code = 2
 
 
+class TokenFileError(UsageError):
+    """The token file cannot be used (another user's, unreadable, damaged): a fault of the installation, not of a
+    source, so a sync command stops with exit 2 and no source is charged a failure."""
+
+
 class NotFound(UsageError):
     """A named thing (source, platform) does not exist."""
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from slsync.config import Settings
-from slsync.errors import UsageError
+from slsync.errors import TokenFileError, UsageError
 from slsync.terminal import user_name
 
 KEYRING_SERVICE = "slsync"
@@ -147,7 +147,7 @@ class FileStore:
         try:
             owner = self.path.stat().st_uid
             if owner != os.geteuid():
-                raise UsageError(
+                raise TokenFileError(
                     f"the token file {self.path} belongs to {user_name(owner)}, not to {user_name(os.geteuid())} "
                     f"who runs slsync: run slsync as {user_name(owner)}, or make the file theirs "
                     f"(chown {user_name(os.geteuid())} {self.path})"
@@ -156,7 +156,7 @@ class FileStore:
         except FileNotFoundError:
             return {}
         except OSError as exc:
-            raise UsageError(
+            raise TokenFileError(
                 f"the token file {self.path} cannot be read ({exc.strerror}): it must be a file its owner "
                 f"can read (chmod 600 {self.path})"
             ) from None
@@ -166,8 +166,8 @@ class FileStore:
             raise self._damaged()
         return tokens
 
-    def _damaged(self) -> UsageError:
-        return UsageError(f"the token file {self.path} is damaged; remove it and connect the sources again")
+    def _damaged(self) -> TokenFileError:
+        return TokenFileError(f"the token file {self.path} is damaged; remove it and connect the sources again")
 
     def _update(self, key: str, value: str | None) -> None:
         import fasteners
