@@ -16,6 +16,7 @@ import secrets
 import socketserver
 import sys
 import threading
+import time
 import webbrowser
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -202,13 +203,12 @@ class _CallbackServer(ThreadingHTTPServer):
         self.done.set()  # after the page went out, so the browser has it before the server stops
 
     def wait(self, timeout: float) -> CallbackResult | None:
-        thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-        thread.start()
-        try:
-            self.done.wait(timeout)
-        finally:
-            self.shutdown()
-            thread.join()
+        """Serve callbacks from this thread until one is answered or `timeout` has passed. A serving thread of its
+        own, started just before a Ctrl-C or SIGTERM, could be left half-started and print a traceback at exit."""
+        self.timeout = 0.1  # how long handle_request waits for a request before the loop looks again
+        deadline = time.monotonic() + timeout
+        while not self.done.is_set() and time.monotonic() < deadline:
+            self.handle_request()
         return self.result
 
 

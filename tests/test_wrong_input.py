@@ -190,10 +190,10 @@ def test_ctrl_c_during_connect_says_nothing_was_stored(cli: Cli, conn: db.Connec
         connect.url()  # waiting for the browser
         connect.process.send_signal(signal.SIGINT)
         code, _, stderr = connect.finish()
-    assert code == 130
+    assert code == 130, stderr
     assert stderr.strip().splitlines() == [
         f"slsync: error: interrupted; nothing was stored: to connect the source, run slsync connect {source_id}"
-    ]
+    ], stderr
     assert not (tmp_path / "data" / "tokens.json").exists()
     assert db.get_source(conn, source_id).status == "active"
 
