@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from slsync.connectors import mastodon, twitter, youtube
+from slsync.connectors import bluesky, mastodon, twitter, youtube
 
 REAL = Path(__file__).parent / "fixtures" / "real"
 
@@ -57,3 +57,20 @@ def test_a_mastodon_link_whose_text_another_server_cut_short_is_written_out_from
         "new thread https://bsky.app/profile/h4lcyon.bsky.social/post/3lbvxyz and https://example.org/a/b"
         " by @bob #acme my blog"
     )
+
+
+def test_shares_that_add_up_beyond_a_bigint_are_unknown_not_unstorable() -> None:
+    """Reposts and quotes each fit PostgreSQL's bigint; their sum may not (the hostile-input property test of X
+    found retweet_count 1 + quote_count 2**63-1, which the database refused)."""
+    page = copy.deepcopy(recorded("twitter", "search_recent_kpop_expansions"))
+    page["data"] = page["data"][:1]
+    page["data"][0]["public_metrics"] = {"retweet_count": 1, "quote_count": 2**63 - 1}
+    assert twitter.normalize_page(page)[0][0].shares_count is None
+    page["data"][0]["public_metrics"] = {"retweet_count": 2, "quote_count": 3}
+    assert twitter.normalize_page(page)[0][0].shares_count == 5
+    body = copy.deepcopy(recorded("bluesky", "feed_search_posts"))
+    body["posts"] = body["posts"][:1]
+    body["posts"][0].update(repostCount=2**63 - 1, quoteCount=1)
+    assert bluesky.normalize_page(body)[0][0].shares_count is None
+    body["posts"][0].update(repostCount=4, quoteCount=None)
+    assert bluesky.normalize_page(body)[0][0].shares_count == 4

@@ -34,7 +34,7 @@ from slsync.config import PlatformSettings
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
-from slsync.connectors.fields import normalize_each
+from slsync.connectors.fields import normalize_each, total
 from slsync.connectors.fields import text as _text
 from slsync.connectors.paging import Cursor, Fetched, PagedConnector, Walk
 from slsync.errors import AuthError, Fatal, UsageError
@@ -261,7 +261,7 @@ def normalize_post(post: Mapping[str, Any]) -> Mention:
         author_verified=_verified(author),
         likes_count=_int(post.get("likeCount")),
         comments_count=_int(post.get("replyCount")),
-        shares_count=None if reposts is None and quotes is None else (reposts or 0) + (quotes or 0),
+        shares_count=total(reposts, quotes),
         media_type=media_type,
         media_urls=media_urls,
         language=language,

@@ -26,6 +26,12 @@ def count(value: Any) -> int | None:
     return None
 
 
+def total(*counts: int | None) -> int | None:
+    """The sum of counts (reposts and quotes), None when none is known or the sum does not fit a bigint."""
+    known = [c for c in counts if c is not None]
+    return count(sum(known)) if known else None
+
+
 def count_in_text(value: Any) -> int | None:
     """The same, for APIs that send counts as strings of digits (YouTube)."""
     if isinstance(value, str) and value.strip().isdigit():

@@ -22,7 +22,7 @@ from slsync.connectors.fields import by_key as _by_key
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
-from slsync.connectors.fields import normalize_each
+from slsync.connectors.fields import normalize_each, total
 from slsync.connectors.fields import text as _text
 from slsync.connectors.paging import Cursor, Fetched, PagedConnector, Walk
 from slsync.errors import Fatal, UsageError
@@ -152,7 +152,7 @@ def normalize_tweet(
     author_metrics = _dict((author or {}).get("public_metrics"))
     metrics = _dict(tweet.get("public_metrics"))
     retweets, quotes = _int(metrics.get("retweet_count")), _int(metrics.get("quote_count"))
-    shares = None if retweets is None and quotes is None else (retweets or 0) + (quotes or 0)
+    shares = total(retweets, quotes)
 
     attached = [
         media[key]
