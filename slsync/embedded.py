@@ -262,16 +262,18 @@ class Server:
 
     def _open_the_way(self) -> None:
         """As root: let the `pgserver` user reach the data directory (search permission on it and every directory
-        above it) and run the binaries, as pgserver did; a data directory moved or restored elsewhere needs it again."""
+        above it) and the bundled binaries (read and search permission above them, as pgserver gave), on every
+        start: a data directory or an installation moved or made afresh (a new virtual environment in a 0700
+        temporary directory) needs it again."""
+        from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions
+
         for directory in [self.data_dir, *self.data_dir.parents]:
             mode = directory.stat().st_mode
             if mode & 0o011 != 0o011:
                 directory.chmod(mode | 0o011)
+        ensure_prefix_permissions(self.bin)
         if not self.bin.joinpath("postgres").stat().st_mode & stat.S_IXOTH:
-            from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions
-
             read, run = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
-            ensure_prefix_permissions(self.bin)
             ensure_folder_permissions(self.bin, run | read)
             ensure_folder_permissions(self.bin.parent / "lib", read)
 
