@@ -214,7 +214,7 @@ AS_ANOTHER_USER = textwrap.dedent(
     for module in pkgutil.walk_packages(slsync.__path__, "slsync."):
         if module.name != "slsync.__main__":  # which would run the command line
             importlib.import_module(module.name)
-    for name in ("rich.console", "rich.table", "rich.text", "psycopg", "psycopg_pool", "fasteners", "psutil",
+    for name in ("rich.console", "rich.table", "rich.text", "psycopg", "fasteners", "psutil",
                  "pgserver", "pgserver.utils", "dotenv", "encodings.idna", "logging.handlers"):
         importlib.import_module(name)
     user = pwd.getpwnam(sys.argv[1])
