@@ -198,8 +198,8 @@ def sync_source(
         reach = connector_cls.reach(source.config) or MAX_LOOKBACK
         if since is not None and since < utcnow() - reach:
             raise UsageError(
-                f"--since {since:%Y-%m-%d} reaches back more than {reach.days} days, the most {source.platform} "
-                "sources reach back"
+                f"--since {since:%Y-%m-%d} reaches back more than {round(reach / timedelta(days=1))} days, the most "
+                f"{source.platform} sources reach back"
             )
         result = run_source(conn, settings, source_id, options)
     if isinstance(result.stopped_by, DatabaseError):
