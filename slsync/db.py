@@ -32,7 +32,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from slsync.config import Settings
-from slsync.errors import DatabaseError, DatabaseUnavailable, NotFound, UsageError
+from slsync.errors import DatabaseError, DatabaseUnavailable, NotFound, SetupError, UsageError
 from slsync.models import Gap, Mention, Page, RateLimit, Source
 
 # First key of every advisory lock slsync takes ('slsy'); the second is the source id (0: migrations).
@@ -210,7 +210,7 @@ SESSION_POOLING = (
 def _same_session(conn: Connection, pid: int) -> None:
     first = _sessions.setdefault(conn, pid)
     if first != pid:
-        raise UsageError(SESSION_POOLING)
+        raise SetupError(SESSION_POOLING)
 
 
 def _where(url: str) -> str:

@@ -18,9 +18,15 @@ class UsageError(SlsyncError):
     exit_code = 2
 
 
-class TokenFileError(UsageError):
-    """The token file cannot be used (another user's, unreadable, damaged): a fault of the installation, not of a
-    source, so a sync command stops with exit 2 and no source is charged a failure."""
+class SetupError(UsageError):
+    """The installation cannot sync at all (the token store cannot be used, a database connection pooled by
+    transaction): not a source's fault, so a sync command stops with exit 2, its other runs stop between pages,
+    and no source is charged a failure."""
+
+
+class TokenStoreError(SetupError):
+    """The token file is another user's, unreadable or damaged; the database store's key is missing, malformed or
+    not the one a token was sealed with."""
 
 
 class NotFound(UsageError):

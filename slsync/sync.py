@@ -33,7 +33,7 @@ from slsync.errors import (
     QuotaSpent,
     RateLimited,
     Retriable,
-    TokenFileError,
+    SetupError,
     UsageError,
 )
 from slsync.models import Gap, Mention, Page, RateLimit, Source, SyncResult
@@ -511,7 +511,7 @@ def _run_workers(
                         saved.put(result)
         except BaseException as exc:  # surfaced in the main thread below
             errors.append(exc)
-            if isinstance(exc, TokenFileError):  # a configuration error ends the command: the others stop too
+            if isinstance(exc, SetupError):  # a configuration error ends the command: the others stop too
                 options.stop.because("the sync stopped on a configuration error")
         finally:
             done.set()
@@ -762,10 +762,9 @@ def _fetch_and_save(
         except ConnectorError as exc:
             write()  # the pages fetched before the failure are whole and good: keep them
             return _record_failure(conn, source, run_id, result, exc, started, begun)
-        except TokenFileError as exc:
-            # A configuration error (the token store's key, a token file of another user or damaged): nothing the
-            # source did. The run is closed with the message, the source keeps its schedule and record, and the
-            # command ends with it.
+        except SetupError as exc:
+            # A configuration error (the token store, session pooling): nothing the source did. The run is closed
+            # with the message, the source keeps its schedule and record, and the command ends with it.
             write()
             db.finish_failure(
                 conn, source, run_id, run_status="failed", message=str(exc), source_status=source.status,

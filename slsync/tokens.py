@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from slsync.config import Settings
-from slsync.errors import TokenFileError, UsageError
+from slsync.errors import TokenStoreError, UsageError
 from slsync.terminal import user_name
 
 KEYRING_SERVICE = "slsync"
@@ -147,7 +147,7 @@ class FileStore:
         try:
             owner = self.path.stat().st_uid
             if owner != os.geteuid():
-                raise TokenFileError(
+                raise TokenStoreError(
                     f"the token file {self.path} belongs to {user_name(owner)}, not to {user_name(os.geteuid())} "
                     f"who runs slsync: run slsync as {user_name(owner)}, or make the file theirs "
                     f"(chown {user_name(os.geteuid())} {self.path})"
@@ -156,7 +156,7 @@ class FileStore:
         except FileNotFoundError:
             return {}
         except OSError as exc:
-            raise TokenFileError(
+            raise TokenStoreError(
                 f"the token file {self.path} cannot be read ({exc.strerror}): it must be a file its owner "
                 f"can read (chmod 600 {self.path})"
             ) from None
@@ -166,8 +166,8 @@ class FileStore:
             raise self._damaged()
         return tokens
 
-    def _damaged(self) -> TokenFileError:
-        return TokenFileError(f"the token file {self.path} is damaged; remove it and connect the sources again")
+    def _damaged(self) -> TokenStoreError:
+        return TokenStoreError(f"the token file {self.path} is damaged; remove it and connect the sources again")
 
     def _update(self, key: str, value: str | None) -> None:
         import fasteners
@@ -245,7 +245,7 @@ def parse_keys(text: str, origin: str) -> list[bytes]:
         except ValueError:
             key = b""
         if len(key) != 32:
-            raise UsageError(f"{origin}: key {n} is not 32 bytes in base64 ({MAKE_A_KEY})")
+            raise TokenStoreError(f"{origin}: key {n} is not 32 bytes in base64 ({MAKE_A_KEY})")
         if key not in keys:
             keys.append(key)
     return keys
@@ -259,7 +259,7 @@ class TokenCipher:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         if not keys:
-            raise UsageError(f"{origin} holds no key ({MAKE_A_KEY})")
+            raise TokenStoreError(f"{origin} holds no key ({MAKE_A_KEY})")
         self.origin = origin
         self._ciphers = {key_id(key): AESGCM(key) for key in keys}
         self.key_id = key_id(keys[0])
@@ -279,14 +279,14 @@ class TokenCipher:
         sealed_with, blob = sealed
         cipher = self._ciphers.get(sealed_with)
         if cipher is None:
-            raise UsageError(
+            raise TokenStoreError(
                 f"the token of source {source_id} is sealed with key {sealed_with}, which {self.origin} does not "
                 "hold: give this machine the keys the others use (nothing was changed)"
             )
         try:
             return cipher.decrypt(blob[:_NONCE], blob[_NONCE:], _associated_data(source_id)).decode()
         except (InvalidTag, ValueError):
-            raise UsageError(
+            raise TokenStoreError(
                 f"the token of source {source_id} does not open with key {sealed_with}: its row was altered or "
                 f"copied from another source; connect source {source_id} again"
             ) from None
@@ -299,7 +299,7 @@ def token_cipher(settings: Settings) -> TokenCipher:
     keyring = _usable_keyring()
     text = keyring.get_password(KEYRING_SERVICE, KEY_ENTRY) if keyring else None  # type: ignore[attr-defined]
     if not text:
-        raise UsageError(
+        raise TokenStoreError(
             "SLSYNC_TOKEN_STORE=database needs a key: set SLSYNC_TOKEN_KEY on every machine "
             f"({MAKE_A_KEY}), or keep it in the OS keyring as {KEYRING_SERVICE}/{KEY_ENTRY}"
         )
@@ -342,7 +342,7 @@ class DatabaseStore:
         sealed = self._cipher.seal(source_id, token.to_json())
         log.debug("writing the token of source %s, sealed with key %s", source_id, sealed[0])
         if not self._rows.write(source_id, sealed, replaceable=self._cipher.key_ids):
-            raise UsageError(
+            raise TokenStoreError(
                 f"the token of source {source_id} in the database is sealed with a key {self._cipher.origin} does "
                 "not hold: nothing was written; give this machine the keys the others use"
             )
@@ -368,7 +368,7 @@ def reseal(rows: TokenRows, cipher: TokenCipher) -> Rotation:
     for source_id, sealed in rows.sealed_with_other_keys(cipher.key_id):
         try:
             text = cipher.open(source_id, sealed)
-        except UsageError:
+        except TokenStoreError:
             rotation.unreadable.append(source_id)
             continue
         if rows.replace(source_id, sealed, cipher.seal(source_id, text)):
@@ -386,6 +386,6 @@ def open_store(settings: Settings, *, kind: StoreKind | None = None, database: T
         return FileStore(settings.data_dir / "tokens.json")
     if kind == "database":
         if database is None:
-            raise UsageError("the database token store needs a database connection here")
+            raise TokenStoreError("the database token store needs a database connection here")
         return DatabaseStore(database, token_cipher(settings))
     return KeyringStore()
