@@ -63,9 +63,7 @@ def test_overlapping_sync_due_runs_sync_every_due_source_exactly_once(conn, cli:
 
 @pytest.mark.parametrize("command", ["source", "due"])
 def test_a_run_killed_between_pages_loses_nothing_and_blocks_nothing(conn, cli: Cli, command: str) -> None:
-    # ~11 pages of backfill: the kill must land while the run still pages, after a `status` subprocess that
-    # takes seconds on a loaded machine (the real-hosts test's processes share CI's two cores)
-    source_id = add_mock_source(conn, page_delay=0.6)
+    source_id = add_mock_source(conn, page_delay=0.25)
     args = ("sync", "source", str(source_id)) if command == "source" else ("sync", "due", "--concurrency", "1")
     victim = cli.popen(*args)
 
@@ -76,7 +74,10 @@ def test_a_run_killed_between_pages_loses_nothing_and_blocks_nothing(conn, cli: 
         return row["pages"] if row and row["pages"] >= 3 else 0
 
     wait_for(pages_saved)
-    # while it runs, status says so, from the run log and the live lock
+    # Frozen mid-run (as a machine that hangs): the `status` subprocess below can take longer than the rest of
+    # the run on a loaded machine, and the kill must still find the run paging. The run still holds its lock, so
+    # status says it runs, from the run log and the live lock.
+    os.kill(victim.pid, signal.SIGSTOP)
     status = cli.ok("status", "--json").json()
     [active] = status["active_syncs"]
     assert active["source_id"] == source_id and active["started_at"] and active["duration_ms"] > 0
