@@ -181,3 +181,17 @@ def test_the_formatters_make_control_characters_visible_in_text_and_keep_json_ex
         else:
             assert err == "slsync: warning: source 7: saw name \\x1b]0;t\\x07 \\x9b2J \\u202e [/] \\x00 \\ud800\n"
     logs.setup("WARNING", "text", debug=False)
+
+
+def test_the_status_summary_of_many_sources_shows_hostile_names_and_errors_literally(conn, cli: Cli) -> None:
+    from tests.conftest import add_mock_source
+
+    ids = [add_mock_source(conn, name=f"s{n}") for n in range(201)]  # beyond the table: the summary
+    conn.execute(
+        "UPDATE sl_sources SET name = %s, status = 'error', error_message = %s, consecutive_failures = 3 WHERE id = %s",
+        (NAME, f"the platform said {KEYWORD}", ids[0]),
+    )
+    conn.commit()
+    summary = cli.ok("status")
+    assert "201 sources" in summary.stdout and "1 sources failing or in error" in summary.stdout
+    assert_shown_safely(summary.stdout, *SHOWN_NAME_PARTS, SHOWN_KEYWORD)
