@@ -21,9 +21,9 @@ MENTION_RAW = 9  # the migration that creates sl_mention_raw
 
 
 @pytest.fixture
-def old_database(pg_server: Any) -> Iterator[str]:
+def old_database(admin_url: str) -> Iterator[str]:
     """A database as the release before left it: migrations up to RELEASE_BEFORE, nothing after."""
-    admin = pg_server.get_uri()
+    admin = admin_url
     with psycopg.connect(admin, autocommit=True) as c:
         c.execute("DROP DATABASE IF EXISTS old_schema WITH (FORCE)")
         c.execute("CREATE DATABASE old_schema")
