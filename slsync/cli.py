@@ -722,10 +722,30 @@ def _report_batch(batch: BatchResult, as_json: bool) -> None:
             f" {doc['total_mentions_saved']} new mentions"
         )
         _analysis_line(batch.analysis)
+        if batch.refresh is not None:
+            _refresh_lines(batch.refresh)
     if batch.error:
         raise batch.error  # after the results that finished: one line on stderr, exit 1
     if batch.failed:
         raise typer.Exit(1)
+
+
+def _refresh_lines(doc: dict[str, Any], *, each: bool = False) -> None:
+    """What a refresh pass did: one line (and, with `each`, one per source), then its analysis."""
+    quiet = ("done", "share_spent", "out_of_time")
+    for source in doc["sources"]:
+        if source["status"] == "failed" or (each and (source["checked"] or source["status"] not in quiet)):
+            state = "FAILED" if source["status"] == "failed" else source["status"].replace("_", " ")
+            detail = f": {source['message']}" if source["message"] else ""
+            print(
+                f"refresh of source {source['source_id']}: {state}: {source['checked']} checked, {source['updated']}"
+                f" updated, {source['deleted']} deleted in {source['calls']} calls{detail}"
+            )
+    print(
+        f"refresh: {doc['checked']} mentions checked, {doc['updated']} updated ({doc['edited']} edited), "
+        f"{doc['deleted']} deleted, in {doc['calls']} calls; {doc['pending']} still due"
+    )
+    _analysis_line(doc["analysis"])
 
 
 @sync_app.command("source")
@@ -779,6 +799,35 @@ def sync_due_command(
     with _syncing(not as_json) as (on_page, stop):
         batch = sync.sync_due(_settings(), limit=limit, concurrency=concurrency, on_page=on_page, stop=stop)
     _report_batch(batch, as_json)
+
+
+@app.command("refresh")
+def refresh_command(
+    tenant: Optional[int] = typer.Option(None, "--tenant", min=0, help="Only this tenant's mentions."),  # noqa: UP045
+    source: Optional[int] = typer.Option(None, "--source", min=1, help="Only this source's mentions."),  # noqa: UP045
+    everything: bool = typer.Option(
+        False, "--all", help="Every stored mention the platform can still be asked about, not only those due."
+    ),
+    as_json: bool = JsonFlag,
+) -> None:
+    """Read stored mentions again now: their counts, edited text, and whether the platform still shows them.
+
+    The same pass `sync due` runs after its syncs (within SLSYNC_REFRESH_SHARE of each rate-limit window and
+    quota, and SLSYNC_TIME_BUDGET_SECONDS). A post the platform no longer shows becomes a tombstone (or is
+    removed, SLSYNC_DELETED=remove); an edited one gets its new text and is labelled again. Prints {"checked",
+    "updated", "edited", "deleted", "calls", "pending", "sources", ...} with --json. Exit 0; 1 if a source's
+    refresh failed; 2 on bad input.
+    """
+    from slsync import sync
+
+    report = sync.refresh_now(_settings(), tenant_id=tenant, source_id=source, everything=everything)
+    doc = report.as_json()
+    if as_json:
+        emit_json(doc)
+    else:
+        _refresh_lines(doc, each=True)
+    if report.failed:
+        raise typer.Exit(1)
 
 
 # --- status ---------------------------------------------------------------------------------------
@@ -1172,7 +1221,9 @@ def analyze(
         raise typer.Exit(1)
 
 
-def _mention_filters(conn: Any, tenant: int | None, source: int | None, since: str | None) -> dict[str, Any]:
+def _mention_filters(
+    conn: Any, tenant: int | None, source: int | None, since: str | None, deleted: bool
+) -> dict[str, Any]:
     """The filters of `mentions list` and `export`; a tenant or source that does not exist is an error (exit 2),
     not an empty answer that looks like "no mentions"."""
     from slsync import db
@@ -1181,12 +1232,15 @@ def _mention_filters(conn: Any, tenant: int | None, source: int | None, since: s
         db.get_source(conn, source, tenant_id=tenant)
     elif tenant is not None and not db.tenant_known(conn, tenant):
         raise NotFound(f"no tenant {tenant}: it has no sources and no mentions")
-    return {"tenant_id": tenant, "source_id": source, "since": _parse_since(since)}
+    return {"tenant_id": tenant, "source_id": source, "since": _parse_since(since), "deleted": deleted}
 
 
 TenantFilter = typer.Option(None, "--tenant", min=0, max=MAX_TENANT, help="Only this tenant's mentions.")
 SourceFilter = typer.Option(None, "--source", min=1, max=MAX_SOURCE, help="Only this source's mentions.")
 SinceFilter = typer.Option(None, "--since", help="Only mentions published on or after this date.")
+DeletedFlag = typer.Option(
+    False, "--deleted", help="Also the tombstones of posts the platform no longer shows (deleted_at set)."
+)
 
 
 @mentions_app.command("list")
@@ -1195,6 +1249,7 @@ def mentions_list(
     source: Optional[int] = SourceFilter,  # noqa: UP045
     since: Optional[str] = SinceFilter,  # noqa: UP045
     limit: int = typer.Option(20, "--limit", min=1, max=10_000, help="How many, newest first."),
+    deleted: bool = DeletedFlag,
     as_json: bool = JsonFlag,
 ) -> None:
     """Show the newest mentions with their sentiment and intent. {"mentions": [...]} with --json.
@@ -1203,7 +1258,7 @@ def mentions_list(
     from slsync import db
 
     with db.connect(_settings()) as conn:
-        filters = _mention_filters(conn, tenant, source, since)
+        filters = _mention_filters(conn, tenant, source, since, deleted)
         rows = list(db.stream_mentions(conn, limit=limit, newest_first=True, **filters))
     if as_json:
         emit_json({"mentions": rows})
@@ -1213,6 +1268,8 @@ def mentions_list(
         author = f"@{row['author_handle']}" if row["author_handle"] else (row["author_name"] or "-")
         sentiment = row["sentiment"] or ("new" if row["status"] == "new" else "-")
         content = " ".join((row["content"] or "").split())
+        if row["deleted_at"] is not None:
+            content = f"(no longer on {row['platform']} since {_when(row['deleted_at'])})"
         cells.append(
             (_when(row["published_at"]), row["platform"], author, sentiment, row["intent"] or "-", content[:120])
         )
@@ -1234,6 +1291,7 @@ def mentions_export(
     metadata: Optional[Path] = typer.Option(  # noqa: UP045
         None, "--metadata", help="Also write a JSON document of the export: its filters, count and coverage gaps."
     ),
+    deleted: bool = DeletedFlag,
 ) -> None:
     """Write mentions, oldest first, as JSON lines or CSV; streamed, so any number of rows needs little memory.
 
@@ -1252,7 +1310,7 @@ def mentions_export(
     from slsync import db
 
     with db.connect(_settings()) as conn:
-        filters = _mention_filters(conn, tenant, source, since)
+        filters = _mention_filters(conn, tenant, source, since, deleted)
         # the file is replaced only after the last row; the rows close before the connection, whose
         # transaction must end first, also when the reader goes away
         with _export_target(path) as target, closing(db.stream_mentions(conn, **filters)) as rows:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -78,8 +79,21 @@ class Settings(BaseSettings):
     analyzer: str = "builtin"
     # Finished runs older than this are deleted from sl_sync_runs by `sync due`.
     run_log_days: int = Field(90, ge=1, le=3650)
+    # When a stored post's counts and text are read again: hours after publication, a comma-separated list
+    # (empty: never on a schedule, only by `slsync refresh --all`).
+    refresh_schedule: str = "1,6,24,72"
+    # The most of a rate-limit window or daily quota (as left when the refresh first uses it) that the refresh
+    # may take, so that finding new mentions always comes first; 0 turns the refresh in `sync due` off.
+    refresh_share: float = Field(0.2, ge=0, le=1)
+    # What becomes of a post the platform no longer shows: a tombstone (content, author, media and payload
+    # cleared; the row stays so that no later sync stores it again) or its removal.
+    deleted: Literal["tombstone", "remove"] = "tombstone"
+    # Mentions published longer ago than this are deleted (unset: kept for ever).
+    retention_days: int | None = Field(None, ge=1, le=36500)
+    # Raw payloads of mentions fetched longer ago than this are dropped, the normalized columns kept (unset: kept).
+    raw_retention_days: int | None = Field(None, ge=1, le=36500)
 
-    @field_validator("database_url", "token_key", mode="before")
+    @field_validator("database_url", "token_key", "retention_days", "raw_retention_days", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return _unset_if_blank(value)
@@ -91,6 +105,22 @@ class Settings(BaseSettings):
         if value is None or (isinstance(value, str) and not value.strip()):
             return platformdirs.user_data_path("slsync")
         return value
+    @field_validator("refresh_schedule")
+    @classmethod
+    def _hours(cls, value: str) -> str:
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        try:
+            hours = [float(p) for p in parts]
+        except ValueError:
+            raise ValueError("expected hours after publication separated by commas, such as 1,6,24,72") from None
+        if any(not 0 < h <= 24 * 366 for h in hours) or hours != sorted(set(hours)):
+            raise ValueError("expected rising hours between 0 and 8784 (a year), such as 1,6,24,72")
+        return ",".join(f"{h:g}" for h in hours)
+
+    @property
+    def refresh_steps(self) -> tuple[timedelta, ...]:
+        """When a post is read again, after its publication."""
+        return tuple(timedelta(hours=float(h)) for h in self.refresh_schedule.split(",") if h)
 
     @field_validator("log_level", mode="before")
     @classmethod

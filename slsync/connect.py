@@ -39,12 +39,16 @@ from slsync.auth import (
     utcnow,
 )
 from slsync.connectors import PLATFORMS, connector_class
+from slsync.connectors.base import Context
 from slsync.errors import AuthError, Fatal, SlsyncError, UsageError
 from slsync.tokens import Token, TokenStore
 
 if TYPE_CHECKING:
+    import httpx
+
+    from slsync.budget import Budgets
     from slsync.config import Settings
-    from slsync.connectors.base import Connector
+    from slsync.connectors.base import Connector, Quota
     from slsync.models import Source
 
 log = logging.getLogger("slsync.connect")
@@ -320,6 +324,39 @@ def credentials_for(
     if credentials is not None:
         return credentials
     raise AuthError(f"no {source.platform} credentials for source {source.id}")
+
+
+def context_for(
+    conn: db.Connection,
+    connector: type[Connector],
+    source: Source,
+    settings: Settings,
+    *,
+    now: Callable[[], datetime],
+    deadline: float | None,
+    budgets: Budgets,
+    quota: Quota,
+    http: httpx.Client | None,
+) -> Context:
+    """What a run over `source` lends its connector (a sync, or reading its posts again): the credentials,
+    looked up when first needed (a renewal that moves the grant's end is written back), the command's clock,
+    deadline, rate-limit budgets, quota ledger and HTTP client."""
+    return Context(
+        now=now,
+        settings=settings,
+        credentials=lambda: credentials_for(
+            connector,
+            source,
+            settings,
+            conn=conn,
+            now=now,
+            on_refresh=lambda token: db.set_reconnect_by(conn, source.id, token.reconnect_by),
+        ),
+        deadline=deadline,
+        budgets=budgets,
+        quota=quota,
+        http=http,
+    )
 
 
 def _title(platform: str) -> str:

@@ -33,7 +33,7 @@ from psycopg.types.json import Jsonb
 
 from slsync.config import Settings
 from slsync.errors import DatabaseError, DatabaseUnavailable, NotFound, SetupError, UsageError
-from slsync.models import Gap, Mention, Page, RateLimit, Source
+from slsync.models import Gap, Mention, Page, RateLimit, Source, Stored
 
 # First key of every advisory lock slsync takes ('slsy'); the second is the source id (0: migrations).
 LOCK_NAMESPACE = 0x736C7379
@@ -638,10 +638,11 @@ WITH page AS (
 ), inserted AS (
     INSERT INTO sl_mentions (tenant_id, source_id, platform, external_id, url, content, author_name,
         author_handle, author_followers, author_verified, published_at, likes_count, comments_count,
-        shares_count, media_type, media_urls, location, language)
+        shares_count, media_type, media_urls, location, language, refresh_due_at)
     SELECT %(tenant_id)s, %(source_id)s, %(platform)s, external_id, url, content, author_name,
         author_handle, author_followers, author_verified, published_at, likes_count, comments_count,
-        shares_count, media_type, media_urls, location, language
+        shares_count, media_type, media_urls, location, language,
+        sl_next_refresh(published_at, %(schedule)s::interval[])
     FROM page
     ON CONFLICT (tenant_id, platform, external_id) DO NOTHING
     RETURNING id, external_id
@@ -704,7 +705,12 @@ def _text_array(items: Sequence[str | None] | None) -> str | None:
 
 
 def _save(
-    conn: Connection, source: Source, mentions: Sequence[Mention], pages: Sequence[Page], run_id: int | None
+    conn: Connection,
+    source: Source,
+    mentions: Sequence[Mention],
+    pages: Sequence[Page],
+    run_id: int | None,
+    schedule: Sequence[timedelta] | None,
 ) -> int:
     platforms = {m.platform for m in mentions}
     if platforms - {source.platform}:
@@ -733,20 +739,26 @@ def _save(
             "pages": len(pages),
             "fetched": len(mentions),
             "errors": sum(p.errors for p in pages),
+            "schedule": list(schedule) if schedule else None,
         },
     ).fetchone()
     return int(row["saved"]) if row else 0
 
 
-def insert_mentions(conn: Connection, source: Source, mentions: Sequence[Mention]) -> int:
+def insert_mentions(
+    conn: Connection, source: Source, mentions: Sequence[Mention], *, schedule: Sequence[timedelta] | None = None
+) -> int:
     """Insert mentions for a source, skipping those already stored; returns how many were new."""
-    return _save(conn, source, mentions, (), None)
+    return _save(conn, source, mentions, (), None, schedule)
 
 
-def save_pages(conn: Connection, source: Source, run_id: int, pages: Sequence[Page]) -> int:
+def save_pages(
+    conn: Connection, source: Source, run_id: int, pages: Sequence[Page], *, schedule: Sequence[timedelta] | None = None
+) -> int:
     """Consecutive pages of a run: their mentions, the in-flight cursor the last one reached and the run's
-    counters, atomically; how many mentions were new."""
-    return _save(conn, source, [m for p in pages for m in p.mentions], pages, run_id)
+    counters, atomically; how many mentions were new. `schedule`: when a new mention's counts are read again,
+    after its publication (None: never, the platform has no lookup)."""
+    return _save(conn, source, [m for p in pages for m in p.mentions], pages, run_id, schedule)
 
 
 def save_page(conn: Connection, source: Source, run_id: int, page: Page) -> int:
@@ -1242,7 +1254,7 @@ MENTION_COLUMNS = (
     "id", "tenant_id", "source_id", "platform", "external_id", "url", "published_at", "author_name",
     "author_handle", "author_followers", "author_verified", "content", "language", "likes_count",
     "comments_count", "shares_count", "media_type", "media_urls", "location", "status", "sentiment",
-    "sentiment_score", "intent", "fetched_at",
+    "sentiment_score", "intent", "fetched_at", "deleted_at",
 )  # fmt: skip
 
 
@@ -1254,6 +1266,7 @@ def stream_mentions(
     since: datetime | None = None,
     limit: int | None = None,
     newest_first: bool = False,
+    deleted: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Mentions in published_at order, read along an index (sl_mentions_published_idx, or the tenant's or
     source's) and streamed: PostgreSQL sends rows as it reads them, 2,000 a chunk, while Python encodes
@@ -1262,7 +1275,8 @@ def stream_mentions(
     A declared cursor fetched whole (FETCH ALL) is materialized by the server first (104 MB of temporary
     files for 300,000 mentions); fetched 2,000 at a time it waits a round trip per chunk (125,000 rows/s
     against 170,000-190,000 streamed). Binary rows load ~15% faster; the score goes through text so that
-    0.4404 stays 0.4404 (a real's exact binary value is 0.44040000438690186)."""
+    0.4404 stays 0.4404 (a real's exact binary value is 0.44040000438690186). Tombstones (posts the platform no
+    longer shows) only with `deleted`."""
     order = "published_at DESC, id DESC" if newest_first else "published_at, id"
     columns = ", ".join(c if c != "sentiment_score" else "sentiment_score::text::float8 AS sentiment_score"
                         for c in MENTION_COLUMNS)  # fmt: skip
@@ -1274,8 +1288,9 @@ def stream_mentions(
             " WHERE (%(tenant)s::bigint IS NULL OR tenant_id = %(tenant)s)"
             " AND (%(source)s::integer IS NULL OR source_id = %(source)s)"
             " AND (%(since)s::timestamptz IS NULL OR published_at >= %(since)s)"
+            " AND (%(deleted)s OR deleted_at IS NULL)"
             f" ORDER BY {order} LIMIT %(limit)s",
-            {"tenant": tenant_id, "source": source_id, "since": since, "limit": limit},
+            {"tenant": tenant_id, "source": source_id, "since": since, "limit": limit, "deleted": deleted},
             size=_stream_chunk(),
         )
 
@@ -1349,6 +1364,22 @@ def use_unique(conn: Connection, key: str, item: str, limit: int, window: timede
         return limit - used - 1
 
 
+class QuotaLedger:
+    """The connectors' view of sl_quota_ledger and sl_window_ledger (connectors.base.Quota), on one connection."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def spend(self, key: str, units: int, daily_limit: int, day: date) -> int | None:
+        return spend_quota(self._conn, key, day, units, daily_limit)
+
+    def exhaust(self, key: str, daily_limit: int, day: date) -> None:
+        exhaust_quota(self._conn, key, day, daily_limit)
+
+    def use_unique(self, key: str, item: str, limit: int, window: timedelta) -> int | None:
+        return use_unique(self._conn, key, item, limit, window)
+
+
 def quota_usage(conn: Connection) -> list[dict[str, Any]]:
     """Every ledger's current period, for `status`: daily quotas (their latest day) and rolling windows.
 
@@ -1366,3 +1397,182 @@ def quota_usage(conn: Connection) -> list[dict[str, Any]]:
         " FROM sl_window_ledger WHERE first_used_at + window_length > now() GROUP BY credential_key"
         " ORDER BY 1"
     ).fetchall()
+
+
+# --- reading stored posts again ---------------------------------------------------------------------
+
+# A source whose mentions are read again is one whose credentials may be used: not waiting to be connected,
+# not refused (`error`, until reconnected).
+_REFRESHABLE = "s.status IN ('active', 'connected', 'failing')"
+
+
+def refresh_sources(
+    conn: Connection,
+    *,
+    platforms: Sequence[str],
+    tenant_id: int | None = None,
+    source_id: int | None = None,
+    everything: bool = False,
+    skip_due: bool = False,
+) -> list[Source]:
+    """The sources with stored mentions to read again: due ones (`everything`: any not deleted), the source with
+    the longest-waiting first. `skip_due`: leave out sources due to sync (a refresh never holds the lock of a
+    source waiting for its sync)."""
+    wanted = "m.deleted_at IS NULL" if everything else "m.refresh_due_at <= now()"
+    rows = conn.execute(
+        f"SELECT {_SOURCE_COLUMNS} FROM sl_sources s"
+        f" WHERE {_REFRESHABLE} AND s.platform = ANY(%(platforms)s)"
+        " AND (%(tenant)s::bigint IS NULL OR s.tenant_id = %(tenant)s)"
+        " AND (%(source)s::integer IS NULL OR s.id = %(source)s)"
+        f" AND NOT (%(skip_due)s AND {_DUE})"
+        f" AND EXISTS (SELECT 1 FROM sl_mentions m WHERE m.source_id = s.id AND {wanted})"
+        " ORDER BY (SELECT min(m.refresh_due_at) FROM sl_mentions m"
+        "           WHERE m.source_id = s.id AND m.refresh_due_at IS NOT NULL) NULLS LAST, s.id",
+        {"platforms": list(platforms), "tenant": tenant_id, "source": source_id, "skip_due": skip_due},
+    ).fetchall()
+    return [_source(row) for row in rows]
+
+
+def due_mentions(conn: Connection, source_id: int, limit: int) -> list[Stored]:
+    """Up to `limit` of the source's mentions whose time to be read again has come, the longest-waiting first
+    (along sl_mentions_refresh_idx). Read under the source's lock: no other refresh takes them meanwhile."""
+    rows = conn.execute(
+        "SELECT id, external_id, published_at FROM sl_mentions WHERE source_id = %s AND refresh_due_at <= now()"
+        " ORDER BY refresh_due_at, id LIMIT %s",
+        (source_id, limit),
+    ).fetchall()
+    return [Stored(**row) for row in rows]
+
+
+def stored_mentions(
+    conn: Connection, source_id: int, limit: int, *, before: tuple[datetime, int] | None = None
+) -> list[Stored]:
+    """Up to `limit` of the source's mentions that are not tombstones, newest first, from before `before`
+    ((published_at, id) of the last one read): `slsync refresh --all`, page after page."""
+    published, last = before or (None, None)
+    rows = conn.execute(
+        "SELECT id, external_id, published_at FROM sl_mentions"
+        " WHERE source_id = %(source)s AND deleted_at IS NULL"
+        " AND (%(published)s::timestamptz IS NULL OR (published_at, id) < (%(published)s, %(last)s))"
+        " ORDER BY published_at DESC, id DESC LIMIT %(limit)s",
+        {"source": source_id, "published": published, "last": last, "limit": limit},
+    ).fetchall()
+    return [Stored(**row) for row in rows]
+
+
+def raw_payloads(conn: Connection, mention_ids: Sequence[int]) -> dict[int, Any]:
+    """The stored payloads of these mentions (those that still have one)."""
+    rows = conn.execute(
+        "SELECT id, raw FROM sl_mentions WHERE id = ANY(%s) AND raw IS NOT NULL", (list(mention_ids),)
+    ).fetchall()
+    return {row["id"]: row["raw"] for row in rows}
+
+
+# A refreshed mention: its counts and text as the platform shows them now (NULL: not said, keep what is
+# stored). New text makes it `new` again, its labels cleared, so that the analysis labels it afresh; its
+# payload is replaced only where one is still stored (a payload retention dropped stays dropped).
+_REFRESHED = """
+WITH seen AS (
+    SELECT r.*,
+        (r.content IS NOT NULL AND r.content IS DISTINCT FROM m.content) AS edited,
+        (r.likes IS DISTINCT FROM m.likes_count AND r.likes IS NOT NULL
+         OR r.comments IS DISTINCT FROM m.comments_count AND r.comments IS NOT NULL
+         OR r.shares IS DISTINCT FROM m.shares_count AND r.shares IS NOT NULL) AS counted
+    FROM jsonb_to_recordset(%(found)s::jsonb) AS r(id bigint, content text, likes bigint, comments bigint,
+        shares bigint, followers bigint, raw jsonb)
+    JOIN sl_mentions m ON m.id = r.id AND m.deleted_at IS NULL
+), refreshed AS (
+    UPDATE sl_mentions m SET
+        likes_count = coalesce(seen.likes, m.likes_count),
+        comments_count = coalesce(seen.comments, m.comments_count),
+        shares_count = coalesce(seen.shares, m.shares_count),
+        author_followers = coalesce(seen.followers, m.author_followers),
+        content = CASE WHEN seen.edited THEN seen.content ELSE m.content END,
+        status = CASE WHEN seen.edited THEN 'new' ELSE m.status END,
+        sentiment = CASE WHEN seen.edited THEN NULL ELSE m.sentiment END,
+        sentiment_score = CASE WHEN seen.edited THEN NULL ELSE m.sentiment_score END,
+        intent = CASE WHEN seen.edited THEN NULL ELSE m.intent END,
+        analyzer = CASE WHEN seen.edited THEN NULL ELSE m.analyzer END,
+        analyzed_at = CASE WHEN seen.edited THEN NULL ELSE m.analyzed_at END,
+        raw = CASE WHEN m.raw IS NULL THEN NULL ELSE coalesce(seen.raw, m.raw) END,
+        refreshed_at = now(),
+        refresh_due_at = sl_next_refresh(m.published_at, %(schedule)s::interval[])
+    FROM seen WHERE m.id = seen.id
+    RETURNING seen.edited, seen.counted
+), unread AS (
+    -- posts the answer said nothing of: read again at the next step of the schedule
+    UPDATE sl_mentions m SET refresh_due_at = sl_next_refresh(m.published_at, %(schedule)s::interval[])
+    WHERE m.id = ANY(%(unread)s) AND m.source_id = %(source)s
+), unknowable AS (
+    -- posts the platform cannot be asked about (or answered about ambiguously): never on the schedule again
+    UPDATE sl_mentions m SET refresh_due_at = NULL WHERE m.id = ANY(%(unknown)s) AND m.source_id = %(source)s
+), {gone} , counters AS (
+    UPDATE sl_sources SET last_refresh_at = now(),
+        refreshed_count = refreshed_count + (SELECT count(*) FROM refreshed),
+        deleted_count = deleted_count + (SELECT count(*) FROM gone),
+        mentions_count = greatest(mentions_count - (SELECT count(*) FROM gone WHERE %(remove)s), 0)
+    WHERE id = %(source)s
+)
+SELECT (SELECT count(*) FROM refreshed) AS refreshed,
+    (SELECT count(*) FROM refreshed WHERE edited OR counted) AS updated,
+    (SELECT count(*) FROM refreshed WHERE edited) AS edited,
+    (SELECT count(*) FROM gone) AS deleted
+"""
+
+# A post the platform no longer shows: removed (SLSYNC_DELETED=remove), or a tombstone that keeps only what
+# identifies the post (so that no later sync stores it again), when it was published, its last counts and its
+# label; there is nothing left to analyse.
+_GONE_REMOVED = """gone AS (
+    DELETE FROM sl_mentions WHERE id = ANY(%(gone)s) AND source_id = %(source)s RETURNING id
+)"""
+_GONE_TOMBSTONE = """gone AS (
+    UPDATE sl_mentions SET deleted_at = now(), content = NULL, url = NULL, author_name = NULL,
+        author_handle = NULL, author_followers = NULL, author_verified = NULL, media_type = NULL,
+        media_urls = NULL, location = NULL, raw = NULL, refresh_due_at = NULL,
+        status = 'processed', refreshed_at = now()
+    WHERE id = ANY(%(gone)s) AND source_id = %(source)s AND deleted_at IS NULL
+    RETURNING id
+)"""
+
+
+def apply_lookup(
+    conn: Connection,
+    source_id: int,
+    *,
+    found: Sequence[tuple[int, Mention]],
+    gone: Sequence[int],
+    unknown: Sequence[int] = (),
+    unread: Sequence[int] = (),
+    schedule: Sequence[timedelta],
+    remove: bool,
+) -> dict[str, int]:
+    """What a lookup learned, in one statement: the found mentions' counts and text, the gone ones tombstoned
+    (or removed), each one's next time on the schedule, and the source's refresh counters. Returns the counts
+    refreshed (found and rewritten), updated (counts or text changed), edited (text changed) and deleted."""
+    rows = [
+        {
+            "id": mention_id, "content": m.content, "likes": m.likes_count, "comments": m.comments_count,
+            "shares": m.shares_count, "followers": m.author_followers, "raw": m.raw,
+        }
+        for mention_id, m in found
+    ]  # fmt: skip
+    statement = _REFRESHED.replace("{gone}", _GONE_REMOVED if remove else _GONE_TOMBSTONE)
+    row = conn.execute(
+        statement,
+        {
+            "found": json_text(rows), "gone": list(gone), "unknown": list(unknown), "unread": list(unread),
+            "source": source_id, "schedule": list(schedule), "remove": remove,
+        },
+    ).fetchone()  # fmt: skip
+    assert row is not None
+    return {k: int(v) for k, v in row.items()}
+
+
+def refresh_pending(conn: Connection, source_ids: Sequence[int]) -> dict[int, int]:
+    """Per source, how many mentions are due to be read again now (along sl_mentions_refresh_idx)."""
+    rows = conn.execute(
+        "SELECT source_id, count(*) AS n FROM sl_mentions WHERE source_id = ANY(%s) AND refresh_due_at <= now()"
+        " GROUP BY source_id",
+        (list(source_ids),),
+    ).fetchall()
+    return {row["source_id"]: int(row["n"]) for row in rows}

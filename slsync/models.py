@@ -32,6 +32,17 @@ class Mention:
 
 
 @dataclass(frozen=True, slots=True)
+class Stored:
+    """A stored mention as a lookup reads it again: its row, the platform's id of the post and, for a
+    platform that needs it (Mastodon: the instance's own status id), the payload stored with it."""
+
+    id: int
+    external_id: str
+    published_at: datetime
+    raw: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RateLimit:
     limit: int | None = None
     remaining: int | None = None

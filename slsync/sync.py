@@ -12,18 +12,18 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from slsync import analysis, coverage, db
+from slsync import analysis, coverage, db, refresh
 from slsync.budget import RateBudgets
 from slsync.config import Settings
-from slsync.connect import credentials_for
+from slsync.connect import context_for
 from slsync.connectors import connector_class
-from slsync.connectors.base import Connector, Context
+from slsync.connectors.base import Connector
 from slsync.errors import (
     AuthError,
     ConnectorError,
@@ -118,6 +118,8 @@ class BatchResult:
     error: DatabaseError | None = None
     # the workers that ran: fewer than asked when the database had fewer connections to give
     workers: int = 1
+    # what reading stored posts again did, after the syncs (sync due only)
+    refresh: dict[str, Any] | None = None
 
     @property
     def failed(self) -> list[SyncResult]:
@@ -142,6 +144,7 @@ class BatchResult:
             "analysis": self.analysis,
             "workers": self.workers,
             "error": str(self.error) if self.error else None,
+            "refresh": self.refresh,
         }
 
     def add_analysis(self, report: dict[str, Any]) -> None:
@@ -258,6 +261,10 @@ def sync_due(
         _then(batch, lambda: db.release_claims(conn, claimed))
         _then(batch, lambda: _prune(conn, settings))
         _then(batch, lambda: _label_backlog(conn, settings, options, batch))
+        # after every source's sync and their labels, within what is left of the command's time and the windows'
+        # shares: the stored posts due to be read again
+        if settings.refresh_share > 0 and settings.refresh_steps:
+            _then(batch, lambda: _refresh(conn, settings, options, batch))
         return batch
 
 
@@ -287,6 +294,13 @@ def _label_backlog(conn: db.Connection, settings: Settings, options: RunOptions,
     report = analysis.analyze_backlog(conn, settings.analyzer, deadline=options.deadline)
     if report.analyzed or report.error or batch.analysis is not None:
         batch.add_analysis(report.as_json())
+
+
+def _refresh(conn: db.Connection, settings: Settings, options: RunOptions, batch: BatchResult) -> None:
+    batch.refresh = refresh.refresh(
+        conn, settings, now=utcnow, budgets=options.budgets, deadline=options.deadline, http=options.http,
+        skip_due=True, stop=options.stop,
+    ).as_json()  # fmt: skip
 
 
 def _command_stopped(exc: DatabaseError) -> DatabaseError:
@@ -379,6 +393,15 @@ def _budget(
         size = min(sizes)
         return coverage.Budget(key, size, "calls", f"{connector.title} rate limit: a new window of {size:,} calls")
     return None
+def refresh_now(
+    settings: Settings, *, tenant_id: int | None = None, source_id: int | None = None, everything: bool = False
+) -> refresh.RefreshReport:
+    """`slsync refresh`: the same pass as `sync due`'s, on demand (`everything`: every stored mention)."""
+    with db.connect(settings, for_sync=True) as conn, _command(settings, "refresh") as options:
+        return refresh.refresh(
+            conn, settings, now=utcnow, budgets=options.budgets, deadline=options.deadline, http=options.http,
+            tenant_id=tenant_id, source_id=source_id, everything=everything, stop=options.stop,
+        )  # fmt: skip
 
 
 def _run_many(
@@ -557,22 +580,6 @@ def _run_workers(
     return results, failures[0] if failures else None
 
 
-class QuotaLedger:
-    """The connectors' view of sl_quota_ledger, on the connection of the run."""
-
-    def __init__(self, conn: db.Connection) -> None:
-        self._conn = conn
-
-    def spend(self, key: str, units: int, daily_limit: int, day: date) -> int | None:
-        return db.spend_quota(self._conn, key, day, units, daily_limit)
-
-    def exhaust(self, key: str, daily_limit: int, day: date) -> None:
-        db.exhaust_quota(self._conn, key, day, daily_limit)
-
-    def use_unique(self, key: str, item: str, limit: int, window: timedelta) -> int | None:
-        return db.use_unique(self._conn, key, item, limit, window)
-
-
 def run_source(
     conn: db.Connection, settings: Settings, source_id: int, options: RunOptions, *, analyze: bool = True
 ) -> SyncResult:
@@ -673,30 +680,25 @@ def _run_locked(conn: db.Connection, settings: Settings, source_id: int, options
     if refusal := _refused(connector_cls, source, settings):
         db.release_claim(conn, source_id)
         return _skipped(source_id, "refused", refusal)
-    context = Context(
-        now=utcnow,
-        settings=settings,
-        credentials=lambda: credentials_for(
-            connector_cls,
-            source,
-            settings,
-            conn=conn,
-            now=utcnow,
-            on_refresh=lambda token: db.set_reconnect_by(conn, source.id, token.reconnect_by),
-        ),
-        deadline=options.deadline,
-        budgets=options.budgets,
-        quota=QuotaLedger(conn),
-        http=options.http,
-    )
+    context = context_for(
+        conn, connector_cls, source, settings, now=utcnow, deadline=options.deadline, budgets=options.budgets,
+        quota=db.QuotaLedger(conn), http=options.http,
+    )  # fmt: skip
     try:
-        return _fetch_and_save(conn, connector_cls(source, context), source, options, now)
+        # when a new mention's counts are read again (never, on a platform that has no lookup)
+        schedule = settings.refresh_steps if connector_cls.lookup_size else None
+        return _fetch_and_save(conn, connector_cls(source, context), source, options, now, schedule)
     finally:
         context.close()
 
 
 def _fetch_and_save(
-    conn: db.Connection, connector: Connector, source: Source, options: RunOptions, now: datetime
+    conn: db.Connection,
+    connector: Connector,
+    source: Source,
+    options: RunOptions,
+    now: datetime,
+    schedule: Sequence[timedelta] | None = None,
 ) -> SyncResult:
     # An explicit --since starts afresh; otherwise an interrupted run is continued where it stopped.
     since = options.since
@@ -727,7 +729,7 @@ def _fetch_and_save(
         """The gathered pages in one transaction, with the in-flight cursor the last one reached."""
         if not unwritten:
             return
-        saved = db.save_pages(conn, source, run_id, unwritten)
+        saved = db.save_pages(conn, source, run_id, unwritten, schedule=schedule)
         fetched = sum(len(p.mentions) for p in unwritten)
         result.mentions_saved += saved
         result.duplicates += fetched - saved

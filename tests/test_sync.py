@@ -85,8 +85,8 @@ def test_pages_are_written_together_up_to_a_thousand_mentions_or_a_second(
     writes: list[tuple[int, int, dict]] = []
     save_pages = db.save_pages
 
-    def recording(conn, source, run_id, pages):  # noqa: ANN001, ANN202
-        saved = save_pages(conn, source, run_id, pages)
+    def recording(conn, source, run_id, pages, **options):  # noqa: ANN001, ANN003, ANN202
+        saved = save_pages(conn, source, run_id, pages, **options)
         inflight = db.get_source(conn, source.id).inflight_cursor
         writes.append((len(pages), sum(len(p.mentions) for p in pages), inflight))
         assert inflight == dict(pages[-1].cursor)  # the cursor of the last page written, with its mentions

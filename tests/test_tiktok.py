@@ -44,9 +44,9 @@ from slsync.connectors.tiktok import (
     quota_day,
     windows,
 )
+from slsync.db import QuotaLedger
 from slsync.errors import AuthError, RateLimited, Retriable, UsageError
 from slsync.models import Source
-from slsync.sync import QuotaLedger
 from tests.conftest import Cli
 from tests.fakes.tiktok_api import CLIENT_KEY, CLIENT_SECRET, COMMENTS_PATH, QUERY_PATH, TikTokApi
 

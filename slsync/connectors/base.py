@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from slsync import http
 from slsync.auth import BearerAuth, Credentials, OAuthApp, StaticToken
-from slsync.budget import RateBudgets
+from slsync.budget import Budgets, RateBudgets
 from slsync.config import PlatformSettings
 from slsync.errors import Fatal, RateLimited, UsageError
-from slsync.models import Page, RateLimit, Source
+from slsync.models import Mention, Page, RateLimit, Source, Stored
 
 if TYPE_CHECKING:
     import httpx
@@ -107,7 +108,7 @@ class Context:
         settings: Settings | None = None,
         credentials: Callable[[], Credentials] | None = None,
         deadline: float | None = None,
-        budgets: RateBudgets | None = None,
+        budgets: Budgets | None = None,
         quota: Quota | None = None,
         http: httpx.Client | None = None,
     ) -> None:
@@ -149,6 +150,20 @@ class Context:
             self._http.close()
 
 
+@dataclass(frozen=True)
+class Looked:
+    """What one lookup learned of the posts it was given."""
+
+    # the posts as the platform shows them now, normalized as a sync would store them, under the external id
+    # they were stored with
+    found: Sequence[Mention] = ()
+    # external ids of posts the platform no longer shows (deleted, removed, suspended, made private)
+    gone: Sequence[str] = ()
+    limits: RateLimit | None = None
+    # external ids the answer says nothing sure about (neither shown nor said to be gone): not read again
+    unknown: Sequence[str] = ()
+
+
 class Connector(ABC):
     platform: ClassVar[str]
     # the platform's name in messages ("X", "Reddit")
@@ -180,6 +195,10 @@ class Connector(ABC):
     reconnect: ClassVar[str] = "fix the {platform} credentials, then: slsync sync source {source_id}"
     # a stand-in that makes up its posts: refused (added or synced) when SLSYNC_ENV=production
     development_only: ClassVar[bool] = False
+    # posts one lookup call reads again (the platform's batch size); 0: the platform has no lookup
+    lookup_size: ClassVar[int] = 0
+    # whether a lookup needs the payload stored with a post (Mastodon: the instance's own status id)
+    lookup_reads_raw: ClassVar[bool] = False
 
     def __init__(self, source: Source, context: Context) -> None:
         self.source = source
@@ -298,19 +317,22 @@ class Connector(ABC):
         *,
         read_limits: Callable[[httpx.Headers], RateLimit | None] | None = None,
         auth: httpx.Auth | None = None,
+        window: str | None = None,
         **kwargs: Any,
     ) -> tuple[httpx.Response, RateLimit | None]:
         """One request under the retry policy and the run's deadline, counted in the credential's shared
-        window; `auth` defaults to the bearer flow that renews a refused token once. Returns the answer
-        (mapping its status to an error is the caller's) and the limits its headers report."""
+        window (`window` names another one the platform counts apart, such as X's lookup endpoint); `auth`
+        defaults to the bearer flow that renews a refused token once. Returns the answer (mapping its status
+        to an error is the caller's) and the limits its headers report."""
         credentials = self.context.credentials
-        with self.context.budgets.call(credentials.key, self.title):
+        key = credentials.key if window is None else f"{credentials.key}:{window}"
+        with self.context.budgets.call(key, self.title):
             response = http.send(
                 self.context.http, method, url, platform=self.title, read_limits=read_limits,
                 deadline=self.context.deadline, auth=auth or BearerAuth(credentials), **kwargs,
             )  # fmt: skip
             limits = read_limits(response.headers) if read_limits else None
-            self.context.budgets.record(credentials.key, limits)
+            self.context.budgets.record(key, limits)
         return response, limits
 
     def stop_if_spent(self, limits: RateLimit | None) -> None:
@@ -318,6 +340,17 @@ class Connector(ABC):
         if limits and limits.remaining == 0 and limits.reset_at and limits.reset_at > self.context.now():
             until = f"{limits.reset_at:%Y-%m-%d %H:%M:%S} UTC"
             raise RateLimited(f"{self.title} rate limit used up until {until}", limits.reset_at)
+
+    # --- reading stored posts again (slsync refresh) ---------------------------------------------------
+
+    def lookup_kind(self, post: Stored) -> str | None:
+        """Which lookup reads this post again (posts of one kind share calls); None when none can."""
+        return "posts" if self.lookup_size else None
+
+    def lookup(self, kind: str, posts: Sequence[Stored]) -> Looked:
+        """Read up to `lookup_size` posts of one kind again, in one call: their counts and text now, and which
+        of them the platform no longer shows."""
+        raise NotImplementedError(f"{self.title} has no lookup")
 
     @abstractmethod
     def pages(self, cursor: CursorDoc, *, since: datetime | None, resume: CursorDoc) -> Iterator[Page]:

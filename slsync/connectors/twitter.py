@@ -6,9 +6,10 @@ since_id in the cursor, so a query that found nothing new never drags another on
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ from pydantic import Field, SecretStr
 from slsync import http
 from slsync.auth import OAuthApp
 from slsync.config import PlatformSettings
-from slsync.connectors.base import oauth_app
+from slsync.connectors.base import Looked, oauth_app
 from slsync.connectors.fields import by_key as _by_key
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
@@ -26,7 +27,7 @@ from slsync.connectors.fields import normalize_each, total
 from slsync.connectors.fields import text as _text
 from slsync.connectors.paging import Cursor, Fetched, PagedConnector, Walk
 from slsync.errors import Fatal, UsageError
-from slsync.models import Mention
+from slsync.models import Mention, Stored
 
 if TYPE_CHECKING:
     from slsync.config import Settings
@@ -55,6 +56,12 @@ SEARCH_PARAMS = {
     "expansions": "author_id,attachments.media_keys,geo.place_id",
 }
 MEDIA_TYPES = {"photo": "image", "video": "video", "animated_gif": "video"}
+# GET /2/tweets: up to 100 ids a call, counted in a window of its own (not search's)
+LOOKUP_SIZE = 100
+LOOKUP_PARAMS = {k: v for k, v in SEARCH_PARAMS.items() if k != "max_results"}
+# What a lookup's `errors` say of an id asked for: gone (deleted, or its author suspended or protected); any
+# other problem type tells nothing sure about the post
+GONE_PROBLEMS = ("resource-not-found", "not-authorized-for-resource", "resource-unavailable")
 
 _WORD = re.compile(r"^\w+$")
 _HANDLE = re.compile(r"^[A-Za-z0-9_]{1,15}$")
@@ -148,6 +155,9 @@ def normalize_tweet(
     tweet_id = str(tweet.get("id") or "")
     if not tweet_id.isdigit():
         raise ValueError("a post without a numeric id")
+    # each edit of a post gets a new id; the first of its edit history names the post for good, so that the
+    # version a later search finds is the mention already stored, and a lookup by it answers the latest text
+    history = [str(i) for i in _list(tweet.get("edit_history_tweet_ids")) if str(i).isdigit()]
     author = users.get(str(tweet.get("author_id"))) if tweet.get("author_id") is not None else None
     author_metrics = _dict((author or {}).get("public_metrics"))
     metrics = _dict(tweet.get("public_metrics"))
@@ -184,7 +194,7 @@ def normalize_tweet(
     raw["includes"] = {"author": author, "media": attached, "place": place}
     return Mention(
         platform="twitter",
-        external_id=tweet_id,
+        external_id=history[0] if history else tweet_id,
         published_at=_published(tweet, tweet_id),
         url=f"https://x.com/{handle}/status/{tweet_id}" if handle else f"https://x.com/i/web/status/{tweet_id}",
         content=note or _text(tweet.get("text")),
@@ -243,6 +253,7 @@ class TwitterConnector(PagedConnector):
     max_lookback = LOOKBACK
 
     settings_model = TwitterSettings
+    lookup_size = LOOKUP_SIZE
     builds = staticmethod(build_queries)
     reconnect = "reconnect: slsync connect {source_id} (or set TWITTER_BEARER_TOKEN for app-only access)"
 
@@ -283,9 +294,37 @@ class TwitterConnector(PagedConnector):
         if not isinstance(body.get("data", []), list) or not isinstance(body.get("meta", {}), dict):
             raise Fatal("X sent an unexpected response: data is not a list of posts")
         mentions, errors = normalize_page(body)
-        newest = max((m.external_id for m in mentions), key=int, default=None)
+        # the cursor's bound is the newest id served (an edit's own id, not the post's first)
+        newest = max((str(_dict(m.raw).get("id")) for m in mentions), key=int, default=None)
         token = _text(_dict(body.get("meta")).get("next_token"))
         return Fetched(mentions, token=token, newest=newest, errors=errors, limits=limits)
+
+    def lookup(self, kind: str, posts: Sequence[Stored]) -> Looked:
+        """GET /2/tweets?ids=: the posts as they are now. A post edited since is answered in its latest version
+        (its edit_history_tweet_ids starts with the id stored); a missing one is named in `errors`."""
+        asked = {p.external_id for p in posts}
+        url = self.settings.api_url.rstrip("/") + "/tweets"
+        params = {"ids": ",".join(p.external_id for p in posts), **LOOKUP_PARAMS}
+        response, limits = self.call("GET", url, read_limits=READ_LIMITS, params=params, window="lookup")
+        http.raise_for_status(response, "X", limits)
+        body = http.decode_json(response, "X")
+        if not isinstance(body, dict) or not isinstance(body.get("data", []), list):
+            raise Fatal("X sent an unexpected answer to a post lookup: data is not a list of posts")
+        includes = _dict(body.get("includes"))
+        users, media = _by_key(includes.get("users"), "id"), _by_key(includes.get("media"), "media_key")
+        places = _by_key(includes.get("places"), "id")
+        found, _ = normalize_each(
+            _list(body.get("data")), lambda tweet: normalize_tweet(tweet, users, media, places), "a post X sent", log
+        )
+        found = [m for mention in found if (m := _as_asked(mention, asked)) is not None]
+        gone, unknown = [], []
+        for error in map(_dict, _list(body.get("errors"))):
+            post_id = _text(error.get("resource_id")) or _text(error.get("value"))
+            if post_id not in asked or error.get("parameter") not in (None, "ids", "id"):
+                continue  # a referenced post or user of a post that was found
+            problem = str(error.get("type") or "")
+            (gone if problem.endswith(GONE_PROBLEMS) else unknown).append(post_id)
+        return Looked(found, gone, limits, unknown=unknown)
 
     def legacy(self, doc: Mapping[str, Any]) -> Cursor:
         """0.1.0: {"since_ids": {query: id}, "active": {"query", "next_token", "newest_id", "since_id" or
@@ -301,3 +340,13 @@ class TwitterConnector(PagedConnector):
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _as_asked(mention: Mention, asked: set[str]) -> Mention | None:
+    """A looked-up post under the id it was stored with: an edited post comes back with its latest id, the
+    stored one first in its edit history."""
+    if mention.external_id in asked:
+        return mention
+    history = _list(_dict(mention.raw).get("edit_history_tweet_ids"))
+    original = next((str(i) for i in history if str(i) in asked), None)
+    return dataclasses.replace(mention, external_id=original) if original else None

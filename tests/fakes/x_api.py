@@ -1,11 +1,14 @@
-"""A loopback stand-in for X's recent search endpoint (GET /2/tweets/search/recent).
+"""A loopback stand-in for X's recent search endpoint (GET /2/tweets/search/recent) and post lookup
+(GET /2/tweets?ids=).
 
 It serves posts newest first in pages with next_token, honours since_id and start_time, joins
 authors into `includes`, checks the bearer token, reports x-rate-limit-* headers from one window
 shared by every caller of the token (as X counts an app's calls), and can answer 429 or 401 on
-demand. Every request is recorded so tests can assert what slsync asked. For load
-(benchmarks/sync_due.py): a latency added to every answer, keep-alive, and the peak of requests in
-flight.
+demand. The lookup has its own window, as X counts each endpoint apart; a test can edit a post (X gives
+the new version a new id and answers a lookup of the old one with it), delete one or protect its author
+(the lookup names it in `errors`, as X does). Every request is recorded so tests can assert what slsync
+asked. For load (benchmarks/sync_due.py): a latency added to every answer, keep-alive, and the peak of
+requests in flight.
 """
 
 from __future__ import annotations
@@ -48,6 +51,11 @@ class XApi:
     reset_at: datetime = field(default_factory=lambda: datetime.now(UTC) + timedelta(minutes=15))
     # answer 429 to the Nth search call (1-based) and after, until cleared
     fail_429_from_call: int | None = None
+    # the lookup endpoint's own window
+    lookup_limit: int = 300
+    lookup_remaining: int = 300
+    # post ids whose author turned protected: the lookup answers them with an authorization error
+    protected: set[str] = field(default_factory=set)
     # scripted faults, one per search call until the list is empty: an HTTP status, or "invalid_json",
     # "truncated" (the body stops half-way), "wrong_shape", ("slow", seconds) before a normal answer
     faults: list[Any] = field(default_factory=list)
@@ -84,6 +92,28 @@ class XApi:
     @property
     def searches(self) -> list[Request]:
         return [r for r in self.requests if r.path.endswith("/tweets/search/recent")]
+
+    @property
+    def lookups(self) -> list[Request]:
+        return [r for r in self.requests if r.path.endswith("/2/tweets")]
+
+    def post(self, post_id: str) -> dict[str, Any]:
+        """The current version of a post, by any id of its edit history."""
+        return next(p for p in self.posts if post_id in p["edit_history_tweet_ids"])
+
+    def edit(self, post_id: str, text: str) -> str:
+        """Edit a post as X does: the new version gets a new id, the old ones stay in its edit history."""
+        post = self.post(post_id)
+        new_id = str(int(max(p["id"] for p in self.posts)) + 1)
+        post.update(id=new_id, text=text, edit_history_tweet_ids=[*post["edit_history_tweet_ids"], new_id])
+        self.posts.sort(key=lambda p: int(p["id"]), reverse=True)
+        return new_id
+
+    def delete(self, post_id: str) -> None:
+        self.posts.remove(self.post(post_id))
+
+    def set_metrics(self, post_id: str, **metrics: int) -> None:
+        self.post(post_id)["public_metrics"].update(metrics)
 
     def add_posts(
         self, count: int, *, newest: datetime | None = None, spacing: timedelta = timedelta(minutes=1)
@@ -164,9 +194,42 @@ class XApi:
             return f"Invalid 'start_time':'{start}'. 'start_time' must be on or after {earliest:%Y-%m-%dT%H:%MZ}"
         return None
 
-    def _limit_headers(self, remaining: int) -> dict[str, str]:
+    def lookup(self, params: dict[str, str], authorization: str | None) -> tuple[int, dict[str, str], dict[str, Any]]:
+        if authorization is None or authorization.removeprefix("Bearer ") not in self.tokens:
+            return 401, {}, {"title": "Unauthorized", "type": "about:blank", "status": 401, "detail": "Unauthorized"}
+        ids = [i for i in params.get("ids", "").split(",") if i]
+        if not 1 <= len(ids) <= 100:
+            return 400, {}, {"title": "Invalid Request", "detail": "ids: between 1 and 100 ids"}
+        with self._lock:
+            if self.lookup_remaining <= 0:
+                return 429, self._limit_headers(0, self.lookup_limit), {"title": "Too Many Requests"}
+            self.lookup_remaining -= 1
+            remaining = self.lookup_remaining
+        data, errors = [], []
+        for post_id in ids:
+            found = next((p for p in self.posts if post_id in p["edit_history_tweet_ids"]), None)
+            if found is not None and post_id not in self.protected:
+                data.append(found)
+                continue
+            problem = "not-authorized-for-resource" if found is not None else "resource-not-found"
+            title = "Authorization Error" if found is not None else "Not Found Error"
+            errors.append({
+                "value": post_id, "detail": f"Could not find tweet with ids: [{post_id}].", "title": title,
+                "resource_type": "tweet", "parameter": "ids", "resource_id": post_id,
+                "type": f"https://api.twitter.com/2/problems/{problem}",
+            })  # fmt: skip
+        body: dict[str, Any] = {}
+        if data:
+            body["data"] = data
+            authors = {p["author_id"] for p in data}
+            body["includes"] = {"users": [self.users[a] for a in sorted(authors) if a in self.users]}
+        if errors:
+            body["errors"] = errors
+        return 200, self._limit_headers(remaining, self.lookup_limit), body
+
+    def _limit_headers(self, remaining: int, limit: int | None = None) -> dict[str, str]:
         return {
-            "x-rate-limit-limit": str(self.window_limit),
+            "x-rate-limit-limit": str(limit or self.window_limit),
             "x-rate-limit-remaining": str(remaining),
             "x-rate-limit-reset": str(int(self.reset_at.timestamp())),
         }
@@ -210,6 +273,8 @@ class XApi:
                     )
                 elif search:
                     status, headers, body = api.search(params, auth)
+                elif parts.path.endswith("/2/tweets"):
+                    status, headers, body = api.lookup(params, auth)
                 else:
                     status, headers, body = 404, {}, {"title": "Not Found"}
                 with api._lock:
