@@ -210,13 +210,16 @@ class Ledger(Protocol):
 
 class QuotaShare:
     """At most `share` of each daily quota (YouTube's units, TikTok's requests and records) for work that must
-    never crowd out the syncs: floor(share x the units left when this work first spends from it that day)."""
+    never crowd out the syncs: floor(share x the units left when this work first spends from it that day).
+    A spend beyond the share is refused as the ledger refuses one beyond the quota (None), and `refused` says
+    so, for the caller to tell the share from the quota."""
 
     def __init__(self, ledger: Ledger, share: float) -> None:
         self._ledger = ledger
         self._share = share
         self._allowed: dict[tuple[str, date], int] = {}
         self._spent: defaultdict[tuple[str, date], int] = defaultdict(int)
+        self.refused = False
 
     def spend(self, key: str, units: int, daily_limit: int, day: date) -> int | None:
         quota = (key, day)
@@ -225,6 +228,7 @@ class QuotaShare:
             return self._ledger.spend(key, units, daily_limit, day)
         allowed = self._allowed.get(quota)
         if allowed is not None and self._spent[quota] + units > allowed:
+            self.refused = True
             return None
         left = self._ledger.spend(key, units, daily_limit, day)
         if left is None:
@@ -233,6 +237,7 @@ class QuotaShare:
             allowed = self._allowed[quota] = math.floor(self._share * (left + units))
             if units > allowed:
                 self._ledger.spend(key, -units, daily_limit, day)
+                self.refused = True
                 return None
         self._spent[quota] += units
         return left

@@ -161,6 +161,7 @@ def _refresh_source(conn: db.Connection, source: Source, run: Pass) -> SourceRef
         result.status, result.message = "busy", "the source is being synced; its posts are read in a later pass"
         return result
     connector_cls = connector_class(source.platform)
+    run.quota.refused = False
     context = context_for(
         conn, connector_cls, source, run.settings, now=run.now, deadline=run.deadline, budgets=run.windows,
         quota=run.quota, http=run.http,
@@ -169,11 +170,12 @@ def _refresh_source(conn: db.Connection, source: Source, run: Pass) -> SourceRef
         connector = connector_cls(source, context)
         try:
             _read_again(conn, connector, source, run, result)
-        except ShareSpent:
-            result.status = "share_spent"
-            result.message = f"its share ({run.settings.refresh_share:.0%}) of the rate-limit window or quota is used"
         except RateLimited as exc:
-            result.status, result.message = "rate_limited", str(exc)
+            if isinstance(exc, ShareSpent) or run.quota.refused:
+                share = f"{run.settings.refresh_share:.0%}"
+                result.status, result.message = "share_spent", f"its share ({share}) of the window or quota is used"
+            else:
+                result.status, result.message = "rate_limited", str(exc)
         except AuthError as exc:
             result.status = "failed"
             result.message = f"{exc}; {connector_cls.reconnect_advice(source.id)}"

@@ -3,7 +3,7 @@ deleted on the platform, the schedule, and the refresh's share of rate-limit win
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -107,3 +107,58 @@ def test_with_deleted_remove_the_post_is_gone_for_good(
     stored = _stored(conn, synced)
     assert gone not in stored and len(stored) == 249
     assert x_cli.ok("status", str(synced), "--json").json()["stats"]["total_mentions"] == 249
+
+
+def test_a_window_with_ten_calls_left_gives_the_refresh_two(
+    x_cli: Cli, x_api: XApi, conn: db.Connection, synced: int
+) -> None:
+    _make_due(conn, synced)
+    x_api.lookup_remaining = 10
+    doc = x_cli.ok("refresh", "--json").json()
+    assert doc["calls"] == 2 and len(x_api.lookups) == 2 and x_api.lookup_remaining == 8
+    assert doc["checked"] == 200 and doc["pending"] == 50
+    assert doc["sources"][0]["status"] == "share_spent"
+    # a share of what is left, each time: 8 left now, 20% of 8 is one call
+    assert x_cli.ok("refresh", "--json").json()["calls"] == 1
+
+
+def test_sync_due_syncs_first_and_refreshes_with_what_is_left_of_the_window(
+    x_cli: Cli, x_api: XApi, conn: db.Connection, synced: int
+) -> None:
+    # a second tenant's source that is due to sync but is not claimed by this run (--limit 1): its posts are
+    # left alone, so that the refresh never holds the lock of a source waiting for its sync
+    other = x_cli.ok(
+        "source", "add", "twitter", "--tenant", "2", "--name", "other", "--keyword", "acme", "--json"
+    ).json()["id"]
+    x_cli.ok("sync", "source", str(other))
+    _make_due(conn, synced)
+    _make_due(conn, other)
+    conn.execute("UPDATE sl_sources SET next_sync_at = now() - interval '1 minute', last_sync_at = now() - interval"
+                 " '1 hour' WHERE id = %s", (synced,))  # fmt: skip
+    conn.execute("UPDATE sl_sources SET next_sync_at = now() - interval '1 minute' WHERE id = %s", (other,))
+    x_api.add_posts(5, newest=datetime.now(UTC), spacing=timedelta(milliseconds=10))
+    x_api.lookup_remaining = 10
+    searches_before = len(x_api.searches)
+    doc = x_cli.ok("sync", "due", "--limit", "1", "--json").json()
+    assert [r["source_id"] for r in doc["results"]] == [synced] and doc["total_mentions_saved"] == 5
+    refresh = doc["refresh"]
+    assert refresh["calls"] == 2 and refresh["checked"] == 200
+    assert [s["source_id"] for s in refresh["sources"]] == [synced]
+    # every search of the run came before its first lookup
+    paths = [r.path for r in x_api.requests]
+    assert len(x_api.searches) > searches_before
+    assert max(i for i, p in enumerate(paths) if p.endswith("/search/recent")) < paths.index("/2/tweets")
+    pending = db.refresh_pending(conn, [synced, other])
+    assert pending == {synced: 50, other: 250}
+    # the new posts are scheduled, not due yet
+    new = conn.execute(
+        "SELECT count(*) AS n FROM sl_mentions WHERE source_id = %s AND refresh_due_at > now()", (synced,)
+    ).fetchone()["n"]
+    assert new >= 5
+
+
+def test_the_refresh_in_sync_due_can_be_turned_off(x_cli: Cli, x_api: XApi, conn: db.Connection, synced: int) -> None:
+    _make_due(conn, synced)
+    conn.execute("UPDATE sl_sources SET next_sync_at = now()")
+    doc = x_cli.ok("sync", "due", "--json", env={"SLSYNC_REFRESH_SHARE": "0"}).json()
+    assert doc["refresh"] is None and not x_api.lookups

@@ -343,9 +343,10 @@ class Connector(ABC):
 
     # --- reading stored posts again (slsync refresh) ---------------------------------------------------
 
-    def lookup_kind(self, post: Stored) -> str | None:
+    @classmethod
+    def lookup_kind(cls, post: Stored) -> str | None:
         """Which lookup reads this post again (posts of one kind share calls); None when none can."""
-        return "posts" if self.lookup_size else None
+        return "posts" if cls.lookup_size else None
 
     def lookup(self, kind: str, posts: Sequence[Stored]) -> Looked:
         """Read up to `lookup_size` posts of one kind again, in one call: their counts and text now, and which

@@ -20,7 +20,7 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ from pydantic import Field, SecretStr
 from slsync import http
 from slsync.auth import BearerAuth, ClientCredentials
 from slsync.config import PlatformSettings
+from slsync.connectors.base import Looked
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from pydantic import SecretStr
 
     from slsync.config import Settings
-    from slsync.models import Source
+    from slsync.models import Source, Stored
 
 log = logging.getLogger("slsync.bluesky")
 
@@ -60,6 +61,9 @@ REFRESH_MARGIN = timedelta(minutes=2)
 RATE_LIMIT_PREFIX = "ratelimit-"
 READ_LIMITS = http.header_limits(RATE_LIMIT_PREFIX)
 SEARCH = "app.bsky.feed.searchPosts"
+# the posts of up to 25 at:// URIs, as they are now (a deleted or taken-down one is left out)
+GET_POSTS = "app.bsky.feed.getPosts"
+LOOKUP_SIZE = 25
 CREATE_SESSION = "com.atproto.server.createSession"
 REFRESH_SESSION = "com.atproto.server.refreshSession"
 # XRPC errors that mean "this token is no good": get a new session and try once more
@@ -448,6 +452,7 @@ class BlueskyConnector(PagedConnector):
     title = PLATFORM
     connection_type = "app"
     page_size = PAGE_SIZE
+    lookup_size = LOOKUP_SIZE
 
     @classmethod
     def app_credentials(cls, source: Source, settings: Settings) -> BlueskySession | None:
@@ -463,15 +468,8 @@ class BlueskyConnector(PagedConnector):
             params["lang"] = query.lang
         if walk.token:
             params["cursor"] = walk.token
-        url = f"{self.settings.api_url.rstrip('/')}/{SEARCH}"
-        auth = BearerAuth(self.context.credentials, _refused_token)
-        response, limits = self.call("GET", url, read_limits=READ_LIMITS, auth=auth, params=params)
-        if _refused_token(response):
-            raise AuthError(f"{PLATFORM} refused the session token (HTTP {response.status_code}: "
-                            f"{http.platform_message(response)})")  # fmt: skip
-        http.raise_for_status(response, PLATFORM, limits)
-        body = http.decode_json(response, PLATFORM)
-        if not isinstance(body, dict) or not isinstance(body.get("posts"), list):
+        body, limits = self._get(SEARCH, params)
+        if not isinstance(body.get("posts"), list):
             reason = _dict(body).get("message") or _dict(body).get("error")
             raise Fatal(f"Bluesky sent an unexpected response: {reason if isinstance(reason, str) else 'no posts'}")
         mentions, errors = normalize_page(body)
@@ -482,6 +480,33 @@ class BlueskyConnector(PagedConnector):
             token = None  # the server ignored `since`: nothing newer follows
         newest = _iso(max(sorts)) if sorts else None
         return Fetched(mentions, token=token, newest=newest, errors=errors, limits=limits)
+
+    def lookup(self, kind: str, posts: Sequence[Stored]) -> Looked:
+        """getPosts: the posts still there, with their counts now; one left out of the answer is gone (deleted by
+        its author, taken down, or its author's account deactivated or blocking: Bluesky answers them alike).
+        Bluesky posts cannot be edited."""
+        uris = [p.external_id for p in posts]
+        body, limits = self._get(GET_POSTS, {"uris": uris})
+        if not isinstance(body.get("posts"), list):
+            raise Fatal("Bluesky sent an unexpected answer to getPosts: no posts")
+        found, _ = normalize_page(body)
+        found = [m for m in found if m.external_id in uris]
+        listed = {m.external_id for m in found}
+        return Looked(found, [u for u in uris if u not in listed], limits)
+
+    def _get(self, method: str, params: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+        """One XRPC GET through the session, which is renewed once when the server refuses its token."""
+        url = f"{self.settings.api_url.rstrip('/')}/{method}"
+        auth = BearerAuth(self.context.credentials, _refused_token)
+        response, limits = self.call("GET", url, read_limits=READ_LIMITS, auth=auth, params=params)
+        if _refused_token(response):
+            raise AuthError(f"{PLATFORM} refused the session token (HTTP {response.status_code}: "
+                            f"{http.platform_message(response)})")  # fmt: skip
+        http.raise_for_status(response, PLATFORM, limits)
+        body = http.decode_json(response, PLATFORM)
+        if not isinstance(body, dict):
+            raise Fatal(f"Bluesky sent an unexpected answer to {method}: not an object")
+        return body, limits
 
     def reached(self, walk: Walk, stored: Any) -> str:
         asked = parse_time(walk.bound) or self.context.now() - FIRST_SYNC

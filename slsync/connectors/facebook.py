@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
     from slsync.auth import OAuthApp
     from slsync.config import Settings
-    from slsync.models import Source
+    from slsync.connectors.base import Looked
+    from slsync.models import Source, Stored
     from slsync.tokens import Token
 
 log = logging.getLogger("slsync.facebook")
@@ -233,6 +234,9 @@ class FacebookConnector(PagedConnector):
     connection_type = "user"
     needs_search_terms = False
     options = {"page": _page_id, "comment_posts": whole_number("posts", MAX_COMMENT_POSTS)}
+    lookup_size = meta.MULTI_READ_SIZE
+    # posts and comments are read with different fields, and only the stored payload tells them apart
+    lookup_reads_raw = True
 
     @classmethod
     def oauth_app(cls, settings: Settings) -> OAuthApp:
@@ -262,6 +266,19 @@ class FacebookConnector(PagedConnector):
     def reached(self, walk: Walk, stored: Any) -> str:
         """A finished stream's bound: the newest time it reached, never behind where it stood."""
         return self.newest(stored, walk.bound, walk.newest)
+
+    @classmethod
+    def lookup_kind(cls, post: Stored) -> str | None:
+        """Posts and comments, told apart by their stored payload (None once retention dropped it)."""
+        if not post.raw:
+            return None
+        return "comments" if _is_comment(post.raw) else "posts"
+
+    def lookup(self, kind: str, posts: Sequence[Stored]) -> Looked:
+        """A multiple-ID read of posts (with their reactions, comments and shares) or comments (likes, replies)."""
+        fields, normalize = (POST_FIELDS, normalize_post) if kind == "posts" else (COMMENT_FIELDS, normalize_comment)
+        api = self.settings.url(PLATFORM, "api")
+        return meta.read_again(self, api, [p.external_id for p in posts], fields, normalize)
 
     def legacy(self, doc: Mapping[str, Any]) -> Cursor:
         """0.1.0: {"streams": {name: {"after": iso}}, "active": {"stream", "bound", "newest", and "params" (feed,

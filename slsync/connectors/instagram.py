@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 
     from slsync.auth import OAuthApp
     from slsync.config import Settings
-    from slsync.models import Source
+    from slsync.connectors.base import Looked
+    from slsync.models import Source, Stored
     from slsync.tokens import Token
 
 log = logging.getLogger("slsync.instagram")
@@ -267,6 +268,7 @@ class InstagramConnector(PagedConnector):
         "tags": flag,
         "overlap_minutes": whole_number("minutes", MAX_OVERLAP_MINUTES),
     }
+    lookup_size = meta.MULTI_READ_SIZE
     # the usage Meta reported last in this run, for pages that make no call (a hashtag over the budget)
     _last_limits: RateLimit | None = None
 
@@ -336,6 +338,13 @@ class InstagramConnector(PagedConnector):
             mentions, token=following, newest=_iso(newest) if newest else None, errors=errors, limits=limits,
             first=first,
         )  # fmt: skip
+
+    def lookup(self, kind: str, posts: Sequence[Stored]) -> Looked:
+        """A multiple-ID read of the media: their likes, comments and caption now. Meta documents reading a
+        media object by id for the account's own media; for others' (tags, hashtags) it says nothing, and a
+        refusal of every media asked for concludes nothing (see meta.read_again)."""
+        api = self.settings.url("instagram", "api")
+        return meta.read_again(self, api, [p.external_id for p in posts], MEDIA_FIELDS, normalize_media)
 
     def legacy(self, doc: Mapping[str, Any]) -> Cursor:
         """0.1.0: {"account": {...}, "streams": {name: {"after": iso}}, "active": {"stream", "next", "bound",

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import httpx
 from pydantic import Field, SecretStr
@@ -35,7 +35,7 @@ from pydantic import Field, SecretStr
 from slsync import http
 from slsync.auth import OAuthApp
 from slsync.config import PlatformSettings
-from slsync.connectors.base import Connector, CursorDoc, oauth_app
+from slsync.connectors.base import Connector, CursorDoc, Looked, oauth_app
 from slsync.connectors.fields import has_word, normalize_each
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
@@ -46,7 +46,7 @@ from slsync.models import Mention, Page
 
 if TYPE_CHECKING:
     from slsync.config import Settings
-    from slsync.models import Source
+    from slsync.models import Source, Stored
     from slsync.tokens import Token
 
 log = logging.getLogger("slsync.linkedin")
@@ -299,6 +299,8 @@ class LinkedInConnector(Connector):
     @classmethod
     def reach(cls, config: Mapping[str, Any]) -> timedelta:
         return RETENTION - RETENTION_MARGIN
+    # the posts that mention the organization, by a batch get of posts; comments cannot be read in batches
+    lookup_size = BATCH_GET_LIMIT
 
     @classmethod
     def oauth_app(cls, settings: Settings) -> OAuthApp:
@@ -359,6 +361,32 @@ class LinkedInConnector(Connector):
             yield Page(mentions=tuple(mentions), cursor=state, errors=errors)
             if not more:
                 return
+
+    # --- reading posts again ----------------------------------------------------------------------
+
+    @classmethod
+    def lookup_kind(cls, post: Stored) -> str | None:
+        """Posts (share and ugcPost URNs). A comment is read only one at a time, under its post
+        (GET /rest/socialActions/{post}/comments/{id}): comments are not read again."""
+        return "posts" if post.external_id.split(":")[2:3] in (["share"], ["ugcPost"]) else None
+
+    def lookup(self, kind: str, posts: Sequence[Stored]) -> Looked:
+        """A batch get of posts (`GET /rest/posts?ids=List(...)`): their text now (an edited post has its new
+        commentary). A post LinkedIn answers 404 or 410 for is gone; one it will not show this member (403)
+        tells nothing sure. LinkedIn gives no counts here (the Social Metadata API's reactions and comment
+        counts need the r_organization_social_feed scope). The notification stays the stored payload."""
+        stored = {p.external_id: p for p in posts}
+        body = _dict(self._get("/posts", "ids=List(" + ",".join(restli(u) for u in stored) + ")"))
+        results = {unquote(k): v for k, v in _dict(body.get("results")).items() if isinstance(v, dict)}
+        errors = {unquote(k): _dict(v).get("status") for k, v in _dict(body.get("errors")).items()}
+        found = [
+            Mention(platform="linkedin", external_id=urn, published_at=stored[urn].published_at,
+                    content=plain_text(post.get("commentary")))
+            for urn, post in results.items() if urn in stored
+        ]  # fmt: skip
+        gone = [urn for urn, status in errors.items() if urn in stored and status in (404, 410)]
+        unknown = [urn for urn, status in errors.items() if urn in stored and status == 403]
+        return Looked(found, gone, unknown=unknown)
 
     # --- calls ------------------------------------------------------------------------------------
 

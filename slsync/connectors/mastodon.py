@@ -15,7 +15,7 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,7 @@ from pydantic import Field, SecretStr
 
 from slsync import http
 from slsync.config import PlatformSettings
-from slsync.connectors.base import flag
+from slsync.connectors.base import Looked, flag
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
@@ -41,13 +41,15 @@ if TYPE_CHECKING:
     from pydantic import SecretStr
 
     from slsync.config import Settings
-    from slsync.models import Source
+    from slsync.models import Source, Stored
 
 log = logging.getLogger("slsync.mastodon")
 
 PLATFORM = "Mastodon"
 PAGE_SIZE = 40  # the most Mastodon serves per page, for timelines and search alike
 MAX_STREAMS = 10  # hashtags + keywords per source: each is at least one call per sync
+# GET /api/v1/statuses?id[]= (Mastodon 4.3 and later): up to 20 statuses a call, by the instance's own ids
+LOOKUP_SIZE = 20
 RATE_LIMIT_PREFIX = "x-ratelimit-"
 # The first sync's reach when the engine gives none (it normally passes 7 days).
 BACKFILL = timedelta(days=7)
@@ -371,6 +373,14 @@ def normalize_status(status: Mapping[str, Any], instance_host: str | None = None
     )
 
 
+def local_id(raw: Any) -> str | None:
+    """The instance's own id of a stored status (of the post a boost boosts), from its payload."""
+    status = _dict(raw)
+    post = status.get("reblog") if isinstance(status.get("reblog"), dict) else status
+    value = _dict(post).get("id")
+    return value if _id(value) is not None else None
+
+
 def normalize_page(body: Any, instance_host: str | None = None) -> tuple[list[Mention], int]:
     """A hashtag timeline (a list of statuses) or a search answer (`statuses` beside accounts and
     hashtags) as mentions, and how many statuses could not be normalized."""
@@ -442,6 +452,9 @@ class MastodonConnector(PagedConnector):
     @classmethod
     def run_cost(cls, config: Mapping[str, Any], expected_mentions: float) -> int:
         return len(build_streams(config)) * max(1, math.ceil(expected_mentions / PAGE_SIZE))
+    lookup_size = LOOKUP_SIZE
+    # a status is read again by the instance's own id, which only the payload stored with it holds
+    lookup_reads_raw = True
 
     @classmethod
     def app_credentials(cls, source: Source, settings: Settings) -> MastodonCredentials:
@@ -511,6 +524,35 @@ class MastodonConnector(PagedConnector):
         seen = walk.seen + len(ids)
         return Gap(start, end, "cap", estimate(seen / listed_for if listed_for > 0 else None, end - start))
 
+    @classmethod
+    def lookup_kind(cls, post: Stored) -> str | None:
+        """Statuses whose payload (and in it the instance's id) is still stored; None once retention dropped it."""
+        return "statuses" if local_id(post.raw) else None
+
+    def lookup(self, kind: str, posts: Sequence[Stored]) -> Looked:
+        """GET /api/v1/statuses?id[]=: the statuses the instance still shows, with their counts and text now (an
+        edited one has its new text). One left out of the answer is gone: deleted, or no longer visible to
+        this account or to anonymous readers (Mastodon answers both alike). An instance older than 4.3 has no
+        such call: its statuses are not read again."""
+        by_local = {local: p.external_id for p in posts if (local := local_id(p.raw))}
+        params = [("id[]", local) for local in by_local]
+        response, limits = self._get("/api/v1/statuses", params)
+        if response.status_code == 404:
+            log.warning(
+                "the instance answered 404 to GET /api/v1/statuses (it is older than Mastodon 4.3): its statuses"
+                " cannot be read again", extra={"source": self.source.id, "event": "no_lookup"},
+            )  # fmt: skip
+            return Looked(unknown=list(by_local.values()), limits=limits)
+        self._raise_for_status(response, limits)
+        body = http.decode_json(response, PLATFORM)
+        if not isinstance(body, list):
+            raise Fatal(f"Mastodon sent an unexpected answer to a status lookup: {_reason(body) or 'not a list'}")
+        found, _ = normalize_page(body, _instance_host(self.source))
+        asked = set(by_local.values())
+        found = [m for m in found if m.external_id in asked]
+        listed = {m.external_id for m in found}
+        return Looked(found, sorted(asked - listed), limits)
+
     def legacy(self, doc: Mapping[str, Any]) -> Cursor:
         """0.1.0: {"newest": {stream: id}, "active": {"stream", "newest_id", and "since_id", "max_id" (a hashtag)
         or "min_id", "stop_id", "offset" (a search)}}."""
@@ -567,7 +609,7 @@ class MastodonConnector(PagedConnector):
         more = bool(statuses) and not reached and offset < MAX_SEARCH_OFFSET
         return body, limits, ids, offset if more else None
 
-    def _get(self, path: str, params: dict[str, str]) -> tuple[httpx.Response, RateLimit | None]:
+    def _get(self, path: str, params: Any) -> tuple[httpx.Response, RateLimit | None]:
         instance = _dict(self.source.config.get("options")).get("instance")
         base = self.settings.api_url or instance or ""
         token = self.context.credentials.access_token()

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -24,13 +25,14 @@ from slsync import http
 from slsync.auth import BearerAuth, OAuthApp
 from slsync.config import PlatformSettings
 from slsync.connectors import base
-from slsync.connectors.fields import mapping, text
+from slsync.connectors.fields import mapping, normalize_each, text
 from slsync.errors import AuthError, Fatal, RateLimited, Retriable, UsageError
 from slsync.models import RateLimit
 from slsync.tokens import Token
 
 if TYPE_CHECKING:
     from slsync.connectors.base import Connector
+    from slsync.models import Mention
 
 log = logging.getLogger("slsync.meta")
 
@@ -50,6 +52,14 @@ TRANSIENT_CODES = frozenset({1, 2})
 NOT_READABLE_CODES = frozenset({100, 803})
 # Long-lived user tokens last about 60 days; when Meta leaves expires_in out, assume that.
 LONG_LIVED = timedelta(days=60)
+# GET /?ids=a,b: up to 50 objects a call ("multiple ID read requests"; Graph API 26.0 drops them: 23.0, the
+# version slsync's URLs name, has them)
+MULTI_READ_SIZE = 50
+# the refusal of a multiple-ID read that names objects it cannot load: 803 "Some of the aliases you requested do
+# not exist: a,b", or 100 (subcode 33) "Object with ID 'a' does not exist, cannot be loaded due to missing
+# permissions, or does not support this operation"
+MISSING_CODES = frozenset({100, 803})
+_GRAPH_ID = re.compile(r"[0-9]+(?:_[0-9]+)*")
 
 
 def title(platform: str) -> str:
@@ -370,3 +380,61 @@ def next_params(body: Mapping[str, Any]) -> dict[str, str] | None:
             return None
         query["after"] = after
     return {str(k): str(v) for k, v in query.items()}
+
+
+# --- reading objects again ------------------------------------------------------------------------
+
+
+def read_again(
+    connector: Connector, api_url: str, ids: Sequence[str], fields: str, normalize: Callable[[dict[str, Any]], Mention]
+) -> base.Looked:
+    """The objects `ids` as they are now, by one multiple-ID read (`GET /?ids=...&fields=...`).
+
+    Meta refuses the whole read when one object cannot be loaded, naming it: deleted, hidden, or no longer
+    readable with this token, which its answer does not tell apart. The read is made again without the objects
+    it named (one call more), and they count as gone only when that read of the others goes through: when Meta
+    names every object asked for, the token may simply not read objects by id, and nothing is concluded (they
+    are asked again at the next step of the schedule).
+    """
+    asked, gone = list(ids), []
+    url = api_url.rstrip("/") + "/"
+    while asked:
+        response, limits = connector.call(
+            "GET", url, read_limits=lambda headers: usage_limits(headers, connector.context.now()),
+            auth=BearerAuth(connector.context.credentials, is_refused=lambda _: False),
+            params={"ids": ",".join(asked), "fields": fields},
+        )  # fmt: skip
+        named = _named_missing(response, asked)
+        if named is None:
+            raise_for_error(
+                response, limits, platform=connector.platform, token=connector.context.credentials.access_token(),
+                now=connector.context.now(),
+            )  # fmt: skip
+            body = mapping(http.decode_json(response, connector.title))
+            objects = [{**mapping(body.get(i)), "id": i} for i in asked if isinstance(body.get(i), dict)]
+            found, _ = normalize_each(objects, normalize, f"an object {connector.title} sent", log)
+            return base.Looked(found, gone, limits)
+        if set(named) == set(asked):
+            log.warning(
+                "%s would load none of %d objects by id (%s): not read again this time",
+                connector.title, len(asked), read_error(response).describe(), extra={"event": "lookup_refused"},
+            )  # fmt: skip
+            return base.Looked((), gone, limits)
+        gone += named
+        asked = [i for i in asked if i not in named]
+    return base.Looked((), gone, None)
+
+
+def _named_missing(response: httpx.Response, asked: Sequence[str]) -> list[str] | None:
+    """The ids asked for that a refusal names as not loadable (None: the answer is not such a refusal)."""
+    if response.status_code < 400:
+        return None
+    error = read_error(response)
+    if error.code not in MISSING_CODES:
+        return None
+    try:
+        message = str(mapping(mapping(json.loads(response.content)).get("error")).get("message") or "")
+    except (ValueError, RecursionError):
+        return None
+    named = [i for i in asked if i in set(_GRAPH_ID.findall(message))]
+    return named or None

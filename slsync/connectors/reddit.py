@@ -15,7 +15,7 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,7 @@ from pydantic import Field, SecretStr
 from slsync import http
 from slsync.auth import ClientCredentials, granted_token
 from slsync.config import PlatformSettings
-from slsync.connectors.base import whole_number
+from slsync.connectors.base import Looked, whole_number
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
@@ -39,12 +39,14 @@ if TYPE_CHECKING:
     from pydantic import SecretStr
 
     from slsync.config import Settings
-    from slsync.models import Source
+    from slsync.models import Source, Stored
 
 log = logging.getLogger("slsync.reddit")
 
 PLATFORM = "Reddit"
 PAGE_SIZE = 100
+# GET /api/info?id=: up to 100 fullnames a call
+LOOKUP_SIZE = 100
 MAX_QUERY_LENGTH = 512
 # Listings end near 1,000 items (10 pages); more pages than this means the listing is looping.
 LISTING_CAP = 1000
@@ -248,6 +250,16 @@ def normalize_post(kind: str, data: Mapping[str, Any]) -> Mention:
     )
 
 
+def removed(child: Any) -> bool:
+    """Whether a listed post or comment was deleted by its author or removed (by moderators, by Reddit): Reddit
+    keeps listing it, with its text replaced by [deleted] or [removed] (and a post's removed_by_category
+    set). An author who deleted their account leaves their posts up, shown without an author: not removed."""
+    data = _dict(_dict(child).get("data"))
+    if data.get("removed_by_category") is not None:
+        return True
+    return _text(data.get("selftext")) in _REMOVED or _text(data.get("body")) in _REMOVED
+
+
 def normalize_page(body: Any) -> tuple[list[Mention], int]:
     """A listing's posts and comments as mentions, and how many of its records were skipped."""
     return normalize_each(
@@ -373,6 +385,7 @@ class RedditConnector(PagedConnector):
         "then: slsync sync source {source_id}"
     )
     title = PLATFORM
+    lookup_size = LOOKUP_SIZE
     order = staticmethod(lambda mark: mark["created_utc"])
     connection_type = "app"
     options = {"subreddits": parse_subreddits, "overlap_minutes": whole_number("minutes", MAX_OVERLAP_MINUTES)}
@@ -452,6 +465,20 @@ class RedditConnector(PagedConnector):
         rate = seen / listed_for if listed_for > 0 else None
         return Gap(start, oldest, "cap", estimate(rate, oldest - start))
 
+    def lookup(self, kind: str, posts: Sequence[Stored]) -> Looked:
+        """GET /api/info?id=: the posts and comments as they are now. A deleted or removed one is still listed,
+        its text [deleted] or [removed]; one Reddit no longer lists at all (a banned or private subreddit) is
+        gone too."""
+        self._agent = require_user_agent(self.settings)
+        asked = {p.external_id for p in posts}
+        params = {"id": ",".join(p.external_id for p in posts), "raw_json": "1"}
+        body, limits = self._listing_call("/api/info", params)
+        children = _list(_dict(body.get("data")).get("children"))
+        gone = {str(_dict(c.get("data")).get("name")) for c in map(_dict, children) if removed(c)}
+        found, _ = normalize_page({"data": {"children": [c for c in children if not removed(c)]}})
+        listed = gone | {m.external_id for m in found}
+        return Looked([m for m in found if m.external_id in asked], sorted((gone | (asked - listed)) & asked), limits)
+
     def reached(self, walk: Walk, stored: Any) -> dict[str, Any]:
         return {
             "newest": _newer(_mark(_dict(stored).get("newest")), walk.newest),
@@ -482,6 +509,10 @@ class RedditConnector(PagedConnector):
             params["restrict_sr"] = "1"
         if after:
             params["after"] = after
+        return self._listing_call(path, params)
+
+    def _listing_call(self, path: str, params: dict[str, str]) -> tuple[dict[str, Any], RateLimit | None]:
+        """One GET of a listing (a search, or /api/info), its status mapped to the run's outcome."""
         url = self.settings.api_url.rstrip("/") + path
         # Reddit's -reset is seconds from now, not an epoch time: its own reader
         response, limits = self.call(
@@ -493,8 +524,8 @@ class RedditConnector(PagedConnector):
             if wait is not None:
                 limits = RateLimit(remaining=0, reset_at=_after(self.context.now(), min(wait, 86400)))
         if 300 <= response.status_code < 400:
-            where = "a subreddit in subreddits= may not exist" if path != "/search" else "the API URL may be wrong"
-            raise Fatal(f"{PLATFORM} redirected the search (HTTP {response.status_code}): {where}")
+            where = "a subreddit in subreddits= may not exist" if path.startswith("/r/") else "the API URL may be wrong"
+            raise Fatal(f"{PLATFORM} redirected the call (HTTP {response.status_code}): {where}")
         http.raise_for_status(response, PLATFORM, limits)
         body = http.decode_json(response, PLATFORM)
         data = _dict(body).get("data") if isinstance(body, dict) else None

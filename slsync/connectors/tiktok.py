@@ -33,7 +33,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -44,7 +44,7 @@ from pydantic import Field, SecretStr
 from slsync import http
 from slsync.auth import BearerAuth, ClientCredentials, Credentials, granted_token
 from slsync.config import PlatformSettings
-from slsync.connectors.base import Connector, CursorDoc, whole_number
+from slsync.connectors.base import Connector, CursorDoc, Looked, whole_number
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
 from slsync.connectors.fields import mapping as _dict
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from pydantic import SecretStr
 
     from slsync.config import Settings
-    from slsync.models import Source
+    from slsync.models import Source, Stored
 
 log = logging.getLogger("slsync.tiktok")
 
@@ -444,6 +444,8 @@ class TikTokConnector(Connector):
         """Requests: each call takes one (the records a call may return are reserved as it is made)."""
         digest = credentials.key.rsplit(":", 1)[-1]
         return f"tiktok:requests:{digest}", cls.settings_of(settings).daily_requests, quota_day(now)[0]
+    # a video query by video_id (IN, up to 100); it must name a span of creation days of at most 30
+    lookup_size = PAGE_SIZE
 
     @classmethod
     def app_credentials(cls, source: Source, settings: Settings) -> TikTokAppCredentials | None:
@@ -529,6 +531,31 @@ class TikTokConnector(Connector):
                     break
         if chosen:
             yield from self._comment_pages(_CommentPhase(through, newest, digest, end, chosen, 0, read))
+
+    # --- reading videos again ---------------------------------------------------------------------
+
+    @classmethod
+    def lookup_kind(cls, post: Stored) -> str | None:
+        """Videos, grouped by the 30-day span of their creation day (a query names at most 30 days). Comments
+        cannot be looked up by id: the comment list reads a video's comments from the first, by video."""
+        if not _VIDEO_ID.match(post.external_id):
+            return None
+        span = (post.published_at.astimezone(UTC).date() - date(1970, 1, 1)).days // WINDOW_DAYS
+        return f"videos:{span}"
+
+    def lookup(self, kind: str, posts: Sequence[Stored]) -> Looked:
+        """One video query by video_id over the span of creation days: the videos still there, with their counts
+        now. One the query no longer returns is gone (deleted, made private, or taken down: TikTok answers them
+        alike). A video's description cannot be edited on TikTok."""
+        span = int(kind.split(":", 1)[1])
+        first = date(1970, 1, 1) + timedelta(days=span * WINDOW_DAYS)
+        ids = [p.external_id for p in posts]
+        query = {"and": [_condition("video_id", ids)]}
+        body, limits = self._query(query, first, first + timedelta(days=WINDOW_DAYS - 1), 0, None)
+        found, _ = normalize_page(body)
+        found = [m for m in found if m.external_id in ids]
+        listed = {m.external_id for m in found}
+        return Looked(found, [i for i in ids if i not in listed], limits)
 
     def _span(self, through: date | None, since: datetime | None, today: date) -> date:
         """The first day this run asks for: `since`'s day, else the last day reached less the overlap."""

@@ -21,7 +21,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock
@@ -34,7 +34,7 @@ from pydantic import Field, SecretStr
 
 from slsync import http
 from slsync.config import PlatformSettings
-from slsync.connectors.base import flag
+from slsync.connectors.base import Looked, flag
 from slsync.connectors.fields import count_in_text as _int
 from slsync.connectors.fields import has_word, normalize_each, path_match, required_time
 from slsync.connectors.fields import items as _list
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
     from slsync.auth import Credentials
     from slsync.config import Settings
-    from slsync.models import Source
+    from slsync.models import Source, Stored
 
 log = logging.getLogger("slsync.youtube")
 
@@ -59,6 +59,9 @@ SEARCH_COST = 100
 COMMENTS_COST = 1
 SEARCH_PAGE_SIZE = 50
 COMMENTS_PAGE_SIZE = 100
+# videos.list and commentThreads.list by id: up to 50 ids a call, 1 unit each
+LOOKUP_SIZE = 50
+LOOKUP_COST = 1
 BACKFILL = timedelta(days=7)
 # One stream per watched video or channel and search term: each costs at least one call a run.
 MAX_COMMENT_STREAMS = 50
@@ -162,6 +165,13 @@ class Stream:
     @property
     def is_search(self) -> bool:
         return self.path == "/search"
+
+    @property
+    def what(self) -> str:
+        """The call, in messages."""
+        if self.name.startswith("lookup:"):
+            return "a lookup"
+        return "a video search" if self.is_search else "a comment search"
 
 
 def build_streams(config: Mapping[str, Any]) -> list[Stream]:
@@ -273,6 +283,19 @@ def normalize_video(item: Mapping[str, Any]) -> Mention:
         media_urls=(thumbnail,) if thumbnail else (),
         raw=dict(item),
     )
+
+
+def normalize_video_resource(item: Mapping[str, Any]) -> Mention:
+    """A video as videos.list sends it (snippet and statistics): search.list's mention with its counts, and
+    the whole description (search.list shortens it)."""
+    video_id = _record_id(item.get("id"))
+    snippet = _dict(item.get("snippet"))
+    statistics = _dict(item.get("statistics"))
+    mention = normalize_video({"id": {"videoId": video_id}, "snippet": snippet})
+    return replace(
+        mention, likes_count=_int(statistics.get("likeCount")), comments_count=_int(statistics.get("commentCount")),
+        raw=dict(item),
+    )  # fmt: skip
 
 
 def normalize_comment(comment: Mapping[str, Any], *, video_id: Any = None, replies: Any = None) -> Mention:
@@ -401,6 +424,7 @@ class YouTubeConnector(PagedConnector):
     )
     title = PLATFORM
     connection_type = "app"
+    lookup_size = LOOKUP_SIZE
     options = {
         "channels": _ids(_CHANNEL_ID, "YouTube channel id (UC and 22 letters, digits, - or _)"),
         "videos": _ids(_VIDEO_ID, "YouTube video id (11 letters, digits, - or _)"),
@@ -453,6 +477,27 @@ class YouTubeConnector(PagedConnector):
     def reached(self, walk: Walk, stored: Any) -> Any:
         return self.newest(stored, walk.newest) or walk.bound
 
+    @classmethod
+    def lookup_kind(cls, post: Stored) -> str:
+        """Videos (11-character ids) through videos.list, comments (their threads) through commentThreads.list."""
+        return "videos" if _VIDEO_ID.match(post.external_id) else "comments"
+
+    def lookup(self, kind: str, posts: Sequence[Stored]) -> Looked:
+        """One videos.list or commentThreads.list by id (1 unit): what is still there and its counts; an id left
+        out of the answer is gone (deleted, or made private: YouTube answers both alike)."""
+        ids = [p.external_id for p in posts]
+        path, part = ("/videos", "snippet,statistics") if kind == "videos" else ("/commentThreads", "snippet")
+        stream = Stream(f"lookup:{kind}", path, LOOKUP_COST, {"part": part, "id": ",".join(ids)})
+        try:
+            body, limits = self._call(stream, self.context.now(), None)
+        except _Gone as gone:  # a refusal about one thing, for a batch: nothing sure about any of them
+            raise Fatal(f"YouTube refused a lookup of {len(ids)} {kind} ({gone.args[0]})") from None
+        normalize = normalize_video_resource if kind == "videos" else normalize_thread
+        found, _ = normalize_each(_list(body.get("items")), normalize, "an item YouTube sent", log)
+        found = [m for m in found if m.external_id in ids]
+        listed = {m.external_id for m in found}
+        return Looked(found, [i for i in ids if i not in listed], limits)
+
     def legacy(self, doc: Mapping[str, Any]) -> Cursor:
         """0.1.0: {"streams": {name: {"after": iso}}, "active": {"stream", "page_token", "after", "newest"}}."""
         return legacy_streams(doc, token="page_token", bound="after")
@@ -500,9 +545,8 @@ class YouTubeConnector(PagedConnector):
         day, reset_at = quota_day(self.context.now())
         remaining = self.context.quota.spend(key, units, daily, day)
         if remaining is None:
-            what = "a video search" if stream.is_search else "a comment search"
             raise QuotaSpent(
-                f"YouTube daily quota spent until {_utc(reset_at)} ({what} costs {units} of {daily} units a day)",
+                f"YouTube daily quota spent until {_utc(reset_at)} ({stream.what} costs {units} of {daily} a day)",
                 reset_at,
             )
         return RateLimit(limit=daily, remaining=remaining, reset_at=reset_at)

@@ -16,6 +16,7 @@ class BlueskyHarness(StandInHarness):
     platform = "bluesky"
     page_size = 100
     normalizer = staticmethod(normalize_page)
+    editable = False
     refreshable = True
 
     def start(self) -> None:

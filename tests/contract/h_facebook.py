@@ -26,6 +26,7 @@ class FacebookHarness(StandInHarness):
     page_size = 100
     reports_limits = False
     normalizer = staticmethod(normalize_page)
+    calls_per_deleted = 1
 
     def start(self) -> None:
         self.api = GraphApi().start()

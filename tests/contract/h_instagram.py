@@ -31,6 +31,7 @@ class InstagramHarness(StandInHarness):
     page_size = 50
     reports_limits = False
     normalizer = staticmethod(normalize_page)
+    calls_per_deleted = 1
 
     def start(self) -> None:
         self.api = InstagramApi().start()

@@ -28,6 +28,7 @@ class LinkedInHarness(StandInHarness):
     page_size = 50
     reports_limits = False
     normalizer = staticmethod(normalize_page)
+    counted = False
     refreshable = True
 
     def start(self) -> None:

@@ -21,6 +21,7 @@ class TikTokHarness(StandInHarness):
     platform = "tiktok"
     page_size = 100
     normalizer = staticmethod(normalize_page)
+    editable = False
     refreshable = True
 
     def start(self) -> None:

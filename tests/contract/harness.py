@@ -92,6 +92,31 @@ class Harness(ABC):
         """The connector's pure normalizer of one response body; None for a platform without payloads."""
         return None
 
+    # --- reading stored posts again (slsync refresh) ------------------------------------------------
+
+    # the platform lets a post's text be edited (Bluesky's and TikTok's cannot be)
+    editable: ClassVar[bool] = True
+    # the platform's lookup gives counts (LinkedIn's batch get of posts gives none)
+    counted: ClassVar[bool] = True
+    # calls a deleted post adds to its batch (Meta refuses the batch naming it, and is asked for the rest again)
+    calls_per_deleted: ClassVar[int] = 0
+
+    def lookup_calls(self) -> int:
+        """Lookup calls made so far (reading stored posts again)."""
+        raise NotImplementedError
+
+    def delete(self, external_id: str) -> None:
+        """The post is deleted on the platform."""
+        raise NotImplementedError
+
+    def edit(self, external_id: str, text: str) -> None:
+        """The post's text is edited on the platform."""
+        raise NotImplementedError
+
+    def set_likes(self, external_id: str, likes: int) -> None:
+        """The post now has `likes` likes (or its platform's equivalent: a Reddit score, reactions)."""
+        raise NotImplementedError
+
     def recorded_pages(self) -> list[Any]:
         """Real recorded response bodies for this platform (tests/fixtures/real)."""
         return []
@@ -137,6 +162,18 @@ class StandInHarness(Harness):
 
     def normalize_page(self, body: Any) -> tuple[list[Mention], int]:
         return type(self).normalizer(body)
+
+    def lookup_calls(self) -> int:
+        return len(self.api.lookups)
+
+    def delete(self, external_id: str) -> None:
+        self.api.delete(external_id)
+
+    def edit(self, external_id: str, text: str) -> None:
+        self.api.edit(external_id, text)
+
+    def set_likes(self, external_id: str, likes: int) -> None:
+        self.api.set_likes(external_id, likes)
 
     def recorded_pages(self) -> list[Any]:
         return [json.loads(p.read_text(encoding="utf-8")) for p in sorted((FIXTURES / self.platform).glob("*.json"))]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import pkgutil
 from collections.abc import Iterator
 from datetime import timedelta
@@ -15,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from slsync import db, http
-from slsync.connectors import PLATFORMS
+from slsync.connectors import PLATFORMS, connector_class
+from slsync.models import Stored
 from tests import contract
 from tests.conftest import Cli
 from tests.contract.harness import Harness
@@ -186,6 +188,62 @@ def test_a_refused_token_on_page_two_is_renewed_once_and_the_call_made_once_more
         assert code == 1 and result["status"] == "error", result
         assert paged.api_calls() - calls == 2  # no call after the refusal
         assert db.get_source(conn, paged.source_id).committed_cursor is None
+
+
+def test_stored_posts_are_read_again_in_batches(paged_run: Cli, paged: Harness, conn: db.Connection) -> None:
+    """Through `slsync refresh`: counts read again, an edited post's new text labelled again, a deleted one a
+    tombstone, in exactly the calls the platform's batch size implies."""
+    connector = connector_class(paged.platform)
+    size = connector.lookup_size
+    assert size, f"{paged.platform} has no lookup"
+    paged.publish(size + 3)
+    code, synced = sync(paged_run, paged)
+    assert code == 0 and synced["success"], synced
+    rows = conn.execute(
+        "SELECT id, external_id, published_at, raw FROM sl_mentions WHERE source_id = %s ORDER BY id",
+        (paged.source_id,),
+    ).fetchall()
+    kinds = {r["external_id"]: connector.lookup_kind(Stored(**r)) for r in rows}
+    readable = sorted(e for e, kind in kinds.items() if kind is not None)
+    assert len(readable) >= 3
+    conn.execute("UPDATE sl_mentions SET refresh_due_at = now() WHERE source_id = %s", (paged.source_id,))
+    deleted, edited, liked = readable[0], readable[1], readable[2]
+    paged.delete(deleted)
+    if paged.editable:
+        paged.edit(edited, "Terrible service from Acme, never again")
+    if paged.counted:
+        paged.set_likes(liked, 4242)
+    calls = paged.lookup_calls()
+
+    doc = paged_run.ok("refresh", "--json").json()
+    batches: dict[str, int] = {}
+    for external_id in readable:
+        batches[kinds[external_id]] = batches.get(kinds[external_id], 0) + 1
+    expected = sum(math.ceil(n / size) for n in batches.values()) + paged.calls_per_deleted
+    assert paged.lookup_calls() - calls == doc["calls"] == expected, doc
+    assert doc["checked"] == len(readable) and doc["deleted"] == 1, doc
+    assert doc["edited"] == (1 if paged.editable else 0) and doc["pending"] == 0, doc
+    stored = {
+        r["external_id"]: r
+        for r in conn.execute(
+            "SELECT external_id, content, author_handle, raw, likes_count, deleted_at, status, sentiment,"
+            " refresh_due_at FROM sl_mentions WHERE source_id = %s",
+            (paged.source_id,),
+        ).fetchall()
+    }
+    tombstone = stored[deleted]
+    assert tombstone["deleted_at"] and (tombstone["content"], tombstone["author_handle"], tombstone["raw"]) == (
+        None, None, None,
+    )  # fmt: skip
+    if paged.editable:
+        assert "Terrible service from Acme, never again" in stored[edited]["content"]
+        assert stored[edited]["status"] == "processed" and stored[edited]["sentiment"] == "negative"
+    if paged.counted:
+        assert stored[liked]["likes_count"] == 4242
+    # what this platform cannot read again is off the schedule, not due for ever
+    for external_id, kind in kinds.items():
+        if kind is None:
+            assert stored[external_id]["refresh_due_at"] is None, external_id
 
 
 def test_recorded_payloads_normalize(harness: Harness) -> None:

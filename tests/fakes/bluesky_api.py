@@ -4,7 +4,8 @@
   refresh JWT, single use: the PDS rotates it), issuing JWTs with an `exp` claim;
 - app.bsky.feed.searchPosts (GET, Bearer access JWT): q with words, "phrases", #tags, mentions:handle
   and -exclusions, all AND-ed; lang; since (inclusive) and until (exclusive) on sortAt, the earlier of
-  createdAt and indexedAt; newest first by sortAt; limit; an offset cursor.
+  createdAt and indexedAt; newest first by sortAt; limit; an offset cursor;
+- app.bsky.feed.getPosts (GET, Bearer access JWT): the posts of up to 25 `uris`, a deleted one left out.
 
 It answers an expired access token with 400 ExpiredToken and an unknown one with 401, reports the
 RateLimit-* headers, and can fail, rate limit or slow down on demand. Every request is recorded.
@@ -29,6 +30,7 @@ from tests.fakes.serving import QuietHandler, base_url, serve, shutdown
 SEARCH = "/xrpc/app.bsky.feed.searchPosts"
 CREATE = "/xrpc/com.atproto.server.createSession"
 REFRESH = "/xrpc/com.atproto.server.refreshSession"
+GET_POSTS = "/xrpc/app.bsky.feed.getPosts"
 _TOKENS = re.compile(r'-?"[^"]*"|\S+')
 _ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"
 
@@ -101,6 +103,16 @@ class BlueskyApi:
     @property
     def searches(self) -> list[Request]:
         return self.calls(SEARCH)
+
+    @property
+    def lookups(self) -> list[Request]:
+        return self.calls(GET_POSTS)
+
+    def delete(self, uri: str) -> None:
+        self.posts = [p for p in self.posts if p["uri"] != uri]
+
+    def set_likes(self, uri: str, likes: int) -> None:
+        next(p for p in self.posts if p["uri"] == uri)["likeCount"] = likes
 
     def expire_access_tokens(self) -> None:
         """Every access token issued so far is now past its exp (the PDS would answer ExpiredToken)."""
@@ -243,6 +255,19 @@ class BlueskyApi:
             body["cursor"] = params["cursor"] if self.repeat_pages and offset else str(offset + size)
         return 200, self._limit_headers(self.remaining), body
 
+    def get_posts(self, uris: list[str], authorization: str | None) -> tuple[int, dict[str, str], Any]:
+        token = self._bearer(authorization)
+        if token not in self.access_tokens:
+            return 401, {}, {"error": "AuthenticationRequired", "message": "Authentication Required"}
+        if self.access_tokens[token] <= datetime.now(UTC):
+            return 400, {}, {"error": "ExpiredToken", "message": "Token has expired"}
+        if not 1 <= len(uris) <= 25:
+            return 400, {}, {"error": "InvalidRequest", "message": "uris must hold 1 to 25 items"}
+        if self.remaining <= 0:
+            return 429, self._limit_headers(0), {"error": "RateLimitExceeded", "message": "Rate Limit Exceeded"}
+        self.remaining -= 1
+        return 200, self._limit_headers(self.remaining), {"posts": [p for p in self.posts if p["uri"] in uris]}
+
     def _limit_headers(self, remaining: int) -> dict[str, str]:
         return {
             "RateLimit-Limit": str(self.window_limit),
@@ -275,6 +300,8 @@ class BlueskyApi:
                     status, headers, doc = fault[1], {}, {"error": fault[2], "message": "injected"}
                 elif parts.path == SEARCH and method == "GET":
                     status, headers, doc = api.search(params, auth)
+                elif parts.path == GET_POSTS and method == "GET":
+                    status, headers, doc = api.get_posts(parse_qs(parts.query).get("uris", []), auth)
                 elif parts.path == CREATE and method == "POST":
                     status, headers, doc = api.create_session(body)
                 elif parts.path == REFRESH and method == "POST":

@@ -10,7 +10,10 @@
 - content, with the page token as a Bearer header: `/{page-id}/feed`, `/{page-id}/tagged`,
   `/{page-id}/posts` and `/{post-id}/comments`, newest first (comments with order=reverse_chronological),
   `since` / `until` in Unix seconds (inclusive), cursor paging with `paging.cursors` and a `paging.next`
-  link that carries the access token, as Meta's does.
+  link that carries the access token, as Meta's does;
+- `/?ids=a,b&fields=...`: a multiple-ID read of posts or comments (at most 50); a post or comment that is
+  gone makes Meta refuse the whole read with error 803 naming it, as Meta does, and fields of the other
+  kind are refused as nonexisting fields.
 
 Every content answer carries `X-App-Usage`; a test can set the usage percentage from a given call on,
 inject HTTP faults with Graph error bodies, or throttle with error code 32 and an estimated time to
@@ -179,6 +182,50 @@ class GraphApi:
     def content_calls(self) -> list[Request]:
         return [r for r in self.requests if r.path.rsplit("/", 1)[-1] in ("feed", "tagged", "posts", "comments")]
 
+    @property
+    def lookups(self) -> list[Request]:
+        return [r for r in self.requests if r.path == f"/{VERSION}/" and "ids" in r.params]
+
+    def _objects(self) -> dict[str, dict[str, Any]]:
+        found = {p["id"]: p for posts in (*self.feed.values(), *self.tagged.values()) for p in posts}
+        found.update({c["id"]: c for comments in self.comments.values() for c in comments})
+        return found
+
+    def delete(self, object_id: str) -> None:
+        for lists in (self.feed, self.tagged, self.comments):
+            for key, items in lists.items():
+                lists[key] = [i for i in items if i["id"] != object_id]
+
+    def edit(self, object_id: str, text: str) -> None:
+        self._objects()[object_id]["message"] = text
+
+    def set_likes(self, object_id: str, likes: int) -> None:
+        item = self._objects()[object_id]
+        if "like_count" in item:
+            item["like_count"] = likes
+        else:
+            item["reactions"]["summary"]["total_count"] = likes
+
+    def read_ids(self, params: dict[str, str], authorization: str | None) -> tuple[int, dict[str, Any]]:
+        """GET /?ids=: each object, or error 803 naming those that do not exist."""
+        if (authorization or "").removeprefix("Bearer ") not in self.page_tokens:
+            return 401, FAULT_ERRORS[401]
+        ids = [i for i in params["ids"].split(",") if i]
+        if len(ids) > 50:
+            return 400, graph_error(100, "(#100) Too many IDs. Maximum: 50. Got: " + str(len(ids)))
+        objects = self._objects()
+        missing = [i for i in ids if i not in objects]
+        if missing:
+            return 400, graph_error(803, f"(#803) Some of the aliases you requested do not exist: {','.join(missing)}")
+        fields = params.get("fields", "")
+        for i in ids:
+            comment = "like_count" in objects[i]
+            if comment and "reactions" in fields or not comment and "like_count" in fields:
+                node, bad = ("Comment", "reactions") if comment else ("Post", "like_count")
+                message = f"(#100) Tried accessing nonexisting field ({bad}) on node type ({node})"
+                return 400, graph_error(100, message, kind="GraphMethodException")
+        return 200, {i: objects[i] for i in ids}
+
     def secret_values(self) -> list[str]:
         """Every value that must never show up in output, logs or sl_sources."""
         return [self.app_secret, *self.issued_codes, *self.short_tokens, *self.long_tokens, *self.page_tokens]
@@ -271,6 +318,8 @@ class GraphApi:
     def content(self, path: str, params: dict[str, str], authorization: str | None) -> tuple[int, dict[str, Any]]:
         token = (authorization or "").removeprefix("Bearer ")
         parts = path.removeprefix(f"/{VERSION}/").split("/")
+        if parts == [""] and "ids" in params:
+            return self.read_ids(params, authorization)
         if len(parts) != 2:
             return 400, graph_error(100, "Unsupported get request.", kind="GraphMethodException")
         node, edge = parts
@@ -383,7 +432,7 @@ class GraphApi:
             status, body = self.access_token(params)
             return status, {}, body
         parts = path.removeprefix(f"/{VERSION}/").split("/")
-        if len(parts) == 1:
+        if len(parts) == 1 and not (parts == [""] and "ids" in params):
             status, body = self.page(parts[0], params, authorization)
             return status, {}, body
         with self._lock:

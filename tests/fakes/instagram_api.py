@@ -7,7 +7,8 @@ secret and the PKCE verifier checked, and the `fb_exchange_token` swap for a lon
 Graph API: `/{page-id}?fields=instagram_business_account`, `/{ig-user-id}`, `/ig_hashtag_search`,
 `/{hashtag-id}/recent_media` (the last 24 hours only, newest first, at most 50 a page, `paging.next`
 whose `access_token` slsync must never follow or log, and no `username` field) and `/{ig-user-id}/tags`
-(newest first, cursors and no `next`, as Meta documents). Only the long-lived token is accepted on
+(newest first, cursors and no `next`, as Meta documents), and `/?ids=a,b` (a multiple-ID read of media, at most
+50, refused whole with error 803 naming the media that are gone). Only the long-lived token is accepted on
 Graph calls. Every answer carries `X-App-Usage`; the stand-in can answer Meta's throttling error
 (code 4 with the usage at 100 % and `estimated_time_to_regain_access`), an expired token (code 190)
 or any status on demand, and records every request.
@@ -150,6 +151,24 @@ class InstagramApi:
     def hashtag_searches(self) -> list[Request]:
         return self.calls_to("/ig_hashtag_search")
 
+    @property
+    def lookups(self) -> list[Request]:
+        return [r for r in self.requests if r.path == VERSION + "/" and "ids" in r.params]
+
+    def _all_media(self) -> dict[str, dict[str, Any]]:
+        return {m["id"]: m for media in (*self.hashtag_media.values(), *self.tagged.values()) for m in media}
+
+    def delete(self, media_id: str) -> None:
+        for lists in (self.hashtag_media, self.tagged):
+            for key, media in lists.items():
+                lists[key] = [m for m in media if m["id"] != media_id]
+
+    def edit(self, media_id: str, caption: str) -> None:
+        self._all_media()[media_id]["caption"] = caption
+
+    def set_likes(self, media_id: str, likes: int) -> None:
+        self._all_media()[media_id]["like_count"] = likes
+
     # --- content -----------------------------------------------------------------------------------
 
     def hashtag_id(self, name: str) -> str:
@@ -285,6 +304,18 @@ class InstagramApi:
 
     def _content(self, path: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
         parts = path.strip("/").split("/")
+        if parts == [""] and "ids" in params:
+            ids = [i for i in params["ids"].split(",") if i]
+            if len(ids) > 50:
+                return 400, graph_error(100, f"(#100) Too many IDs. Maximum: 50. Got: {len(ids)}")
+            media = self._all_media()
+            missing = [i for i in ids if i not in media]
+            if missing:
+                return 400, graph_error(
+                    803, f"(#803) Some of the aliases you requested do not exist: {','.join(missing)}"
+                )
+            wanted = {m.group(1) for m in _TOP_FIELD.finditer(params.get("fields", "id"))}
+            return 200, {i: {k: v for k, v in media[i].items() if k in wanted or k == "id"} for i in ids}
         if parts == ["ig_hashtag_search"]:
             name = params.get("q", "").lower()
             if not params.get("user_id"):

@@ -135,6 +135,16 @@ class LinkedInApi:
         return [r for r in self.requests if r.path.startswith("/rest/")]
 
     @property
+    def lookups(self) -> list[Request]:
+        return [r for r in self.requests if r.path == "/rest/posts"]
+
+    def delete(self, urn: str) -> None:
+        del self.posts[urn]
+
+    def edit(self, urn: str, text: str) -> None:
+        self.posts[urn].update(commentary=text, lastModifiedAt=int(datetime.now(UTC).timestamp() * 1000))
+
+    @property
     def notification_calls(self) -> list[Request]:
         return [r for r in self.requests if r.path == "/rest/organizationalEntityNotifications"]
 

@@ -4,6 +4,8 @@ GET /api/v1/timelines/tag/:hashtag serves statuses newest first with since_id / 
 Link header built the way Mastodon builds it (the next link keeps limit and local, and drops since_id).
 GET /api/v2/search?type=statuses needs a user token, matches terms, -exclusions and language:, and
 pages by offset, newest first; min_id becomes a created_at bound cut to the second, as on Mastodon.
+GET /api/v1/statuses?id[]= (Mastodon 4.3) reads up to 20 statuses by id, leaving out those deleted;
+`batch_lookup = False` answers it 404, as an older instance does.
 Every answer carries X-RateLimit-* headers with an ISO 8601 reset; 429, 401 and other faults can be
 injected. Every request is recorded so tests can assert what slsync asked.
 """
@@ -66,6 +68,8 @@ class MastodonApi:
     timelines_need_token: bool = False
     # the largest page served, whatever slsync asks for (Mastodon: 40)
     max_limit: int = 40
+    # False: an instance older than 4.3, without GET /api/v1/statuses
+    batch_lookup: bool = True
     server: ThreadingHTTPServer | None = None
 
     @property
@@ -79,6 +83,22 @@ class MastodonApi:
     @property
     def content_calls(self) -> list[Request]:
         return [r for r in self.requests if r.path.startswith(("/api/v1/timelines/tag/", "/api/v2/search"))]
+
+    @property
+    def lookups(self) -> list[Request]:
+        return [r for r in self.requests if r.path == "/api/v1/statuses"]
+
+    def status(self, uri: str) -> dict[str, Any]:
+        return next(s for s in self.statuses if s["uri"] == uri)
+
+    def delete(self, uri: str) -> None:
+        self.statuses.remove(self.status(uri))
+
+    def edit(self, uri: str, text: str) -> None:
+        self.status(uri).update(content=f"<p>{text}</p>", edited_at=iso(datetime.now(UTC)))
+
+    def set_likes(self, uri: str, likes: int) -> None:
+        self.status(uri)["favourites_count"] = likes
 
     def add_statuses(
         self,
@@ -206,8 +226,21 @@ class MastodonApi:
             "X-RateLimit-Reset": self.reset_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         }
 
+    def statuses_by_id(self, params: dict[str, list[str]]) -> tuple[int, dict, Any]:
+        ids = params.get("id[]", [])
+        if not self.batch_lookup:
+            return 404, {}, {"error": "Record not found"}
+        if len(set(ids)) > 20:
+            return 422, {}, {"error": "Validation failed"}
+        if self.remaining <= 0:
+            return 429, self._limit_headers(0), {"error": "Too many requests"}
+        self.remaining -= 1
+        return 200, self._limit_headers(self.remaining), [s for s in self.statuses if s["id"] in ids]
+
     def answer(self, path: str, params: dict[str, list[str]], authorization: str | None) -> tuple[int, dict, Any]:
         token = authorization.removeprefix("Bearer ") if authorization else None
+        if path == "/api/v1/statuses":
+            return self.statuses_by_id(params)
         if not path.startswith(("/api/v1/timelines/tag/", "/api/v2/search")):
             return 404, {}, {"error": "Record not found"}
         calls = len(self.content_calls) - 1  # before this one, which is recorded already

@@ -1,7 +1,9 @@
 """A loopback stand-in for Reddit: the app-only token endpoint and post search.
 
 POST /api/v1/access_token answers the client-credentials grant (HTTP Basic with the app's id and
-secret) with short-lived bearer tokens. GET /search and GET /r/{a+b}/search serve posts newest first
+secret) with short-lived bearer tokens. GET /api/info?id= reads posts by fullname (up to 100), as Reddit
+does: a post its author deleted or a moderator removed is still listed, its text [deleted] or [removed]; a
+post of a subreddit gone private is not listed. GET /search and GET /r/{a+b}/search serve posts newest first
 in listings paged with `after` (a fullname), end listings near 1,000 items as Reddit does, check the
 bearer token and the User-Agent, and report X-Ratelimit-Used / -Remaining (a float) / -Reset (seconds
 until the window ends). It can answer 429, 401 or any status on demand, hide posts from search (as
@@ -95,6 +97,31 @@ class RedditApi:
     @property
     def searches(self) -> list[Request]:
         return [r for r in self.requests if r.path.endswith("/search")]
+
+    @property
+    def lookups(self) -> list[Request]:
+        return [r for r in self.requests if r.path == "/api/info"]
+
+    def post(self, name: str) -> dict[str, Any]:
+        return next(p for p in self.posts if p["name"] == name)
+
+    def delete(self, name: str) -> None:
+        """The author deleted the post: listed on, [deleted]."""
+        self.post(name).update(author="[deleted]", selftext="[deleted]", removed_by_category="deleted")
+
+    def remove(self, name: str) -> None:
+        """A moderator removed the post: listed on, [removed]."""
+        self.post(name).update(selftext="[removed]", removed_by_category="moderator")
+
+    def vanish(self, name: str) -> None:
+        """The post's subreddit went private: not listed at all."""
+        self.posts.remove(self.post(name))
+
+    def edit(self, name: str, text: str) -> None:
+        self.post(name).update(selftext=text, edited=float(int(datetime.now(UTC).timestamp())))
+
+    def set_likes(self, name: str, score: int) -> None:
+        self.post(name)["score"] = score
 
     @property
     def token_calls(self) -> list[Request]:
@@ -192,6 +219,20 @@ class RedditApi:
         if self._sorted is None or self._sorted[0] != len(self.posts):
             self._sorted = (len(self.posts), sorted(posts, key=lambda p: (p["created_utc"], p["id"]), reverse=True))
         return self._sorted[1]
+    def info(self, params: dict[str, str], authorization: str | None) -> tuple[int, dict, dict]:
+        if authorization is None or authorization.removeprefix("Bearer ") not in self.tokens:
+            return 401, {}, {"message": "Unauthorized", "error": 401}
+        names = [n for n in params.get("id", "").split(",") if n]
+        if len(names) > 100:
+            return 400, {}, {"message": "Bad Request", "error": 400}
+        if self.remaining < 1:
+            return 429, self._limit_headers(0.0), {"message": "Too Many Requests", "error": 429}
+        self.remaining -= 1
+        by_name = {p["name"]: p for p in self.posts}
+        children = [{"kind": n.split("_", 1)[0], "data": by_name[n]} for n in names if n in by_name]
+        listing = {"kind": "Listing", "data": {"after": None, "dist": len(children), "modhash": None,
+                                               "geo_filter": "", "children": children, "before": None}}  # fmt: skip
+        return 200, self._limit_headers(self.remaining), listing
 
     def _limit_headers(self, remaining: float) -> dict[str, str]:
         used = self.window - remaining
@@ -237,6 +278,8 @@ class RedditApi:
                     status, headers, body = 302, {"Location": "/subreddits/search"}, {}
                 elif search:
                     status, headers, body = api.search(parts.path, params, auth)
+                elif parts.path == "/api/info":
+                    status, headers, body = api.info(params, auth)
                 else:
                     status, body = 404, {"message": "Not Found", "error": 404}
                 api.requests.append(Request("GET", parts.path, params, auth, agent, status))

@@ -74,6 +74,8 @@ def _matches(condition: dict[str, Any], video: dict[str, Any]) -> bool:
         return (video.get("username") or "").lower() in values
     if name == "region_code":
         return (video.get("region_code") or "").lower() in values
+    if name == "video_id":
+        return str(video.get("id")) in values
     raise ValueError(f"unknown field_name {name!r}")
 
 
@@ -126,6 +128,17 @@ class TikTokApi:
     @property
     def queries(self) -> list[Request]:
         return [r for r in self.requests if r.path == QUERY_PATH]
+
+    @property
+    def lookups(self) -> list[Request]:
+        """Video queries by video_id (reading stored videos again)."""
+        return [r for r in self.queries if "video_id" in json.dumps(r.body)]
+
+    def delete(self, video_id: str) -> None:
+        self.videos = [v for v in self.videos if str(v["id"]) != video_id]
+
+    def set_likes(self, video_id: str, likes: int) -> None:
+        next(v for v in self.videos if str(v["id"]) == video_id)["like_count"] = likes
 
     @property
     def comment_calls(self) -> list[Request]:

@@ -115,6 +115,9 @@ class XApi:
     def set_metrics(self, post_id: str, **metrics: int) -> None:
         self.post(post_id)["public_metrics"].update(metrics)
 
+    def set_likes(self, post_id: str, likes: int) -> None:
+        self.set_metrics(post_id, like_count=likes)
+
     def add_posts(
         self, count: int, *, newest: datetime | None = None, spacing: timedelta = timedelta(minutes=1)
     ) -> list[str]:

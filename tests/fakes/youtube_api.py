@@ -1,4 +1,6 @@
-"""A loopback stand-in for the YouTube Data API v3: search.list and commentThreads.list.
+"""A loopback stand-in for the YouTube Data API v3: search.list and commentThreads.list, and the lookups by id
+(videos.list with snippet and statistics, commentThreads.list with id: 50 ids, 1 unit a call; an id that is
+gone is left out of `items`, as YouTube does).
 
 It serves videos newest first (order=date) from publishedAfter (inclusive, as YouTube does), and
 comment threads newest first (order=time) for a video or a channel's videos filtered by searchTerms,
@@ -25,7 +27,7 @@ QUOTA_MESSAGE = (
     'The request cannot be completed because you have exceeded your <a href="/youtube/v3/getting-started#quota">'
     "quota</a>."
 )
-COSTS = {"/search": 100, "/commentThreads": 1}
+COSTS = {"/search": 100, "/commentThreads": 1, "/videos": 1}
 
 
 def stamp(moment: datetime) -> str:
@@ -62,6 +64,8 @@ class YouTubeApi:
     # comment threads as the API sends them, with the owning channel under "_channel"
     threads: list[dict[str, Any]] = field(default_factory=list)
     comments_disabled: set[str] = field(default_factory=set)
+    # videos.list's statistics per video (counts as strings, as YouTube sends them)
+    statistics: dict[str, dict[str, str]] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     units_used: int = 0
     # answer 403 quotaExceeded to every content call while set
@@ -86,6 +90,36 @@ class YouTubeApi:
 
     def comment_calls(self) -> list[Request]:
         return [r for r in self.requests if r.path.endswith("/commentThreads")]
+
+    @property
+    def lookups(self) -> list[Request]:
+        """videos.list, and commentThreads.list by id."""
+        return [r for r in self.requests if r.path.endswith("/videos") or "id" in r.params]
+
+    def video(self, video_id: str) -> dict[str, Any]:
+        return next(v for v in self.videos if v["id"]["videoId"] == video_id)
+
+    def thread(self, comment_id: str) -> dict[str, Any]:
+        return next(t for t in self.threads if t["id"] == comment_id)
+
+    def delete(self, item_id: str) -> None:
+        """A video or comment thread deleted (or made private: YouTube answers both the same)."""
+        self.videos = [v for v in self.videos if v["id"]["videoId"] != item_id]
+        self.threads = [t for t in self.threads if t["id"] != item_id]
+
+    def edit(self, item_id: str, text: str) -> None:
+        """A video's new title (search.list sends it HTML-escaped), or a comment's new text."""
+        if any(v["id"]["videoId"] == item_id for v in self.videos):
+            self.video(item_id)["snippet"]["title"] = html.escape(text, quote=True)
+        else:
+            comment = self.thread(item_id)["snippet"]["topLevelComment"]["snippet"]
+            comment.update(textOriginal=text, textDisplay=html.escape(text))
+
+    def set_likes(self, item_id: str, likes: int) -> None:
+        if any(v["id"]["videoId"] == item_id for v in self.videos):
+            self.statistics.setdefault(item_id, {})["likeCount"] = str(likes)
+        else:
+            self.thread(item_id)["snippet"]["topLevelComment"]["snippet"]["likeCount"] = likes
 
     # --- content ----------------------------------------------------------------------------------
 
@@ -195,7 +229,26 @@ class YouTubeApi:
             return 400, google_error(400, "invalidPageToken", "The request specifies an invalid page token.")
         if endpoint == "/search":
             return 200, self.search(params)
+        if endpoint == "/videos":
+            return self.videos_list(params)
         return self.comment_threads(params)
+
+    def videos_list(self, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """videos.list by id: each video's snippet as videos.list sends it (not escaped) and its statistics."""
+        ids = [i for i in params.get("id", "").split(",") if i]
+        if not ids or len(ids) > 50 or set(params.get("part", "").split(",")) != {"snippet", "statistics"}:
+            return 400, google_error(400, "badRequest", "videos.list: id (at most 50) and part=snippet,statistics")
+        items = []
+        for video in self.videos:
+            video_id = video["id"]["videoId"]
+            if video_id in ids:
+                snippet = {k: v for k, v in video["snippet"].items() if k != "publishTime"}
+                snippet.update(title=html.unescape(snippet["title"]), description=html.unescape(snippet["description"]))
+                stats = {"viewCount": "100", "likeCount": "3", "favoriteCount": "0", "commentCount": "1"}
+                items.append({"kind": "youtube#video", "etag": video["etag"], "id": video_id, "snippet": snippet,
+                              "statistics": {**stats, **self.statistics.get(video_id, {})}})  # fmt: skip
+        return 200, {"kind": "youtube#videoListResponse", "etag": "etag", "items": items,
+                     "pageInfo": {"totalResults": len(items), "resultsPerPage": len(items)}}  # fmt: skip
 
     def search(self, params: dict[str, str]) -> dict[str, Any]:
         assert params.get("type") == "video" and params.get("order") == "date" and params.get("part") == "snippet"
@@ -212,6 +265,13 @@ class YouTubeApi:
         return self._page(found, params, 50, "youtube#searchListResponse")
 
     def comment_threads(self, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        if "id" in params:  # by id: the threads that still exist
+            ids = params["id"].split(",")
+            if len(ids) > 50:
+                return 400, google_error(400, "badRequest", "commentThreads.list: at most 50 ids")
+            items = [{k: v for k, v in t.items() if k != "_channel"} for t in self.threads if t["id"] in ids]
+            return 200, {"kind": "youtube#commentThreadListResponse", "etag": "etag", "items": items,
+                         "pageInfo": {"totalResults": len(items), "resultsPerPage": len(items)}}  # fmt: skip
         assert params.get("order") == "time" and params.get("part") == "snippet"
         if "videoId" in params:
             if params["videoId"] in self.comments_disabled:
@@ -249,7 +309,7 @@ class YouTubeApi:
                 parts = urlsplit(self.path)
                 params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
                 key = self.headers.get("X-Goog-Api-Key") or params.get("key")
-                content = parts.path.endswith(("/search", "/commentThreads"))
+                content = parts.path.endswith(("/search", "/commentThreads", "/videos"))
                 fault = api.faults.pop(0) if content and api.faults else None
                 if fault == 401:
                     status, body = 400, KEY_INVALID
