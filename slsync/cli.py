@@ -724,10 +724,17 @@ def _report_batch(batch: BatchResult, as_json: bool) -> None:
         _analysis_line(batch.analysis)
         if batch.refresh is not None:
             _refresh_lines(batch.refresh)
+        if batch.retention is not None:
+            _retention_line(batch.retention)
     if batch.error:
         raise batch.error  # after the results that finished: one line on stderr, exit 1
     if batch.failed:
         raise typer.Exit(1)
+
+
+def _retention_line(doc: dict[str, Any]) -> None:
+    more = "" if doc["done"] else " (more next time)"
+    print(f"retention: {doc['mentions_deleted']} old mentions deleted, {doc['raw_dropped']} raw payloads dropped{more}")
 
 
 def _refresh_lines(doc: dict[str, Any], *, each: bool = False) -> None:
@@ -830,6 +837,27 @@ def refresh_command(
         raise typer.Exit(1)
 
 
+@app.command()
+def prune(as_json: bool = JsonFlag) -> None:
+    """Apply the retention settings now, in short batches: delete mentions published more than
+    SLSYNC_RETENTION_DAYS ago, drop the raw payloads of mentions fetched more than SLSYNC_RAW_RETENTION_DAYS ago.
+
+    `sync due` does a bounded piece of this every run. Prints {"mentions_deleted", "raw_dropped", "batches",
+    "done"} with --json. Exit 0; 2 when neither setting is set.
+    """
+    from slsync import db, retention
+
+    settings = _settings()
+    if settings.retention_days is None and settings.raw_retention_days is None:
+        raise UsageError("set SLSYNC_RETENTION_DAYS or SLSYNC_RAW_RETENTION_DAYS: with neither, everything is kept")
+    with db.connect(settings) as conn:
+        result = retention.prune(conn, settings)
+    if as_json:
+        emit_json(result.as_json())
+    else:
+        _retention_line(result.as_json())
+
+
 # --- status ---------------------------------------------------------------------------------------
 
 
@@ -844,6 +872,7 @@ def _status_json(
     row: dict[str, Any],
     breakdown: dict[int, dict[str, int]] | None,
     gaps: dict[int, list[dict[str, Any]]] | None = None,
+    pending: dict[int, int] | None = None,
 ) -> dict[str, Any]:
     from slsync.coverage import gap_json
 
@@ -890,6 +919,12 @@ def _status_json(
             "mentions_per_hour": round(row["mention_rate"] * 60, 2) if row["mention_rate"] is not None else None,
         },
         "gaps": [gap_json(gap) for gap in (gaps or {}).get(row["id"], [])],
+        "refresh": {
+            "pending": pending.get(row["id"], 0) if pending is not None else None,
+            "refreshed": row["refreshed_count"],
+            "deleted": row["deleted_count"],
+            "last_refresh_at": row["last_refresh_at"],
+        },
     }
 
 
@@ -903,6 +938,13 @@ def _breakdown_short(counts: dict[str, int] | None) -> str:
     if counts.get("pending"):
         text += f" ({counts['pending']} new)"
     return text
+
+
+def _refresh_short(refresh: dict[str, Any]) -> str:
+    """Mentions due to be read again, then how many were read again and found gone so far."""
+    due = f"{refresh['pending']} due" if refresh["pending"] else ""
+    done = f"{refresh['refreshed']:,} read, {refresh['deleted']:,} gone" if refresh["last_refresh_at"] else ""
+    return "; ".join(part for part in (due, done) if part) or "-"
 
 
 def _breakdown_line(counts: dict[str, int]) -> str:
@@ -927,6 +969,7 @@ STATUS_COLUMNS = (
     "every",
     "mentions",
     "7-day sentiment",
+    "refresh",
     "rate limit",
     "syncing",
     "error",
@@ -960,6 +1003,7 @@ def _status_table(docs: list[dict[str, Any]]) -> Any:
                 ),
                 f"{doc['stats']['total_mentions']:,}",
                 _breakdown_short(doc["stats"]["sentiment_7d"]),
+                _refresh_short(doc["refresh"]),
                 rate,
                 syncing,
                 error,
@@ -1061,7 +1105,8 @@ def status(
             db.get_source(conn, source_id, tenant_id=tenant)
             rows = db.status_rows(conn, source_id=source_id)
             gaps = db.coverage_gaps(conn, source_ids=[source_id])
-            doc = _status_json(rows[0], db.sentiment_breakdown(conn, [source_id]), gaps)
+            pending = db.refresh_pending(conn, [source_id])
+            doc = _status_json(rows[0], db.sentiment_breakdown(conn, [source_id]), gaps, pending)
             if as_json:
                 emit_json(doc)
             else:
@@ -1131,7 +1176,9 @@ def _status_chunks(
         ids = [row["id"] for row in rows]
         breakdown = db.sentiment_breakdown(conn, ids) if wanted else None
         gaps = every_gap if every_gap is not None else db.coverage_gaps(conn, source_ids=ids, tenant_id=tenant)
-        yield [_status_json(row, breakdown, gaps) for row in rows], rows[0]["db_now"]
+        # mentions due to be read again, from the refresh index (left out of a long list, as the breakdown)
+        pending = db.refresh_pending(conn, ids) if wanted else None
+        yield [_status_json(row, breakdown, gaps, pending) for row in rows], rows[0]["db_now"]
 
 
 def _print_status_table(docs: list[dict[str, Any]], now: datetime) -> None:
@@ -1424,6 +1471,44 @@ def _csv_cell(value: Any) -> Any:
         return value
     value = visible(value, keep_line_breaks=True)
     return "'" + value if value.startswith(_FORMULA_START) else value
+@mentions_app.command("forget")
+def mentions_forget(
+    platform: str = typer.Option(..., "--platform", help="The platform the author posts on (see slsync platforms)."),
+    author: str = typer.Option(
+        ..., "--author", help="The author's handle as stored (author_handle), with or without @."
+    ),
+    tenant: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--tenant", min=0, max=MAX_TENANT, help="Only this tenant's mentions (default: all)."
+    ),
+    as_json: bool = JsonFlag,
+) -> None:
+    """Erase every stored mention by one author (a person's request under GDPR article 17) and record it.
+
+    Deletes the author's mentions on the platform, in one tenant or all, prints what it deleted, and records
+    who ran it (user@host), when, the platform, the tenant and how many went in sl_erasures: never the content,
+    and a digest of the handle rather than the handle. Posts the author still has public may be stored again
+    by a later sync. Prints {"erasure_id", "deleted", "by_tenant", "mentions", ...} with --json. Exit 0; 2 on
+    bad input.
+    """
+    from slsync import db, retention
+    from slsync.connectors import platform as known_platform
+
+    known_platform(platform)
+    with db.connect(_settings()) as conn:
+        done = retention.forget(conn, platform=platform, handle=author, tenant_id=tenant)
+    if as_json:
+        emit_json(done)
+        return
+    from slsync.auth import one_line
+
+    for mention in done["mentions"]:
+        _say(f"deleted: tenant {mention['tenant_id']}, {platform} post {one_line(mention['external_id'])}")
+    tenants = ", ".join(f"tenant {t['tenant_id']}: {t['deleted']}" for t in done["by_tenant"])
+    _say(
+        f"deleted {counted(done['deleted'], 'mention')} by {one_line(retention.normal_handle(author))} on {platform}"
+        + (f" ({tenants})" if tenants else "")
+        + f"; recorded as erasure {done['erasure_id']}"
+    )
 
 
 def _write_mentions(rows: Iterator[dict[str, Any]], format: str, target: Any, columns: Sequence[str]) -> int:  # noqa: A002

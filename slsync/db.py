@@ -1049,7 +1049,7 @@ WITH held AS (
     SELECT id, tenant_id, platform, name, connection_type, status, error_message, sync_interval_minutes,
         last_sync_at, next_sync_at, rate_limit_limit, rate_limit_remaining, rate_limit_reset_at,
         consecutive_failures, mentions_count, reconnect_by, interval_mode, min_interval_minutes,
-        max_interval_minutes, covered_until, mention_rate
+        max_interval_minutes, covered_until, mention_rate, last_refresh_at, refreshed_count, deleted_count
     FROM sl_sources s
     WHERE (%(id)s::integer IS NULL OR s.id = %(id)s) AND (%(tenant)s::bigint IS NULL OR s.tenant_id = %(tenant)s)
     ORDER BY s.tenant_id, s.id
@@ -1576,3 +1576,78 @@ def refresh_pending(conn: Connection, source_ids: Sequence[int]) -> dict[int, in
         (list(source_ids),),
     ).fetchall()
     return {row["source_id"]: int(row["n"]) for row in rows}
+
+
+# --- retention and erasure --------------------------------------------------------------------------
+
+# The deleted mentions (`gone`, their source_id) no longer counted in their sources' mentions_count.
+_UNCOUNT = """UPDATE sl_sources s SET mentions_count = greatest(s.mentions_count - g.n, 0)
+    FROM (SELECT source_id, count(*) AS n FROM gone WHERE source_id IS NOT NULL GROUP BY source_id) g
+    WHERE s.id = g.source_id"""
+
+# Mentions past their retention, oldest first along sl_mentions_published_idx, `limit` a statement: the
+# statement holds its row locks (and the table's RowExclusiveLock, which blocks no other reader or writer)
+# for a few hundred milliseconds at most, and a row another transaction holds is left for the next batch.
+_PRUNE = f"""
+WITH doomed AS (
+    SELECT id FROM sl_mentions WHERE published_at < now() - make_interval(days => %(days)s)
+    ORDER BY published_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM sl_mentions m USING doomed WHERE m.id = doomed.id RETURNING m.source_id
+), counted AS ({_UNCOUNT})
+SELECT count(*) AS n FROM gone
+"""
+
+
+def delete_old_mentions(conn: Connection, *, days: int, limit: int) -> int:
+    """Delete up to `limit` mentions published more than `days` ago, in one short statement; how many went."""
+    row = conn.execute(_PRUNE, {"days": days, "limit": limit}).fetchone()
+    return int(row["n"]) if row else 0
+
+
+def drop_old_raw(conn: Connection, *, days: int, limit: int) -> int:
+    """Drop the raw payloads of up to `limit` mentions fetched more than `days` ago (their normalized columns
+    stay), oldest first along the primary key (ids grow with fetched_at); how many were dropped. Fewer than
+    `limit` means the payloads left are younger."""
+    row = conn.execute(
+        "WITH batch AS (SELECT id, fetched_at FROM sl_mentions WHERE raw IS NOT NULL ORDER BY id LIMIT %(limit)s),"
+        " dropped AS (UPDATE sl_mentions m SET raw = NULL FROM batch"
+        "  WHERE m.id = batch.id AND batch.fetched_at < now() - make_interval(days => %(days)s) RETURNING 1)"
+        " SELECT count(*) AS n FROM dropped",
+        {"days": days, "limit": limit},
+    ).fetchone()
+    return int(row["n"]) if row else 0
+
+
+def forget_author(
+    conn: Connection,
+    *,
+    platform: str,
+    handle: str,
+    tenant_id: int | None,
+    requested_by: str,
+    author_digest: str,
+    batch: int = 1000,
+) -> dict[str, Any]:
+    """Delete every mention by this author (author_handle, in any case) on the platform, in one tenant or all,
+    and record the request in sl_erasures, in one transaction (statements of `batch` rows). Returns the erasure's
+    id, when, and what was deleted (id, tenant and external id of each mention)."""
+    with conn.transaction():
+        found = conn.execute(
+            "SELECT id, tenant_id, source_id, external_id FROM sl_mentions"
+            " WHERE platform = %(platform)s AND lower(author_handle) = lower(%(handle)s)"
+            " AND (%(tenant)s::bigint IS NULL OR tenant_id = %(tenant)s) ORDER BY tenant_id, id",
+            {"platform": platform, "handle": handle, "tenant": tenant_id},
+        ).fetchall()
+        for first in range(0, len(found), batch):
+            ids = [row["id"] for row in found[first : first + batch]]
+            conn.execute(
+                f"WITH gone AS (DELETE FROM sl_mentions WHERE id = ANY(%s) RETURNING source_id) {_UNCOUNT}", (ids,)
+            )
+        audit = conn.execute(
+            "INSERT INTO sl_erasures (requested_by, platform, tenant_id, author_digest, mentions_deleted)"
+            " VALUES (%s, %s, %s, %s, %s) RETURNING id, requested_at",
+            (requested_by, platform, tenant_id, author_digest, len(found)),
+        ).fetchone()
+    assert audit is not None
+    return {"erasure_id": audit["id"], "requested_at": audit["requested_at"], "deleted": found}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from slsync import analysis, coverage, db, refresh
+from slsync import analysis, coverage, db, refresh, retention
 from slsync.budget import RateBudgets
 from slsync.config import Settings
 from slsync.connect import context_for
@@ -120,6 +120,8 @@ class BatchResult:
     workers: int = 1
     # what reading stored posts again did, after the syncs (sync due only)
     refresh: dict[str, Any] | None = None
+    # what retention deleted and dropped, last (sync due only; None when no retention is set)
+    retention: dict[str, Any] | None = None
 
     @property
     def failed(self) -> list[SyncResult]:
@@ -145,6 +147,7 @@ class BatchResult:
             "workers": self.workers,
             "error": str(self.error) if self.error else None,
             "refresh": self.refresh,
+            "retention": self.retention,
         }
 
     def add_analysis(self, report: dict[str, Any]) -> None:
@@ -265,6 +268,9 @@ def sync_due(
         # shares: the stored posts due to be read again
         if settings.refresh_share > 0 and settings.refresh_steps:
             _then(batch, lambda: _refresh(conn, settings, options, batch))
+        # then a bounded piece of the retention, when one is set
+        if settings.retention_days is not None or settings.raw_retention_days is not None:
+            _then(batch, lambda: _retain(conn, settings, options, batch))
         return batch
 
 
@@ -301,6 +307,12 @@ def _refresh(conn: db.Connection, settings: Settings, options: RunOptions, batch
         conn, settings, now=utcnow, budgets=options.budgets, deadline=options.deadline, http=options.http,
         skip_due=True, stop=options.stop,
     ).as_json()  # fmt: skip
+
+
+def _retain(conn: db.Connection, settings: Settings, options: RunOptions, batch: BatchResult) -> None:
+    batch.retention = retention.prune(
+        conn, settings, batches=retention.SYNC_DUE_BATCHES, deadline=options.deadline, stop=options.stop
+    ).as_json()
 
 
 def _command_stopped(exc: DatabaseError) -> DatabaseError:

@@ -35,3 +35,7 @@ CREATE TABLE sl_erasures (
     author_digest    text        NOT NULL,   -- sha256 of "platform:handle" (handle in lower case, no @)
     mentions_deleted bigint      NOT NULL
 );
+
+-- Retention deletes the oldest mentions first, a batch at a time: read along this index, a batch is a
+-- short range scan wherever the table stands.
+CREATE INDEX IF NOT EXISTS sl_mentions_published_idx ON sl_mentions (published_at, id);

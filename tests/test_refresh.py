@@ -3,13 +3,27 @@ deleted on the platform, the schedule, and the refresh's share of rate-limit win
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import httpx
 import pytest
+from pydantic import SecretStr
 
 from slsync import db
-from tests.conftest import Cli, add_x_source, db_now
+from slsync.auth import StaticToken
+from slsync.budget import QuotaShare, RateBudgets, ShareSpent, WindowShare
+from slsync.config import Settings
+from slsync.connectors.base import Context, Looked
+from slsync.connectors.reddit import removed
+from slsync.connectors.twitter import TwitterConnector
+from slsync.models import RateLimit, Source, Stored
+from tests.conftest import Cli, add_x_source
 from tests.fakes.x_api import XApi
+
+FIXTURES = Path(__file__).parent / "fixtures" / "real" / "twitter"
+REDDIT = Path(__file__).parent / "fixtures" / "real" / "reddit"
 
 
 def _stored(conn: db.Connection, source_id: int) -> dict[str, dict]:
@@ -33,8 +47,9 @@ def _make_due(conn: db.Connection, source_id: int) -> None:
 
 @pytest.fixture
 def synced(x_cli: Cli, x_api: XApi, conn: db.Connection) -> int:
-    """An X source with 250 posts stored by a sync."""
-    x_api.add_posts(250, spacing=timedelta(seconds=20))
+    """An X source with 250 posts of the last 42 minutes stored by a sync: each is next due an hour after its
+    publication, well after the test's end."""
+    x_api.add_posts(250, spacing=timedelta(seconds=10))
     source_id = add_x_source(x_cli)
     x_cli.ok("sync", "source", str(source_id))
     assert len(_stored(conn, source_id)) == 250
@@ -56,11 +71,9 @@ def test_counts_change_with_exactly_the_calls_the_batch_size_implies(
         row = stored[post["id"]]
         assert row["likes_count"] == 1000 + int(post["id"]) % 97 and row["comments_count"] == 7
         assert row["refreshed_at"] is not None and row["status"] == "processed"  # counts alone: no new label
-    # read again at the next step of the schedule still ahead (1 h after publication, or 6 h for those older)
-    now = db_now(conn)
+    # read again at the next step of the schedule still ahead: an hour after publication
     for row in stored.values():
-        steps = [row["published_at"] + timedelta(hours=h) for h in (1, 6, 24, 72)]
-        assert row["refresh_due_at"] == min(step for step in steps if step > now)
+        assert row["refresh_due_at"] == row["published_at"] + timedelta(hours=1)
     assert x_cli.ok("refresh", "--json").json()["calls"] == 0  # nothing due: no call
 
 
@@ -94,6 +107,12 @@ def test_a_deleted_post_becomes_a_tombstone_and_an_edited_one_gets_its_text_and_
     # a later sync that meets the edited post under its new id stores no second mention of it
     x_cli.ok("sync", "source", str(synced))
     assert len(_stored(conn, synced)) == 250
+    # status shows what is due and what was read again
+    refresh = x_cli.ok("status", str(synced), "--json").json()["refresh"]
+    assert (refresh["pending"], refresh["refreshed"], refresh["deleted"]) == (0, 248, 2) and refresh["last_refresh_at"]
+    _make_due(conn, synced)
+    assert x_cli.ok("status", str(synced), "--json").json()["refresh"]["pending"] == 248
+    assert "248 due; 248 read, 2 gone" in x_cli.ok("status").stdout
 
 
 def test_with_deleted_remove_the_post_is_gone_for_good(
@@ -162,3 +181,153 @@ def test_the_refresh_in_sync_due_can_be_turned_off(x_cli: Cli, x_api: XApi, conn
     conn.execute("UPDATE sl_sources SET next_sync_at = now()")
     doc = x_cli.ok("sync", "due", "--json", env={"SLSYNC_REFRESH_SHARE": "0"}).json()
     assert doc["refresh"] is None and not x_api.lookups
+
+
+# --- the share of windows and quotas ----------------------------------------------------------------
+
+
+def _calls(share: WindowShare, key: str, most: int = 100) -> int:
+    made = 0
+    with pytest.raises(ShareSpent):
+        for _ in range(most):
+            with share.call(key, "X"):
+                made += 1
+    return made
+
+
+def test_a_window_counted_in_calls_gives_a_share_of_what_is_left() -> None:
+    now = datetime.now(UTC)
+    budgets = RateBudgets(lambda: now)
+    budgets.record("x", RateLimit(remaining=10, reset_at=now + timedelta(minutes=5)))
+    assert _calls(WindowShare(budgets, 0.2, lambda: now), "x") == 2
+    # known only from before the command (the source's last sync): the same share of it
+    prior = WindowShare(RateBudgets(lambda: now), 0.2, lambda: now)
+    prior.learn("x", RateLimit(remaining=25, reset_at=now + timedelta(minutes=5)))
+    assert _calls(prior, "x") == 5
+    # a stale prior (its window has reset) is no knowledge: the first call learns the window
+    stale = WindowShare(RateBudgets(lambda: now), 0.2, lambda: now)
+    stale.learn("x", RateLimit(remaining=1, reset_at=now - timedelta(minutes=1)))
+    with stale.call("x", "X"):
+        stale.record("x", RateLimit(remaining=9, reset_at=now + timedelta(minutes=5)))
+    assert _calls(stale, "x") == 1  # 20% of the 10 there were: 2 calls, one made already
+    # few calls left: none for the refresh
+    budgets.record("y", RateLimit(remaining=4, reset_at=now + timedelta(minutes=5)))
+    assert _calls(WindowShare(budgets, 0.2, lambda: now), "y") == 0
+
+
+def test_a_new_window_brings_a_new_share_and_usage_windows_are_measured_by_usage() -> None:
+    clock = [datetime.now(UTC)]
+    budgets = RateBudgets(lambda: clock[0])
+    budgets.record("x", RateLimit(remaining=10, reset_at=clock[0] + timedelta(minutes=5)))
+    share = WindowShare(budgets, 0.2, lambda: clock[0])
+    assert _calls(share, "x") == 2
+    clock[0] += timedelta(minutes=6)  # the window reset
+    budgets.record("x", RateLimit(remaining=100, reset_at=clock[0] + timedelta(minutes=15)))
+    assert _calls(share, "x") == 20
+    # Meta's usage: percentages with no reset time; the share ends when usage rose by 20% of what was left
+    meta = WindowShare(RateBudgets(lambda: clock[0]), 0.2, lambda: clock[0])
+    used = 0
+    with pytest.raises(ShareSpent):
+        for remaining in (50, 48, 45, 42, 40, 39):
+            with meta.call("meta", "Facebook"):
+                meta.record("meta", RateLimit(limit=100, remaining=remaining))
+                used += 1
+    assert used == 5  # stopped before the call after the one that brought remaining to 40
+    # a window never reported (LinkedIn): a share of an assumed 100 calls
+    assert _calls(WindowShare(RateBudgets(lambda: clock[0]), 0.2, lambda: clock[0]), "linkedin") == 20
+
+
+class _Ledger:
+    def __init__(self, left: int) -> None:
+        self.left = left
+
+    def spend(self, key: str, units: int, daily_limit: int, day: object) -> int | None:
+        if units > self.left:
+            return None
+        self.left -= units
+        return self.left
+
+    def exhaust(self, key: str, daily_limit: int, day: object) -> None:
+        self.left = 0
+
+    def use_unique(self, *args: object) -> int | None:
+        return None
+
+
+def test_a_quota_share_takes_a_share_of_the_units_left_and_says_when_it_refused() -> None:
+    day = datetime.now(UTC).date()
+    ledger = _Ledger(10)
+    share = QuotaShare(ledger, 0.2)
+    assert share.spend("yt", 1, 10_000, day) == 9 and share.spend("yt", 1, 10_000, day) == 8
+    assert share.spend("yt", 1, 10_000, day) is None and share.refused and ledger.left == 8
+    # units given back make room again
+    assert share.spend("yt", -1, 10_000, day) == 9
+    assert share.spend("yt", 1, 10_000, day) == 8
+    # a spend larger than the share at first sight is given back at once
+    small = _Ledger(50)
+    assert QuotaShare(small, 0.2).spend("tt", 100, 1000, day) is None and small.left == 50
+    # the quota itself spent: None, and not the share's doing
+    empty = QuotaShare(_Ledger(0), 0.2)
+    assert empty.spend("yt", 1, 10_000, day) is None and not empty.refused
+
+
+# --- what the lookups make of real answers ------------------------------------------------------------
+
+
+def _x_looking_up(body: dict, ids: list[str]) -> Looked:
+    settings = Settings(_env_file=None, SLSYNC_TWITTER_API_URL="https://api.x.test/2", TWITTER_BEARER_TOKEN="t")
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=body))
+    source = Source(1, 1, "twitter", "s", "app", {"keywords": ["acme"]}, "active", None, 15, None,
+                    datetime.now(UTC), None, None, None, None, None, 0, 0, datetime.now(UTC))  # fmt: skip
+    context = Context(
+        now=lambda: datetime.now(UTC), settings=settings, http=httpx.Client(transport=transport),
+        credentials=lambda: StaticToken(SecretStr("t"), "twitter"),
+    )  # fmt: skip
+    posts = [Stored(n, i, datetime.now(UTC)) for n, i in enumerate(ids)]
+    return TwitterConnector(source, context).lookup("posts", posts)
+
+
+def test_an_error_about_a_referenced_post_does_not_make_the_post_gone() -> None:
+    """A recorded lookup answer: the reply is there, the post it replies to is not found (errors[0] names
+    referenced_tweets.id): the reply is found, nothing is gone."""
+    body = json.loads((FIXTURES / "tweets_lookup_russian_reply_deleted_parent.json").read_text(encoding="utf-8"))
+    reply = body["data"][0]["id"]
+    looked = _x_looking_up(body, [reply, "506694458445152256"])
+    assert [m.external_id for m in looked.found] == [reply] and looked.found[0].content == body["data"][0]["text"]
+    assert looked.gone == [] and looked.unknown == []  # the parent was not asked about: nothing said of it
+
+
+def test_posts_named_in_errors_are_gone_or_unknown_by_the_problem() -> None:
+    body = json.loads((FIXTURES / "tweets_lookup_withheld_tweet.json").read_text(encoding="utf-8"))
+    withheld = body["data"][0]["id"]
+    problems = {"1": "resource-not-found", "2": "not-authorized-for-resource", "3": "resource-unavailable",
+                "4": "client-forbidden"}  # fmt: skip
+    body["errors"] = [
+        {"value": i, "resource_id": i, "parameter": "ids", "resource_type": "tweet", "title": "x",
+         "type": f"https://api.twitter.com/2/problems/{problem}"}
+        for i, problem in problems.items()
+    ]  # fmt: skip
+    looked = _x_looking_up(body, [withheld, *problems])
+    assert [m.external_id for m in looked.found] == [withheld]  # withheld in one country: still there
+    assert sorted(looked.gone) == ["1", "2", "3"] and looked.unknown == ["4"]
+
+
+def test_an_edited_post_answered_under_its_latest_id_is_the_stored_one() -> None:
+    body = json.loads((FIXTURES / "tweets_lookup_quote_edited.json").read_text(encoding="utf-8"))
+    post = body["data"][0]
+    post["edit_history_tweet_ids"] = ["1576995594388000700", post["id"]]
+    looked = _x_looking_up(body, ["1576995594388000700"])
+    assert [m.external_id for m in looked.found] == ["1576995594388000700"]
+    assert looked.found[0].content == post["text"]
+
+
+def test_reddit_keeps_listing_what_was_deleted_or_removed() -> None:
+    body = json.loads((REDDIT / "r_askreddit_comments_listing.json").read_text(encoding="utf-8"))
+    children = body["data"]["children"]
+    children[0]["data"]["body"] = "[deleted]"
+    children[1]["data"]["body"] = "[removed]"
+    children[2]["data"]["author"] = "[deleted]"  # the account is gone, the comment stays
+    assert [removed(c) for c in children[:4]] == [True, True, False, False]
+    posts = json.loads((REDDIT / "r_all_search_listing.json").read_text(encoding="utf-8"))["data"]["children"]
+    posts[0]["data"]["removed_by_category"] = "moderator"
+    assert removed(posts[0]) and not any(removed(p) for p in posts[1:])
