@@ -115,7 +115,7 @@ class _Allowance:
     reset_at: datetime | None = None  # the window it belongs to; None: a usage window or one never reported
     spent: int = 0
     floor: float | None = None  # a usage window: stop once its reported remaining is at or below this
-    latest: int | None = None
+    latest: int | None = None  # the remaining the platform reported last
     reported: bool = True  # False while the platform has not said anything about the window
 
     def exhausted(self) -> bool:
@@ -173,13 +173,21 @@ class WindowShare:
         with self._lock:
             allowance = self._allowances.get(key)
             if limits.reset_at is not None:  # counted in calls
-                if allowance is not None and allowance.reported and allowance.reset_at == limits.reset_at:
-                    return  # a window already measured: this work's own count goes on
-                # the first word of this window: what was left before the calls this work made in it (those
-                # made before the platform said anything, or this one call of a window that just began)
+                if (
+                    allowance is not None
+                    and allowance.reported
+                    and allowance.calls is not None
+                    and (allowance.latest is None or limits.remaining <= allowance.latest)
+                ):
+                    # the window being measured: its remaining only falls (a platform that says its reset in
+                    # seconds from now moves the reset time a little with every answer); this work's count goes on
+                    allowance.latest, allowance.reset_at = limits.remaining, limits.reset_at
+                    return
+                # the first word of a window: what was left before the calls this work made in it (those made
+                # before the platform said anything, or this one call of a window that just began)
                 spent = allowance.spent if allowance is not None and not allowance.reported else 1
                 calls = math.floor(self._share * (limits.remaining + spent))
-                self._allowances[key] = _Allowance(calls, limits.reset_at, spent)
+                self._allowances[key] = _Allowance(calls, limits.reset_at, spent, latest=limits.remaining)
             elif allowance is None or allowance.calls is not None:  # a usage window, seen for the first time
                 spent = allowance.spent if allowance else 1
                 floor = limits.remaining * (1 - self._share)
@@ -194,7 +202,7 @@ class WindowShare:
             prior = self._known.get(key)
             known = prior if prior is not None and prior.reset_at and prior.reset_at > self._now() else None
         if known is not None and known.remaining is not None:
-            return _Allowance(math.floor(self._share * known.remaining), known.reset_at)
+            return _Allowance(math.floor(self._share * known.remaining), known.reset_at, latest=known.remaining)
         return _Allowance(math.floor(self._share * UNKNOWN_WINDOW_CALLS), None, reported=False)
 
 

@@ -331,3 +331,53 @@ def test_reddit_keeps_listing_what_was_deleted_or_removed() -> None:
     posts = json.loads((REDDIT / "r_all_search_listing.json").read_text(encoding="utf-8"))["data"]["children"]
     posts[0]["data"]["removed_by_category"] = "moderator"
     assert removed(posts[0]) and not any(removed(p) for p in posts[1:])
+
+
+def test_a_daily_quota_with_ten_units_left_gives_the_refresh_two(cli: Cli, conn: db.Connection) -> None:
+    """YouTube: a lookup costs 1 unit of the API key's daily quota, through the shared ledger; with 10 units
+    left, 20% of them is 2 lookups."""
+    from tests.fakes.youtube_api import API_KEY, YouTubeApi
+
+    api = YouTubeApi().start()
+    try:
+        cli.env.update({"SLSYNC_YOUTUBE_API_URL": api.url, "YOUTUBE_API_KEY": API_KEY})
+        api.add_videos(120, newest=datetime.now(UTC) - timedelta(minutes=1), spacing=timedelta(seconds=10))
+        source = cli.ok("source", "add", "youtube", "--tenant", "1", "--name", "yt", "--keyword", "acme",
+                        "--json").json()["id"]  # fmt: skip
+        cli.ok("sync", "source", str(source))
+        _make_due(conn, source)
+        conn.execute("UPDATE sl_quota_ledger SET units_used = daily_limit - 10")
+        doc = cli.ok("refresh", "--json").json()
+        assert doc["calls"] == 2 and len(api.lookups) == 2 and doc["checked"] == 100 and doc["pending"] == 20
+        assert doc["sources"][0]["status"] == "share_spent"
+        left = conn.execute("SELECT daily_limit - units_used AS left FROM sl_quota_ledger").fetchone()["left"]
+        assert left == 8  # the two lookups' units, and no more
+    finally:
+        api.stop()
+
+
+def test_where_syncs_and_lookups_share_one_window_the_syncs_take_theirs_first(cli: Cli, conn: db.Connection) -> None:
+    """Reddit counts search and /api/info in one window per app. With 11 calls left, `sync due` syncs first
+    (one search call), then the refresh takes 20% of the 10 left: 2 calls, leaving 8 for the next syncs."""
+    from tests.fakes.reddit_api import RedditApi
+
+    api = RedditApi().start()
+    try:
+        cli.env.update(api.env())
+        api.add_posts(250, newest=datetime.now(UTC) - timedelta(minutes=1), spacing=timedelta(seconds=10))
+        source = cli.ok("source", "add", "reddit", "--tenant", "1", "--name", "r", "--keyword", "acme",
+                        "--json").json()["id"]  # fmt: skip
+        cli.ok("sync", "source", str(source))
+        _make_due(conn, source)
+        conn.execute("UPDATE sl_sources SET next_sync_at = now()")
+        api.remaining = 11.0
+        before = len(api.requests)
+        doc = cli.ok("sync", "due", "--json").json()
+        refresh = doc["refresh"]
+        assert doc["sources_synced"] == 1 and refresh["calls"] == 2 and refresh["checked"] == 200
+        assert refresh["pending"] == 50 and refresh["sources"][0]["status"] == "share_spent"
+        paths = [r.path for r in api.requests[before:] if r.method == "GET"]
+        assert paths.count("/search") == 1 and paths.index("/search") < paths.index("/api/info")
+        assert api.remaining == 8.0
+    finally:
+        api.stop()
