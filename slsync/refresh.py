@@ -29,7 +29,7 @@ from slsync.budget import QuotaShare, RateBudgets, ShareSpent, WindowShare
 from slsync.connect import context_for
 from slsync.connectors import PLATFORMS, connector_class
 from slsync.errors import AuthError, ConnectorError, Fatal, NotFound, RateLimited, UsageError
-from slsync.models import RateLimit, Source, Stored
+from slsync.models import Mention, RateLimit, Source, Stored
 
 if TYPE_CHECKING:
     import httpx
@@ -257,17 +257,17 @@ def _look_up(
     except AuthError:
         raise
     except Fatal:
-        _apply(conn, source, run, result, unread=[p.id for p in posts])
+        _apply(conn, source, run, result, unread=posts)
         raise
     finally:
         result.calls += run.windows.calls - calls_before
     result.checked += len(posts)
-    ids = {p.external_id: p.id for p in posts}
-    found = [(ids[m.external_id], m) for m in looked.found if m.external_id in ids]
-    gone = [ids[e] for e in looked.gone if e in ids]
-    unknown = [ids[e] for e in looked.unknown if e in ids]
-    answered = {i for i, _ in found} | set(gone) | set(unknown)
-    unread = [p.id for p in posts if p.id not in answered]
+    by_id = {p.external_id: p for p in posts}
+    found = [(by_id[m.external_id], m) for m in looked.found if m.external_id in by_id]
+    gone = [by_id[e].id for e in looked.gone if e in by_id]
+    unknown = [by_id[e].id for e in looked.unknown if e in by_id]
+    answered = {p.id for p, _ in found} | set(gone) | set(unknown)
+    unread = [p for p in posts if p.id not in answered]
     _apply(conn, source, run, result, found=found, gone=gone, unknown=unknown, unread=unread)
 
 
@@ -277,10 +277,10 @@ def _apply(
     run: Pass,
     result: SourceRefresh,
     *,
-    found: Sequence[Any] = (),
+    found: Sequence[tuple[Stored, Mention]] = (),
     gone: Sequence[int] = (),
     unknown: Sequence[int] = (),
-    unread: Sequence[int] = (),
+    unread: Sequence[Stored] = (),
 ) -> None:
     counts = db.apply_lookup(
         conn, source.id, found=found, gone=gone, unknown=unknown, unread=unread,

@@ -13,10 +13,6 @@ ALTER TABLE sl_mentions
 -- scheduled mentions are in it, so it holds the last few days of posts, not the whole table.
 CREATE INDEX sl_mentions_refresh_idx ON sl_mentions (source_id, refresh_due_at) WHERE refresh_due_at IS NOT NULL;
 
--- The first step of `schedule` (intervals after publication) still ahead of now: when a post is due.
-CREATE FUNCTION sl_next_refresh(published timestamptz, schedule interval[]) RETURNS timestamptz
-    LANGUAGE sql STABLE AS $$ SELECT min(published + step) FROM unnest(schedule) AS step WHERE published + step > now() $$;
-
 -- What `status` shows of the refresh without counting mentions.
 ALTER TABLE sl_sources
     ADD COLUMN last_refresh_at timestamptz,
