@@ -409,6 +409,8 @@ def refresh_now(
     settings: Settings, *, tenant_id: int | None = None, source_id: int | None = None, everything: bool = False
 ) -> refresh.RefreshReport:
     """`slsync refresh`: the same pass as `sync due`'s, on demand (`everything`: every stored mention)."""
+    if settings.refresh_share == 0:
+        raise UsageError("SLSYNC_REFRESH_SHARE is 0, which leaves the refresh no calls: set it above 0 (up to 1)")
     with db.connect(settings, for_sync=True) as conn, _command(settings, "refresh") as options:
         return refresh.refresh(
             conn, settings, now=utcnow, budgets=options.budgets, deadline=options.deadline, http=options.http,
