@@ -470,3 +470,29 @@ def test_a_user_token_past_its_60_days_asks_for_a_reconnect_without_calling_meta
     failed, _ = sync(ig_cli, source_id)
     assert failed["status"] == "error" and f"reconnect: slsync connect {source_id}" in failed["message"], failed
     assert len(api.graph_calls) == calls
+
+
+def test_a_read_meta_refuses_for_every_media_asked_concludes_nothing(
+    ig_cli: Cli, api: InstagramApi, conn: db.Connection
+) -> None:
+    """Meta names every media of a multiple-ID read as not loadable: deleted, or not readable by id with this
+    token at all, which its answer does not tell apart. Nothing becomes a tombstone; the media are asked again
+    at the next step. Naming some of them is different: the others are read, and the named are gone."""
+    api.add_hashtag_media("acme", 5, newest=datetime.now(UTC) - timedelta(minutes=1))
+    source_id = add_source(ig_cli, "acme", "--hashtag", "acme", "--option", f"ig_user={IG_USER_ID}", "--option",
+                           "tags=no")  # fmt: skip
+    connect(ig_cli, source_id)
+    assert sync(ig_cli, source_id)[0]["mentions_saved"] == 5
+    stored = [r["external_id"] for r in conn.execute("SELECT external_id FROM sl_mentions ORDER BY id").fetchall()]
+    conn.execute("UPDATE sl_mentions SET refresh_due_at = now() - interval '1 second'")
+    for media_id in stored:
+        api.delete(media_id)
+    doc = ig_cli.ok("refresh", "--json").json()
+    assert doc["calls"] == 1 and doc["deleted"] == 0 and doc["pending"] == 0
+    assert conn.execute("SELECT count(*) AS n FROM sl_mentions WHERE deleted_at IS NULL AND refresh_due_at > now()"
+                        ).fetchone()["n"] == 5  # fmt: skip
+    api.add_hashtag_media("acme", 2, newest=datetime.now(UTC))
+    assert sync(ig_cli, source_id)[0]["mentions_saved"] == 2
+    conn.execute("UPDATE sl_mentions SET refresh_due_at = now() - interval '1 second'")
+    doc = ig_cli.ok("refresh", "--json").json()
+    assert doc["calls"] == 2 and doc["deleted"] == 5 and doc["checked"] == 7

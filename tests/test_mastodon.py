@@ -530,3 +530,26 @@ def test_source_add_refuses_mentions_and_platforms_lists_mastodon(cli: Cli) -> N
     assert refused.returncode == 2 and "mention an account" in refused.stderr and "Traceback" not in refused.stderr
     platforms = {p["name"]: p for p in cli.ok("platforms", "--json").json()["platforms"]}
     assert platforms["mastodon"]["state"] == "active"
+
+
+def test_statuses_are_read_again_by_the_instance_id_their_payload_holds(cli: Cli, api: MastodonApi, conn) -> None:
+    """The lookup takes the instance's own ids (from the stored payloads, a boost's inner status included);
+    a status whose payload retention dropped cannot be read again, and an instance older than 4.3 has no
+    batch lookup: both leave the schedule instead of failing every run."""
+    api.add_statuses(30, newest=datetime.now(UTC) - timedelta(minutes=2))
+    source_id = add_source(cli, "--hashtag", "acme", "--option", f"instance={api.url}")
+    cli.ok("sync", "source", str(source_id))
+    conn.execute("UPDATE sl_mentions SET refresh_due_at = now() - interval '1 second'")
+    conn.execute("UPDATE sl_mentions SET raw = NULL WHERE id IN (SELECT id FROM sl_mentions ORDER BY id LIMIT 10)")
+    doc = cli.ok("refresh", "--json").json()
+    assert doc["checked"] == 20 and doc["calls"] == 1 and len(api.lookups) == 1
+    assert sorted(api.lookups[0].params["id[]"]) == sorted(
+        r["raw"]["id"] for r in conn.execute("SELECT raw FROM sl_mentions WHERE raw IS NOT NULL").fetchall()
+    )
+    unreadable = conn.execute("SELECT count(*) AS n FROM sl_mentions WHERE raw IS NULL AND refresh_due_at IS NULL")
+    assert unreadable.fetchone()["n"] == 10
+    api.batch_lookup = False
+    conn.execute("UPDATE sl_mentions SET refresh_due_at = now() - interval '1 second' WHERE raw IS NOT NULL")
+    old = cli.ok("refresh", "--json").json()
+    assert old["calls"] == 1 and old["deleted"] == 0 and old["sources_failed"] == 0
+    assert conn.execute("SELECT count(*) AS n FROM sl_mentions WHERE refresh_due_at IS NOT NULL").fetchone()["n"] == 0

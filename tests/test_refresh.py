@@ -381,3 +381,39 @@ def test_where_syncs_and_lookups_share_one_window_the_syncs_take_theirs_first(cl
         assert api.remaining == 8.0
     finally:
         api.stop()
+
+
+def test_refresh_all_reads_every_stored_mention_and_refuses_what_it_cannot(
+    x_cli: Cli, x_api: XApi, conn: db.Connection, synced: int
+) -> None:
+    assert x_cli.ok("refresh", "--json").json()["checked"] == 0  # nothing due yet
+    x_api.delete(sorted(_stored(conn, synced))[0])
+    doc = x_cli.ok("refresh", "--all", "--source", str(synced), "--json").json()
+    assert doc["checked"] == 250 and doc["calls"] == 3 and doc["deleted"] == 1
+    # a tombstone is not asked about again
+    assert x_cli.ok("refresh", "--all", "--json").json()["checked"] == 249
+    mock = x_cli.ok("source", "add", "mock", "--tenant", "1", "--name", "m", "--keyword", "a", "--json").json()["id"]
+    for args, env, expected in (
+        (["--source", str(mock)], {}, "mock posts cannot be read again"),
+        (["--source", "999"], {}, "no source with id 999"),
+        (["--source", str(synced), "--tenant", "7"], {}, f"no source with id {synced} in tenant 7"),
+        ([], {"SLSYNC_REFRESH_SHARE": "0"}, "SLSYNC_REFRESH_SHARE is 0"),
+        ([], {"SLSYNC_REFRESH_SCHEDULE": "6,1"}, "SLSYNC_REFRESH_SCHEDULE"),
+    ):
+        refused = x_cli("refresh", *args, env=env)
+        assert refused.returncode == 2 and expected in refused.stderr and "Traceback" not in refused.stderr, args
+
+
+def test_a_refresh_that_fails_says_so_and_keeps_the_posts_due(
+    x_cli: Cli, x_api: XApi, conn: db.Connection, synced: int
+) -> None:
+    _make_due(conn, synced)
+    x_api.tokens.clear()  # the app token is refused from now on
+    result = x_cli("refresh")
+    assert result.returncode == 1 and "FAILED" in result.stdout and "Traceback" not in result.stderr
+    assert "TWITTER_BEARER_TOKEN" in result.stdout  # the advice of the platform's connector
+    assert db.refresh_pending(conn, [synced]) == {synced: 250}
+    # sync due reports it, and its own exit code is still the syncs'
+    conn.execute("UPDATE sl_sources SET next_sync_at = now() + interval '1 hour'")
+    due = x_cli("sync", "due")
+    assert due.returncode == 0 and f"refresh of source {synced}: FAILED" in due.stdout
