@@ -510,10 +510,15 @@ def list_sources(conn: Connection, *, tenant_id: int | None = None) -> list[Sour
 
 
 def remove_source(conn: Connection, source_id: int) -> None:
-    """Delete a source and its run log; its mentions stay (source_id becomes NULL)."""
+    """Delete a source and its run log; its mentions stay (source_id becomes NULL), off the refresh schedule."""
     with conn.transaction():
         if not try_lock_source(conn, source_id, transaction=True):
             raise UsageError(f"source {source_id} is syncing now; remove it when the run has ended")
+        # without their source (and its credentials) the mentions cannot be read again: off the schedule
+        conn.execute(
+            "UPDATE sl_mentions SET refresh_due_at = NULL WHERE source_id = %s AND refresh_due_at IS NOT NULL",
+            (source_id,),
+        )
         deleted = conn.execute("DELETE FROM sl_sources WHERE id = %s", (source_id,)).rowcount
     if not deleted:
         raise NotFound(f"no source with id {source_id}")

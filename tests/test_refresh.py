@@ -113,6 +113,10 @@ def test_a_deleted_post_becomes_a_tombstone_and_an_edited_one_gets_its_text_and_
     _make_due(conn, synced)
     assert x_cli.ok("status", str(synced), "--json").json()["refresh"]["pending"] == 248
     assert "248 due; 248 read, 2 gone" in x_cli.ok("status").stdout
+    # a removed source's mentions stay, off the schedule (nothing could read them again)
+    x_cli.ok("source", "remove", str(synced))
+    left = conn.execute("SELECT count(*) AS n, count(refresh_due_at) AS due FROM sl_mentions").fetchone()
+    assert (left["n"], left["due"]) == (250, 0)
 
 
 def test_with_deleted_remove_the_post_is_gone_for_good(
