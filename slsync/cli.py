@@ -738,7 +738,10 @@ def _retention_line(doc: dict[str, Any]) -> None:
 
 
 def _refresh_lines(doc: dict[str, Any], *, each: bool = False) -> None:
-    """What a refresh pass did: one line (and, with `each`, one per source), then its analysis."""
+    """What a refresh pass did: one line (and, with `each`, one per source), then its analysis. In `sync due`'s
+    output (not `each`), nothing when it had nothing to read, as cron mails stay short."""
+    if not each and not (doc["checked"] or doc["pending"] or doc["sources_failed"]):
+        return
     quiet = ("done", "share_spent", "out_of_time")
     for source in doc["sources"]:
         if source["status"] == "failed" or (each and (source["checked"] or source["status"] not in quiet)):
