@@ -405,6 +405,8 @@ def _budget(
         size = min(sizes)
         return coverage.Budget(key, size, "calls", f"{connector.title} rate limit: a new window of {size:,} calls")
     return None
+
+
 def refresh_now(
     settings: Settings, *, tenant_id: int | None = None, source_id: int | None = None, everything: bool = False
 ) -> refresh.RefreshReport:

@@ -299,6 +299,7 @@ class LinkedInConnector(Connector):
     @classmethod
     def reach(cls, config: Mapping[str, Any]) -> timedelta:
         return RETENTION - RETENTION_MARGIN
+
     # the posts that mention the organization, by a batch get of posts; comments cannot be read in batches
     lookup_size = BATCH_GET_LIMIT
 

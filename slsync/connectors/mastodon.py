@@ -452,6 +452,7 @@ class MastodonConnector(PagedConnector):
     @classmethod
     def run_cost(cls, config: Mapping[str, Any], expected_mentions: float) -> int:
         return len(build_streams(config)) * max(1, math.ceil(expected_mentions / PAGE_SIZE))
+
     lookup_size = LOOKUP_SIZE
     # a status is read again by the instance's own id, which only the payload stored with it holds
     lookup_reads_raw = True

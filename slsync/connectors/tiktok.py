@@ -444,6 +444,7 @@ class TikTokConnector(Connector):
         """Requests: each call takes one (the records a call may return are reserved as it is made)."""
         digest = credentials.key.rsplit(":", 1)[-1]
         return f"tiktok:requests:{digest}", cls.settings_of(settings).daily_requests, quota_day(now)[0]
+
     # a video query by video_id (IN, up to 100); it must name a span of creation days of at most 30
     lookup_size = PAGE_SIZE
 

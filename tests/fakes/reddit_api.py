@@ -219,6 +219,7 @@ class RedditApi:
         if self._sorted is None or self._sorted[0] != len(self.posts):
             self._sorted = (len(self.posts), sorted(posts, key=lambda p: (p["created_utc"], p["id"]), reverse=True))
         return self._sorted[1]
+
     def info(self, params: dict[str, str], authorization: str | None) -> tuple[int, dict, dict]:
         if authorization is None or authorization.removeprefix("Bearer ") not in self.tokens:
             return 401, {}, {"message": "Unauthorized", "error": 401}
