@@ -14,6 +14,7 @@ SHARED_TABLES = {
     "sl_schema_migrations",  # the migrations applied
     "sl_quota_ledger",  # per platform credential, which tenants may share
     "sl_window_ledger",  # per platform credential
+    "sl_erasures",  # the operator's audit of erasure requests, one of which may cover every tenant
 }
 
 
