@@ -61,14 +61,15 @@ def generate(url: str, count: int) -> float:
         conn.execute("UPDATE sl_sources SET next_sync_at = now() + interval '1 year' WHERE id = %s", (old,))
         for first in range(0, count, CHUNK):
             conn.execute(
-                "INSERT INTO sl_mentions (tenant_id, source_id, platform, external_id, url, content, author_name,"
-                " author_handle, published_at, likes_count, comments_count, media_type, language, status, raw)"
+                "WITH stored AS (INSERT INTO sl_mentions (tenant_id, source_id, platform, external_id, url, content,"
+                " author_name, author_handle, published_at, likes_count, comments_count, media_type, language, status)"
                 " SELECT 1, %(source)s, 'mock', 'old-' || n, 'https://mock.slsync.invalid/p/' || n,"
                 " 'An old post about Acme number ' || n, 'Someone ' || (n %% 1000), 'someone' || (n %% 1000),"
                 " now() - interval '400 days' - make_interval(secs => n * 2.5), n %% 50, n %% 7, 'text', 'en',"
-                " 'processed', jsonb_build_object('id', n, 'text', repeat('x', 200), 'metrics', jsonb_build_object("
-                " 'likes', n %% 50))"
-                " FROM generate_series(%(first)s, %(last)s) AS n",
+                " 'processed' FROM generate_series(%(first)s, %(last)s) AS n RETURNING id, likes_count)"
+                " INSERT INTO sl_mention_raw (mention_id, tenant_id, raw)"
+                " SELECT id, 1, jsonb_build_object('id', id, 'text', repeat('x', 200), 'metrics',"
+                " jsonb_build_object('likes', likes_count)) FROM stored",
                 {"source": old, "first": first + 1, "last": min(first + CHUNK, count)},
             )
         conn.execute("UPDATE sl_sources SET mentions_count = %s WHERE id = %s", (count, old))

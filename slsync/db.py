@@ -738,7 +738,9 @@ def _save(
     row = conn.execute(
         _SAVE,
         {
-            "rows": json_text([_mention_row(m, next_refresh(m.published_at, schedule or (), now)) for m in firsts.values()]),
+            "rows": json_text(
+                [_mention_row(m, next_refresh(m.published_at, schedule or (), now)) for m in firsts.values()]
+            ),
             "tenant_id": source.tenant_id,
             "source_id": source.id,
             "platform": source.platform,
@@ -1475,9 +1477,9 @@ def stored_mentions(
 def raw_payloads(conn: Connection, mention_ids: Sequence[int]) -> dict[int, Any]:
     """The stored payloads of these mentions (those that still have one)."""
     rows = conn.execute(
-        "SELECT id, raw FROM sl_mentions WHERE id = ANY(%s) AND raw IS NOT NULL", (list(mention_ids),)
+        "SELECT mention_id, raw FROM sl_mention_raw WHERE mention_id = ANY(%s)", (list(mention_ids),)
     ).fetchall()
-    return {row["id"]: row["raw"] for row in rows}
+    return {row["mention_id"]: row["raw"] for row in rows}
 
 
 # A refreshed mention: its counts and text as the platform shows them now (NULL: not said, keep what is
@@ -1485,7 +1487,7 @@ def raw_payloads(conn: Connection, mention_ids: Sequence[int]) -> dict[int, Any]
 # payload is replaced only where one is still stored (a payload retention dropped stays dropped).
 _REFRESHED = """
 WITH seen AS (
-    SELECT r.*,
+    SELECT r.*, m.tenant_id,
         (r.content IS NOT NULL AND r.content IS DISTINCT FROM m.content) AS edited,
         (r.likes IS DISTINCT FROM m.likes_count AND r.likes IS NOT NULL
          OR r.comments IS DISTINCT FROM m.comments_count AND r.comments IS NOT NULL
@@ -1506,11 +1508,13 @@ WITH seen AS (
         intent = CASE WHEN seen.edited THEN NULL ELSE m.intent END,
         analyzer = CASE WHEN seen.edited THEN NULL ELSE m.analyzer END,
         analyzed_at = CASE WHEN seen.edited THEN NULL ELSE m.analyzed_at END,
-        raw = CASE WHEN m.raw IS NULL THEN NULL ELSE coalesce(seen.raw, m.raw) END,
         refreshed_at = now(),
         refresh_due_at = seen.due
     FROM seen WHERE m.id = seen.id
     RETURNING seen.edited, seen.counted
+), payloads AS (
+    UPDATE sl_mention_raw p SET raw = seen.raw FROM seen
+    WHERE p.mention_id = seen.id AND p.tenant_id = seen.tenant_id AND seen.raw IS NOT NULL
 ), unread AS (
     -- posts the answer said nothing of: read again at the next step of the schedule
     UPDATE sl_mentions m SET refresh_due_at = u.due
@@ -1534,17 +1538,19 @@ SELECT (SELECT count(*) FROM refreshed) AS refreshed,
 
 # A post the platform no longer shows: removed (SLSYNC_DELETED=remove), or a tombstone that keeps only what
 # identifies the post (so that no later sync stores it again), when it was published, its last counts and its
-# label; there is nothing left to analyse.
+# label; there is nothing left to analyse. Its payload goes too (a removed mention's by the trigger).
 _GONE_REMOVED = """gone AS (
     DELETE FROM sl_mentions WHERE id = ANY(%(gone)s) AND source_id = %(source)s RETURNING id
 )"""
 _GONE_TOMBSTONE = """gone AS (
     UPDATE sl_mentions SET deleted_at = now(), content = NULL, url = NULL, author_name = NULL,
         author_handle = NULL, author_followers = NULL, author_verified = NULL, media_type = NULL,
-        media_urls = NULL, location = NULL, raw = NULL, refresh_due_at = NULL,
+        media_urls = NULL, location = NULL, refresh_due_at = NULL,
         status = 'processed', refreshed_at = now()
     WHERE id = ANY(%(gone)s) AND source_id = %(source)s AND deleted_at IS NULL
-    RETURNING id
+    RETURNING id, tenant_id
+), raw_dropped AS (
+    DELETE FROM sl_mention_raw p USING gone WHERE p.mention_id = gone.id AND p.tenant_id = gone.tenant_id
 )"""
 
 
@@ -1626,12 +1632,14 @@ def delete_old_mentions(conn: Connection, *, days: int, limit: int) -> int:
 
 def drop_old_raw(conn: Connection, *, days: int, limit: int) -> int:
     """Drop the raw payloads of up to `limit` mentions fetched more than `days` ago (their normalized columns
-    stay), oldest first along the primary key (ids grow with fetched_at); how many were dropped. Fewer than
-    `limit` means the payloads left are younger."""
+    stay), the oldest payloads first along sl_mention_raw's primary key (mention ids grow with fetched_at);
+    how many were dropped. Fewer than `limit` means the payloads left are younger."""
     row = conn.execute(
-        "WITH batch AS (SELECT id, fetched_at FROM sl_mentions WHERE raw IS NOT NULL ORDER BY id LIMIT %(limit)s),"
-        " dropped AS (UPDATE sl_mentions m SET raw = NULL FROM batch"
-        "  WHERE m.id = batch.id AND batch.fetched_at < now() - make_interval(days => %(days)s) RETURNING 1)"
+        "WITH batch AS (SELECT mention_id, tenant_id FROM sl_mention_raw ORDER BY mention_id LIMIT %(limit)s),"
+        " old AS (SELECT batch.* FROM batch JOIN sl_mentions m ON m.id = batch.mention_id"
+        "  AND m.tenant_id = batch.tenant_id WHERE m.fetched_at < now() - make_interval(days => %(days)s)),"
+        " dropped AS (DELETE FROM sl_mention_raw p USING old"
+        "  WHERE p.mention_id = old.mention_id AND p.tenant_id = old.tenant_id RETURNING 1)"
         " SELECT count(*) AS n FROM dropped",
         {"days": days, "limit": limit},
     ).fetchone()

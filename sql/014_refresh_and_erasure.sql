@@ -9,10 +9,6 @@ ALTER TABLE sl_mentions
     -- author, links, media and payload cleared; the row stays so that no later sync stores it again
     ADD COLUMN deleted_at timestamptz;
 
--- The due set, per source (a refresh reads a source's posts with that source's credentials); only
--- scheduled mentions are in it, so it holds the last few days of posts, not the whole table.
-CREATE INDEX sl_mentions_refresh_idx ON sl_mentions (source_id, refresh_due_at) WHERE refresh_due_at IS NOT NULL;
-
 -- What `status` shows of the refresh without counting mentions.
 ALTER TABLE sl_sources
     ADD COLUMN last_refresh_at timestamptz,
@@ -31,7 +27,3 @@ CREATE TABLE sl_erasures (
     author_digest    text        NOT NULL,   -- sha256 of "platform:handle" (handle in lower case, no @)
     mentions_deleted bigint      NOT NULL
 );
-
--- Retention deletes the oldest mentions first, a batch at a time: read along this index, a batch is a
--- short range scan wherever the table stands.
-CREATE INDEX IF NOT EXISTS sl_mentions_published_idx ON sl_mentions (published_at, id);

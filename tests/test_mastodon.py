@@ -540,16 +540,17 @@ def test_statuses_are_read_again_by_the_instance_id_their_payload_holds(cli: Cli
     source_id = add_source(cli, "--hashtag", "acme", "--option", f"instance={api.url}")
     cli.ok("sync", "source", str(source_id))
     conn.execute("UPDATE sl_mentions SET refresh_due_at = now() - interval '1 second'")
-    conn.execute("UPDATE sl_mentions SET raw = NULL WHERE id IN (SELECT id FROM sl_mentions ORDER BY id LIMIT 10)")
+    conn.execute("DELETE FROM sl_mention_raw WHERE mention_id IN (SELECT id FROM sl_mentions ORDER BY id LIMIT 10)")
     doc = cli.ok("refresh", "--json").json()
     assert doc["checked"] == 20 and doc["calls"] == 1 and len(api.lookups) == 1
     assert sorted(api.lookups[0].params["id[]"]) == sorted(
-        r["raw"]["id"] for r in conn.execute("SELECT raw FROM sl_mentions WHERE raw IS NOT NULL").fetchall()
+        r["raw"]["id"] for r in conn.execute("SELECT raw FROM sl_mention_raw").fetchall()
     )
-    unreadable = conn.execute("SELECT count(*) AS n FROM sl_mentions WHERE raw IS NULL AND refresh_due_at IS NULL")
+    with_raw = "EXISTS (SELECT FROM sl_mention_raw r WHERE r.mention_id = sl_mentions.id)"
+    unreadable = conn.execute(f"SELECT count(*) AS n FROM sl_mentions WHERE NOT {with_raw} AND refresh_due_at IS NULL")
     assert unreadable.fetchone()["n"] == 10
     api.batch_lookup = False
-    conn.execute("UPDATE sl_mentions SET refresh_due_at = now() - interval '1 second' WHERE raw IS NOT NULL")
+    conn.execute(f"UPDATE sl_mentions SET refresh_due_at = now() - interval '1 second' WHERE {with_raw}")
     old = cli.ok("refresh", "--json").json()
     assert old["calls"] == 1 and old["deleted"] == 0 and old["sources_failed"] == 0
     assert conn.execute("SELECT count(*) AS n FROM sl_mentions WHERE refresh_due_at IS NOT NULL").fetchone()["n"] == 0

@@ -29,8 +29,9 @@ REDDIT = Path(__file__).parent / "fixtures" / "real" / "reddit"
 def _stored(conn: db.Connection, source_id: int) -> dict[str, dict]:
     rows = conn.execute(
         "SELECT external_id, content, likes_count, comments_count, shares_count, author_handle, url, media_urls,"
-        " raw, status, sentiment, deleted_at, refresh_due_at, refreshed_at, published_at"
-        " FROM sl_mentions WHERE source_id = %s",
+        " r.raw, status, sentiment, deleted_at, refresh_due_at, refreshed_at, published_at"
+        " FROM sl_mentions m LEFT JOIN sl_mention_raw r ON (r.mention_id, r.tenant_id) = (m.id, m.tenant_id)"
+        " WHERE source_id = %s",
         (source_id,),
     ).fetchall()
     return {r["external_id"]: r for r in rows}
@@ -96,6 +97,7 @@ def test_a_deleted_post_becomes_a_tombstone_and_an_edited_one_gets_its_text_and_
         assert (row["content"], row["author_handle"], row["url"], row["media_urls"], row["raw"]) == (None,) * 5
     row = stored[edited]
     assert row["content"] == "Terrible service from Acme, never again"
+    assert row["raw"]["text"] == "Terrible service from Acme, never again"  # the payload as it is now
     assert row["status"] == "processed" and row["sentiment"] == "negative"
     # tombstones are left out of what people read unless asked for
     listed = x_cli.ok("mentions", "list", "--limit", "1000", "--json").json()["mentions"]

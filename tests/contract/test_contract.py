@@ -200,7 +200,9 @@ def test_stored_posts_are_read_again_in_batches(paged_run: Cli, paged: Harness, 
     code, synced = sync(paged_run, paged)
     assert code == 0 and synced["success"], synced
     rows = conn.execute(
-        "SELECT id, external_id, published_at, raw FROM sl_mentions WHERE source_id = %s ORDER BY id",
+        "SELECT id, external_id, published_at, r.raw FROM sl_mentions m"
+        " LEFT JOIN sl_mention_raw r ON (r.mention_id, r.tenant_id) = (m.id, m.tenant_id)"
+        " WHERE source_id = %s ORDER BY id",
         (paged.source_id,),
     ).fetchall()
     kinds = {r["external_id"]: connector.lookup_kind(Stored(**r)) for r in rows}
@@ -226,8 +228,9 @@ def test_stored_posts_are_read_again_in_batches(paged_run: Cli, paged: Harness, 
     stored = {
         r["external_id"]: r
         for r in conn.execute(
-            "SELECT external_id, content, author_handle, raw, likes_count, deleted_at, status, sentiment,"
-            " refresh_due_at FROM sl_mentions WHERE source_id = %s",
+            "SELECT external_id, content, author_handle, r.raw, likes_count, deleted_at, status, sentiment,"
+            " refresh_due_at FROM sl_mentions m"
+            " LEFT JOIN sl_mention_raw r ON (r.mention_id, r.tenant_id) = (m.id, m.tenant_id) WHERE source_id = %s",
             (paged.source_id,),
         ).fetchall()
     }
