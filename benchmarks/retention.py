@@ -114,7 +114,10 @@ class Sampler(threading.Thread):
             conn.execute("SET application_name = 'bench-sampler'")
             while not self.stop.is_set():
                 rows = conn.execute(
-                    "SELECT a.application_name AS app, left(min(a.query), 60) AS query,"
+                    # a session without an application name is PostgreSQL's own (autovacuum): named by its
+                    # backend type and lock mode (VACUUM's ShareUpdateExclusiveLock blocks no read or write)
+                    "SELECT coalesce(nullif(a.application_name, ''), a.backend_type || ' ' || l.mode) AS app,"
+                    " left(min(a.query), 60) AS query,"
                     " max(extract(epoch FROM clock_timestamp() - a.xact_start)) AS held"
                     " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
                     " WHERE l.relation = 'sl_mentions'::regclass AND l.granted AND a.pid <> pg_backend_pid()"
