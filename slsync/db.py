@@ -1630,6 +1630,16 @@ def delete_old_mentions(conn: Connection, *, days: int, limit: int) -> int:
     return int(row["n"]) if row else 0
 
 
+def old_mentions_left(conn: Connection, *, days: int) -> bool:
+    """Whether any mention published more than `days` ago is left (locked or not; along
+    sl_mentions_published_idx)."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM sl_mentions WHERE published_at < now() - make_interval(days => %s)) AS left",
+        (days,),
+    ).fetchone()
+    return bool(row and row["left"])
+
+
 def drop_old_raw(conn: Connection, *, days: int, limit: int) -> int:
     """Drop the raw payloads of up to `limit` mentions fetched more than `days` ago (their normalized columns
     stay), the oldest payloads first along sl_mention_raw's primary key (mention ids grow with fetched_at);

@@ -36,6 +36,10 @@ BATCH = 5000
 # Statements `sync due` spends on retention each run: a bounded piece (100,000 rows) that still outpaces a
 # store growing by a million mentions a day at a run every 15 minutes.
 SYNC_DUE_BATCHES = 20
+# An empty batch of old mentions while some are left means another transaction holds them all (an analyzer
+# labelling them): wait this long and try again, up to HELD_TRIES times, before leaving them for a later run.
+HELD_PAUSE = 0.2
+HELD_TRIES = 25
 
 
 @dataclass
@@ -66,10 +70,14 @@ def prune(
     # a batch of payloads stops where the younger ones begin
     steps: list[tuple[str, Callable[[], int], Callable[[int], bool]]] = []
     if (days := settings.retention_days) is not None:
-        steps.append(("mentions_deleted", lambda: db.delete_old_mentions(conn, days=days, limit=BATCH), _none))
+        steps.append((
+            "mentions_deleted", lambda: db.delete_old_mentions(conn, days=days, limit=BATCH),
+            lambda count: count == 0 and not db.old_mentions_left(conn, days=days),
+        ))  # fmt: skip
     if (raw_days := settings.raw_retention_days) is not None:
         steps.append(("raw_dropped", lambda: db.drop_old_raw(conn, days=raw_days, limit=BATCH), _short))
     for counter, step, finished in steps:
+        held = 0
         while True:
             if (
                 (batches is not None and result.batches >= batches)
@@ -83,16 +91,18 @@ def prune(
             setattr(result, counter, getattr(result, counter) + count)
             if finished(count):
                 break
+            if count == 0:  # what is left is held by another transaction
+                held += 1
+                if held > HELD_TRIES:
+                    result.done = False
+                    return result
+                time.sleep(HELD_PAUSE)
     if result.mentions_deleted or result.raw_dropped:
         log.info(
             "retention: %d mentions deleted, %d raw payloads dropped",
             result.mentions_deleted, result.raw_dropped, extra={"event": "pruned", **result.as_json()},
         )  # fmt: skip
     return result
-
-
-def _none(count: int) -> bool:
-    return count == 0
 
 
 def _short(count: int) -> bool:

@@ -137,6 +137,24 @@ def test_retention_deletes_in_short_statements_while_syncs_go_on(
     assert samples[0] > 10 and longest[0] < 1.0, f"a transaction held sl_mentions for {longest[0]:.2f} s"
 
 
+def test_old_mentions_another_transaction_holds_are_waited_for_then_left_for_a_later_run(
+    settings: Settings, conn: db.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch skips the rows an analyzer holds: an empty batch with old mentions left is not the end."""
+    monkeypatch.setattr(retention, "HELD_PAUSE", 0.01)
+    monkeypatch.setattr(retention, "HELD_TRIES", 3)
+    _fill(conn, add_mock_source(conn), 50, days_ago=100)
+    kept = Settings(database_url=settings.database_url, data_dir=settings.data_dir, retention_days=30,
+                    _env_file=None)  # fmt: skip
+    with db.connect(settings) as holder, holder.transaction():
+        holder.execute("SELECT id FROM sl_mentions ORDER BY id LIMIT 20 FOR UPDATE")
+        held = retention.prune(conn, kept)
+    assert (held.mentions_deleted, held.done, held.batches) == (30, False, 5)  # 30, then 4 empty batches
+    assert _count(conn) == 20
+    assert retention.prune(conn, kept) == retention.Pruned(mentions_deleted=20, batches=2, done=True)
+    assert _count(conn) == 0
+
+
 # --- erasure --------------------------------------------------------------------------------------
 
 
