@@ -227,6 +227,8 @@ JsonFlag = typer.Option(False, "--json", help="Print exactly one JSON document o
 MAX_TENANT = 2**63 - 1
 MAX_SOURCE = 2**31 - 1
 SourceArgument = typer.Argument(..., min=1, max=MAX_SOURCE, help="The source id.")
+TenantFilter = typer.Option(None, "--tenant", min=0, max=MAX_TENANT, help="Only this tenant's mentions.")
+SourceFilter = typer.Option(None, "--source", min=1, max=MAX_SOURCE, help="Only this source's mentions.")
 
 
 def _version(value: bool) -> None:
@@ -734,7 +736,8 @@ def _report_batch(batch: BatchResult, as_json: bool) -> None:
 
 def _retention_line(doc: dict[str, Any]) -> None:
     more = "" if doc["done"] else " (more next time)"
-    print(f"retention: {doc['mentions_deleted']} old mentions deleted, {doc['raw_dropped']} raw payloads dropped{more}")
+    deleted, dropped = counted(doc["mentions_deleted"], "old mention"), counted(doc["raw_dropped"], "raw payload")
+    _say(f"retention: {deleted} deleted, {dropped} dropped{more}")
 
 
 def _refresh_lines(doc: dict[str, Any], *, each: bool = False) -> None:
@@ -747,13 +750,14 @@ def _refresh_lines(doc: dict[str, Any], *, each: bool = False) -> None:
         if source["status"] == "failed" or (each and (source["checked"] or source["status"] not in quiet)):
             state = "FAILED" if source["status"] == "failed" else source["status"].replace("_", " ")
             detail = f": {source['message']}" if source["message"] else ""
-            print(
-                f"refresh of source {source['source_id']}: {state}: {source['checked']} checked, {source['updated']}"
-                f" updated, {source['deleted']} deleted in {source['calls']} calls{detail}"
+            _say(
+                f"refresh of source {source['source_id']}: {state}: {source['checked']:,} checked, "
+                f"{source['updated']:,} updated, {source['deleted']:,} deleted in {counted(source['calls'], 'call')}"
+                f"{detail}"
             )
-    print(
-        f"refresh: {doc['checked']} mentions checked, {doc['updated']} updated ({doc['edited']} edited), "
-        f"{doc['deleted']} deleted, in {doc['calls']} calls; {doc['pending']} still due"
+    _say(
+        f"refresh: {counted(doc['checked'], 'mention')} checked, {doc['updated']:,} updated ({doc['edited']:,} "
+        f"edited), {doc['deleted']:,} deleted, in {counted(doc['calls'], 'call')}; {doc['pending']:,} still due"
     )
     _analysis_line(doc["analysis"])
 
@@ -813,8 +817,8 @@ def sync_due_command(
 
 @app.command("refresh")
 def refresh_command(
-    tenant: Optional[int] = typer.Option(None, "--tenant", min=0, help="Only this tenant's mentions."),  # noqa: UP045
-    source: Optional[int] = typer.Option(None, "--source", min=1, help="Only this source's mentions."),  # noqa: UP045
+    tenant: Optional[int] = TenantFilter,  # noqa: UP045
+    source: Optional[int] = SourceFilter,  # noqa: UP045
     everything: bool = typer.Option(
         False, "--all", help="Every stored mention the platform can still be asked about, not only those due."
     ),
@@ -980,6 +984,8 @@ STATUS_COLUMNS = (
 
 
 def _status_table(docs: list[dict[str, Any]]) -> Any:
+    """The sources as a table; its refresh column only where a listed source has posts read again or due (a
+    column of dashes would narrow the error column, whose text must show whole)."""
     rows = []
     for doc in docs:
         s, run, limit = doc["source"], doc["sync"], doc["rate_limit"]
@@ -993,7 +999,7 @@ def _status_table(docs: list[dict[str, Any]]) -> Any:
         if s["consecutive_failures"]:
             error = f"{counted(s['consecutive_failures'], 'failure')}: {error}"
         rows.append(
-            (
+            [
                 s["id"],
                 s["tenant_id"],
                 s["platform"],
@@ -1010,8 +1016,13 @@ def _status_table(docs: list[dict[str, Any]]) -> Any:
                 rate,
                 syncing,
                 error,
-            )
+            ]
         )
+    refresh = STATUS_COLUMNS.index("refresh")
+    if all(row[refresh] == "-" for row in rows):
+        for row in rows:
+            del row[refresh]
+        return _table(STATUS_COLUMNS[:refresh] + STATUS_COLUMNS[refresh + 1 :], rows)
     return _table(STATUS_COLUMNS, rows)
 
 
@@ -1285,8 +1296,6 @@ def _mention_filters(
     return {"tenant_id": tenant, "source_id": source, "since": _parse_since(since), "deleted": deleted}
 
 
-TenantFilter = typer.Option(None, "--tenant", min=0, max=MAX_TENANT, help="Only this tenant's mentions.")
-SourceFilter = typer.Option(None, "--source", min=1, max=MAX_SOURCE, help="Only this source's mentions.")
 SinceFilter = typer.Option(None, "--since", help="Only mentions published on or after this date.")
 DeletedFlag = typer.Option(
     False, "--deleted", help="Also the tombstones of posts the platform no longer shows (deleted_at set)."
@@ -1474,6 +1483,8 @@ def _csv_cell(value: Any) -> Any:
         return value
     value = visible(value, keep_line_breaks=True)
     return "'" + value if value.startswith(_FORMULA_START) else value
+
+
 @mentions_app.command("forget")
 def mentions_forget(
     platform: str = typer.Option(..., "--platform", help="The platform the author posts on (see slsync platforms)."),

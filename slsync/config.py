@@ -105,6 +105,7 @@ class Settings(BaseSettings):
         if value is None or (isinstance(value, str) and not value.strip()):
             return platformdirs.user_data_path("slsync")
         return value
+
     @field_validator("refresh_schedule")
     @classmethod
     def _hours(cls, value: str) -> str:

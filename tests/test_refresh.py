@@ -423,3 +423,46 @@ def test_a_refresh_that_fails_says_so_and_keeps_the_posts_due(
     conn.execute("UPDATE sl_sources SET next_sync_at = now() + interval '1 hour'")
     due = x_cli("sync", "due")
     assert due.returncode == 0 and f"refresh of source {synced}: FAILED" in due.stdout
+
+
+@pytest.mark.parametrize("command", [("refresh",), ("sync", "due")])
+def test_a_token_store_that_cannot_be_used_ends_the_refresh_like_a_sync_and_charges_no_source(
+    x_cli: Cli, x_api: XApi, conn: db.Connection, synced: int, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    # the source now reads with a user's token from a damaged token file, its posts are due and it is not
+    # due to sync itself: the refresh pass is the one that meets the token store
+    conn.execute(
+        "UPDATE sl_sources SET connection_type = 'user', status = 'connected',"
+        " next_sync_at = now() + interval '1 hour' WHERE id = %s",
+        (synced,),
+    )
+    _make_due(conn, synced)
+    path = tmp_path / "data" / "tokens.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("garbage{")
+    before = conn.execute(
+        "SELECT status, next_sync_at, consecutive_failures FROM sl_sources WHERE id = %s", (synced,)
+    ).fetchone()
+    result = x_cli(*command, env={"SLSYNC_TOKEN_STORE": "file"})
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and "unexpected" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("slsync: error: ") and str(path) in line and "is damaged" in line
+    assert not x_api.lookups
+    assert db.refresh_pending(conn, [synced]) == {synced: 250}  # still due, for the run after the repair
+    after = conn.execute(
+        "SELECT status, next_sync_at, consecutive_failures FROM sl_sources WHERE id = %s", (synced,)
+    ).fetchone()
+    assert after == before
+
+
+def test_status_shows_a_refresh_column_once_a_listed_source_has_posts_due_or_read_again(
+    x_cli: Cli, x_api: XApi, conn: db.Connection, synced: int
+) -> None:
+    header = x_cli.ok("status").stdout.splitlines()[1]
+    assert "refresh" not in header and "error" in header  # nothing due or read again yet: no column of dashes
+    _make_due(conn, synced)
+    assert "250 due" in x_cli.ok("status").stdout
+    x_cli.ok("refresh")
+    shown = x_cli.ok("status").stdout
+    assert "refresh" in shown.splitlines()[1] and "250 read, 0 gone" in shown
