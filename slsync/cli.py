@@ -237,12 +237,19 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="Show debug logs and tracebacks (never secrets)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     from slsync import logs
 
-    settings = _settings()
+    try:
+        settings = _settings()
+    except UsageError:
+        if ctx.invoked_subcommand != "doctor":  # doctor reports a bad setting as its first check
+            raise
+        logs.setup("WARNING", "text", debug)
+        return
     logs.setup(settings.log_level, settings.log_format, debug)
 
 
@@ -526,8 +533,22 @@ def source_add(
         _say(f"added {platform} source {source_id} ({name!r}) for tenant {tenant}")
         if source.status == "pending":
             _say(f"connect it to an account first: slsync connect {source_id}")
+        elif missing := _missing_settings(connector, source):
+            names = " and ".join(missing)
+            _say(f"{connector.title} needs {names}, not set here: set {'them' if len(missing) > 1 else 'it'}"
+                 f" (docs/platforms/{platform}.md), then: slsync sync source {source_id}")  # fmt: skip
+            if connector.oauth_app(_settings()) is not None:
+                _say(f"or connect it to an account instead: slsync connect {source_id}")
         else:
             _say(f"sync it now: slsync sync source {source_id}")
+
+
+def _missing_settings(connector: Any, source: Source) -> list[str]:
+    """The settings a new source needs that this environment lacks (a bad value: named as missing too)."""
+    try:
+        return connector.missing_settings(source, _settings())
+    except UsageError as exc:
+        return [str(exc)]
 
 
 @source_app.command("list")
@@ -1141,6 +1162,48 @@ def _print_status_summary(summary: dict[str, Any], total: int, tenant: int | Non
         )
     if quotas:
         console.print(_quota_table(quotas))
+
+
+# --- doctor ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def doctor(
+    cron: bool = typer.Option(
+        False, "--cron", help="Run from the crontab line: also check that cron sees the sources, tokens and settings."
+    ),
+    as_json: bool = JsonFlag,
+) -> None:
+    """Check what the next sync needs, one line each (ok, warn or fail) with the fix. Exit 0, or 1 if any failed.
+
+    Settings; the database (reachable, its version, the schema); per platform with sources, its credentials and
+    one cheap authenticated call per credential; quotas; the token store and its permissions; connections that end
+    within 14 days; sources in error; the clock against the database's; coverage gaps.
+    """
+    from slsync import doctor as checks
+
+    report = checks.diagnose(_settings, cron=cron)
+    if as_json:
+        emit_json(report.as_json())
+    else:
+        _doctor_lines(report)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _doctor_lines(report: Any) -> None:
+    from rich.text import Text
+
+    console = _console()
+    styles = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+    for check in report.checks:
+        line = Text(f"{check.status:<4} ", style=styles[check.status])
+        line.append(f"{check.name}: {check.message}")
+        if check.fix and check.status != "ok":
+            line.append(f"; fix: {check.fix}", style="dim" if check.status == "warn" else None)
+        console.print(line, soft_wrap=True)
+    summary = f"{report.failed} failed, {report.warnings} warnings, {len(report.checks)} checks"
+    console.print(Text(summary), soft_wrap=True)
 
 
 # --- analysis and mentions ------------------------------------------------------------------------

@@ -1366,3 +1366,41 @@ def quota_usage(conn: Connection) -> list[dict[str, Any]]:
         " FROM sl_window_ledger WHERE first_used_at + window_length > now() GROUP BY credential_key"
         " ORDER BY 1"
     ).fetchall()
+
+
+# --- what `slsync doctor` reads --------------------------------------------------------------------
+
+
+def schema_state(conn: Connection) -> tuple[str, set[int]]:
+    """The server's version and the migrations applied to this database (none before the first)."""
+    version = conn.execute("SHOW server_version").fetchone()
+    table = conn.execute("SELECT to_regclass('sl_schema_migrations') IS NOT NULL AS present").fetchone()
+    applied: set[int] = set()
+    if table and table["present"]:
+        applied = {int(row["version"]) for row in conn.execute("SELECT version FROM sl_schema_migrations")}
+    return (str(version["server_version"]) if version else "unknown"), applied
+
+
+def database_clock(conn: Connection) -> datetime:
+    """The database's clock now (not the transaction's start)."""
+    row = conn.execute("SELECT clock_timestamp() AS now").fetchone()
+    assert row is not None
+    return row["now"]
+
+
+def sources_to_check(conn: Connection) -> list[Source]:
+    """Every source as `doctor` checks it: everything but the cursors."""
+    return [_source(row) for row in conn.execute(f"SELECT {_PLAN_COLUMNS} FROM sl_sources s ORDER BY s.id")]
+
+
+def recent_gaps(conn: Connection, *, days: int) -> dict[int, list[dict[str, Any]]]:
+    """Per source, the coverage gaps recorded or widened in the last `days` days."""
+    rows = conn.execute(
+        "SELECT source_id, stream, from_at, to_at, reason, missed_estimate FROM sl_coverage_gaps"
+        " WHERE updated_at > now() - make_interval(days => %s) ORDER BY source_id, from_at",
+        (days,),
+    ).fetchall()
+    gaps: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        gaps.setdefault(row.pop("source_id"), []).append(row)
+    return gaps

@@ -449,6 +449,8 @@ class BlueskyConnector(PagedConnector):
     connection_type = "app"
     page_size = PAGE_SIZE
 
+    credential_fields = ("handle", "app_password")
+
     @classmethod
     def app_credentials(cls, source: Source, settings: Settings) -> BlueskySession | None:
         return session_for(settings)

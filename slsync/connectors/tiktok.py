@@ -445,6 +445,8 @@ class TikTokConnector(Connector):
         digest = credentials.key.rsplit(":", 1)[-1]
         return f"tiktok:requests:{digest}", cls.settings_of(settings).daily_requests, quota_day(now)[0]
 
+    credential_fields = ("client_key", "client_secret")
+
     @classmethod
     def app_credentials(cls, source: Source, settings: Settings) -> TikTokAppCredentials | None:
         app = cls.settings_of(settings)

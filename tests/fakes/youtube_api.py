@@ -25,7 +25,7 @@ QUOTA_MESSAGE = (
     'The request cannot be completed because you have exceeded your <a href="/youtube/v3/getting-started#quota">'
     "quota</a>."
 )
-COSTS = {"/search": 100, "/commentThreads": 1}
+COSTS = {"/search": 100, "/commentThreads": 1, "/i18nLanguages": 1}
 
 
 def stamp(moment: datetime) -> str:
@@ -195,6 +195,8 @@ class YouTubeApi:
             return 400, google_error(400, "invalidPageToken", "The request specifies an invalid page token.")
         if endpoint == "/search":
             return 200, self.search(params)
+        if endpoint == "/i18nLanguages":  # what `slsync doctor` asks
+            return 200, {"kind": "youtube#i18nLanguageListResponse", "items": [{"id": "en", "snippet": {"hl": "en"}}]}
         return self.comment_threads(params)
 
     def search(self, params: dict[str, str]) -> dict[str, Any]:
@@ -251,7 +253,9 @@ class YouTubeApi:
                 key = self.headers.get("X-Goog-Api-Key") or params.get("key")
                 content = parts.path.endswith(("/search", "/commentThreads"))
                 fault = api.faults.pop(0) if content and api.faults else None
-                if fault == 401:
+                if parts.path.endswith("/i18nLanguages"):
+                    status, body = api.answer(parts.path, params, key)
+                elif fault == 401:
                     status, body = 400, KEY_INVALID
                 elif fault == "forbidden":
                     status, body = 403, google_error(403, "forbidden", "Access forbidden.")
