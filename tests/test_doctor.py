@@ -273,5 +273,5 @@ def test_the_crontab_example_carries_every_credential_a_connected_x_source_needs
     for name in ("TWITTER_CLIENT_ID", "TWITTER_CLIENT_SECRET", "TWITTER_BEARER_TOKEN", "SLSYNC_DATA_DIR",
                  "SLSYNC_TOKEN_STORE=file", "doctor --cron"):  # fmt: skip
         assert name in crontab, name
-    assert "same user" in crontab
+    assert "SAME USER" in crontab
 
