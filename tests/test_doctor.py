@@ -275,3 +275,21 @@ def test_the_crontab_example_carries_every_credential_a_connected_x_source_needs
         assert name in crontab, name
     assert "SAME USER" in crontab
 
+
+def test_a_mastodon_token_is_checked_with_verify_credentials(cli: Cli) -> None:
+    from tests.fakes.mastodon_api import MastodonApi
+
+    api = MastodonApi().start()
+    try:
+        cli.env.update({"SLSYNC_MASTODON_API_URL": api.url, "MASTODON_TOKEN_INSTANCE": "https://mastodon.example"})
+        cli.ok("source", "add", "mastodon", "--tenant", "1", "--name", "acme", "--keyword", "acme",
+               "--option", "instance=https://mastodon.example")  # fmt: skip
+        token = next(iter(api.tokens))
+        found = checks(cli, MASTODON_ACCESS_TOKEN=token)
+        assert the(found, "mastodon call")["message"] == "source 1: the token signs in as @listener"
+        found = checks(cli, expect=1, MASTODON_ACCESS_TOKEN="revoked")
+        assert the(found, "mastodon call")["status"] == "fail"
+        assert "HTTP 401" in the(found, "mastodon call")["message"]
+        assert [r.path for r in api.requests] == ["/api/v1/accounts/verify_credentials"] * 2
+    finally:
+        api.stop()
