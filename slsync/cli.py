@@ -158,6 +158,13 @@ def run(application: typer.Typer, argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     _debug = "--debug" in args
     command = _click_command(application)
+    watch = _Watch(_command_name(command, args))
+    code = _run(command, args)
+    watch.end(code)
+    return code
+
+
+def _run(command: Any, args: list[str]) -> int:
     try:
         with _interrupts.installed():
             code = command.main(args=args, prog_name="slsync", standalone_mode=False)
@@ -200,6 +207,63 @@ def _error(message: str) -> None:
 def _say(line: str, file: Any = None) -> None:
     """One line for a person: every control character a value brought along is shown as an escape."""
     print(visible(line), file=file)
+
+
+def _command_name(root: Any, args: list[str]) -> str | None:
+    """The command the arguments name ("sync due"), None for none (--help, --version, a typo)."""
+    names, group = [], root
+    for arg in args:
+        if arg.startswith("-"):
+            continue
+        found = getattr(group, "commands", {}).get(arg)
+        if found is None:
+            break
+        names.append(arg)
+        group = found
+    return " ".join(names) if names and not hasattr(group, "commands") else None
+
+
+# What the command that runs now produced, for the metrics and the healthcheck ping once it has ended: its JSON
+# result (sync commands) and its summary line.
+_outcome: dict[str, Any] = {}
+
+
+class _Watch:
+    """Monitoring around one command: the healthcheck's start ping as `sync due` begins; the metrics file and
+    the last ping once it has ended. Neither ever changes the command's exit code."""
+
+    def __init__(self, command: str | None) -> None:
+        from slsync.config import get_settings
+
+        _outcome.clear()
+        self.command = command
+        self.started = time.monotonic()
+        self.pinger = None
+        try:
+            self.settings: Settings | None = get_settings() if command else None
+        except SlsyncError:  # the command says so itself
+            self.settings = None
+        if self.settings is not None and self.settings.healthcheck_url and command == "sync due":
+            from slsync.healthcheck import Pinger
+
+            self.pinger = Pinger(self.settings.healthcheck_url)
+            self.pinger.start()
+
+    def end(self, code: int) -> None:
+        if self.settings is None or self.command is None:
+            return
+        if self.settings.metrics_file is not None:
+            from slsync import metrics
+
+            try:
+                metrics.write(self.settings, self.settings.metrics_file, command=self.command, exit_code=code,
+                              duration=time.monotonic() - self.started, result=_outcome.get("result"))  # fmt: skip
+            except Exception as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+                _say(f"slsync: warning: the metrics file {self.settings.metrics_file} was not written: {reason}",
+                     file=sys.stderr)  # fmt: skip
+        if self.pinger is not None:
+            self.pinger.finish(code, _outcome.get("summary"))
 
 
 app = _App(
@@ -728,20 +792,22 @@ def _analysis_line(report: dict[str, Any] | None) -> None:
 
 
 def _report_batch(batch: BatchResult, as_json: bool) -> None:
+    doc = batch.as_json()
+    deferred = f" ({doc['sources_deferred']} deferred)" if doc["sources_deferred"] else ""
+    summary = (
+        f"{doc['sources_synced']} synced, {doc['sources_failed']} failed, {doc['sources_cut_short']} cut short,"
+        f" {doc['sources_skipped']} skipped{deferred} of {doc['sources_claimed']};"
+        f" {doc['total_mentions_saved']} new mentions"
+    )
+    _outcome.update(result=doc, summary=summary)
     if as_json:
-        emit_json(batch.as_json())
+        emit_json(doc)
     else:
         # Failures first: under cron this is the mail an operator reads.
         failed = {id(r) for r in batch.failed}
         for r in sorted(batch.results, key=lambda r: id(r) not in failed):
             _say(_result_line(r))
-        doc = batch.as_json()
-        deferred = f" ({doc['sources_deferred']} deferred)" if doc["sources_deferred"] else ""
-        _say(
-            f"{doc['sources_synced']} synced, {doc['sources_failed']} failed, {doc['sources_cut_short']} cut short,"
-            f" {doc['sources_skipped']} skipped{deferred} of {doc['sources_claimed']};"
-            f" {doc['total_mentions_saved']} new mentions"
-        )
+        _say(summary)
         _analysis_line(batch.analysis)
     if batch.error:
         raise batch.error  # after the results that finished: one line on stderr, exit 1

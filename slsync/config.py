@@ -78,8 +78,12 @@ class Settings(BaseSettings):
     analyzer: str = "builtin"
     # Finished runs older than this are deleted from sl_sync_runs by `sync due`.
     run_log_days: int = Field(90, ge=1, le=3650)
+    # Prometheus metrics written after every command (node_exporter's textfile collector reads *.prom files).
+    metrics_file: Path | None = None
+    # A dead man's switch pinged at the start and the end of every `sync due` (healthchecks.io's convention).
+    healthcheck_url: str | None = None
 
-    @field_validator("database_url", "token_key", mode="before")
+    @field_validator("database_url", "token_key", "metrics_file", "healthcheck_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return _unset_if_blank(value)

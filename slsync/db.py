@@ -1404,3 +1404,26 @@ def recent_gaps(conn: Connection, *, days: int) -> dict[int, list[dict[str, Any]
     for row in rows:
         gaps.setdefault(row.pop("source_id"), []).append(row)
     return gaps
+
+
+# --- what the metrics file shows -------------------------------------------------------------------
+
+_METRICS = """
+SELECT s.id, s.tenant_id, s.platform, s.status, s.last_sync_at, s.next_sync_at, s.mentions_count,
+    s.consecutive_failures, s.rate_limit_remaining, s.rate_limit_reset_at,
+    run.status AS run_status, run.finished_at AS run_finished_at, run.saved AS run_saved,
+    extract(epoch FROM run.finished_at - run.started_at)::float8 AS run_seconds,
+    COALESCE(gaps.n, 0) AS gaps
+FROM sl_sources s
+LEFT JOIN LATERAL (
+    SELECT status, started_at, finished_at, saved FROM sl_sync_runs r
+    WHERE r.source_id = s.id AND r.finished_at IS NOT NULL ORDER BY r.started_at DESC LIMIT 1
+) run ON true
+LEFT JOIN (SELECT source_id, count(*) AS n FROM sl_coverage_gaps GROUP BY source_id) gaps ON gaps.source_id = s.id
+ORDER BY s.id
+"""
+
+
+def metrics_rows(conn: Connection) -> list[dict[str, Any]]:
+    """Every source with its last finished run and its count of coverage gaps."""
+    return conn.execute(_METRICS).fetchall()
