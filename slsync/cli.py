@@ -1516,6 +1516,50 @@ def _write_mentions(rows: Iterator[dict[str, Any]], format: str, target: Any, co
     return count
 
 
+# --- report -----------------------------------------------------------------------------------------
+
+
+@app.command()
+def report(
+    output: Path = typer.Option(..., "--output", help="The HTML file to write (e.g. report.html)."),
+    tenant: Optional[int] = typer.Option(None, "--tenant", min=0, help="Only this tenant's mentions and sources."),  # noqa: UP045
+    since: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--since", help="Mentions published on or after this date (default: the last 30 days)."
+    ),
+) -> None:
+    """Write one self-contained HTML page to look at: mentions per day and platform, sentiment over time, intents,
+    top authors by reach, the most engaged mentions and the sources' health. Exit 0, or 2 on bad input.
+
+    The page needs no network to open (its charts are SVG, nothing is loaded from anywhere) and stays under 5 MB.
+    """
+    import os
+    import tempfile
+
+    from slsync import db
+    from slsync import report as page
+
+    start = _parse_since(since)
+    with db.connect(_settings()) as conn:
+        if start is not None and start > db.database_clock(conn):
+            raise UsageError("--since is in the future")
+        text = page.build(conn, tenant_id=tenant, since=start)
+    # a temporary file beside the target, renamed once whole: a reader never opens half a page
+    target = output.expanduser()
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    except OSError as exc:
+        raise UsageError(f"--output {output}: cannot write there ({exc.strerror})") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(temp, 0o644)
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    print(f"wrote {target} ({len(text.encode('utf-8')) / 1024:,.0f} KB)", file=sys.stderr)
+
+
 # --- development data -----------------------------------------------------------------------------
 
 

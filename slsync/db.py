@@ -1427,3 +1427,57 @@ ORDER BY s.id
 def metrics_rows(conn: Connection) -> list[dict[str, Any]]:
     """Every source with its last finished run and its count of coverage gaps."""
     return conn.execute(_METRICS).fetchall()
+
+
+# --- what `slsync report` shows ---------------------------------------------------------------------
+
+_REPORT_MENTIONS = (
+    " FROM sl_mentions WHERE published_at >= %(since)s AND (%(tenant)s::bigint IS NULL OR tenant_id = %(tenant)s)"
+)
+
+
+def report_data(conn: Connection, *, tenant_id: int | None, since: datetime, bucket: str, top: int) -> dict[str, Any]:
+    """Everything the report draws, each part one aggregate query over the period's mentions."""
+    if bucket not in ("day", "week", "month"):
+        raise ValueError(bucket)
+    params = {"since": since, "tenant": tenant_id, "bucket": bucket, "top": top}
+    when = "date_trunc(%(bucket)s, published_at AT TIME ZONE 'UTC')::date AS bucket"
+
+    def rows(query: str) -> list[dict[str, Any]]:
+        return conn.execute(query, params).fetchall()
+
+    return {
+        "per_platform": rows(f"SELECT {when}, platform, count(*)::int AS n {_REPORT_MENTIONS} GROUP BY 1, 2"),
+        "per_sentiment": rows(
+            f"SELECT {when}, CASE WHEN status = 'new' THEN 'pending' ELSE sentiment END AS label, count(*)::int AS n"
+            f" {_REPORT_MENTIONS} GROUP BY 1, 2"
+        ),
+        "intents": rows(
+            f"SELECT intent, count(*)::int AS n {_REPORT_MENTIONS} AND status <> 'new' GROUP BY 1 ORDER BY 2 DESC, 1"
+        ),
+        "authors": rows(
+            "SELECT platform, author_handle, max(author_name) AS author_name, max(author_followers) AS reach,"
+            f" count(*)::int AS mentions {_REPORT_MENTIONS} AND coalesce(author_handle, author_name) IS NOT NULL"
+            " GROUP BY platform, author_handle, CASE WHEN author_handle IS NULL THEN author_name END"
+            " ORDER BY reach DESC NULLS LAST, mentions DESC LIMIT %(top)s"
+        ),
+        "engaged": rows(
+            "SELECT platform, url, content, author_name, author_handle, published_at, likes_count, comments_count,"
+            f" shares_count {_REPORT_MENTIONS}"
+            " ORDER BY coalesce(likes_count, 0) + coalesce(comments_count, 0) + coalesce(shares_count, 0) DESC,"
+            " published_at DESC LIMIT %(top)s"
+        ),
+        "sources": rows(
+            "SELECT s.id, s.platform, s.name, s.status, s.last_sync_at, s.consecutive_failures, s.error_message,"
+            " (SELECT count(*)::int FROM sl_sync_runs r WHERE r.source_id = s.id AND r.status = 'failed'"
+            "  AND r.started_at >= %(since)s) AS failed_runs"
+            " FROM sl_sources s WHERE (%(tenant)s::bigint IS NULL OR s.tenant_id = %(tenant)s) ORDER BY s.id"
+        ),
+        "gaps": {
+            row["source_id"]: row["n"]
+            for row in rows(
+                "SELECT source_id, count(*)::int AS n FROM sl_coverage_gaps WHERE to_at >= %(since)s"
+                " AND (%(tenant)s::bigint IS NULL OR tenant_id = %(tenant)s) GROUP BY 1"
+            )
+        },
+    }
