@@ -118,7 +118,7 @@ def _checks(load_settings: Callable[[], Settings], *, cron: bool) -> Iterator[Ch
             yield _sees_sources(settings, sources)
         yield from _platforms(conn, settings, sources)
         yield from _quotas(conn, sources)
-        yield from _token_store(settings, sources)
+        yield from _token_store(conn, settings, sources)
         yield from _connections(conn, sources)
         yield from _errors(sources)
         yield _clock(conn)
@@ -143,6 +143,15 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
+def _token_place(settings: Settings) -> str:
+    if settings.token_store == "file":
+        return f"in {settings.data_dir / 'tokens.json'}"
+    if settings.token_store == "database":
+        key = "SLSYNC_TOKEN_KEY" if settings.token_key is not None else "the OS keyring's key"
+        return f"in the database, sealed with {key}"
+    return "in the OS keyring"
+
+
 def _cron_environment(settings: Settings) -> Iterator[Check]:
     """What this process is: the crontab line should show the same as the shell that added the sources."""
     where = "SLSYNC_DATABASE_URL" if settings.database_url else f"the embedded PostgreSQL in {settings.data_dir}"
@@ -151,7 +160,7 @@ def _cron_environment(settings: Settings) -> Iterator[Check]:
         "environment",
         "ok",
         f"user {_user(os.geteuid())}, HOME {home}, working directory {Path.cwd()}, database {where}, tokens "
-        f"{'in ' + str(settings.data_dir / 'tokens.json') if settings.token_store == 'file' else 'in the OS keyring'}",
+        + _token_place(settings),
     )
     if sys.stdin.isatty() or sys.stdout.isatty():
         yield Check(
@@ -285,6 +294,7 @@ def _probe(conn: db.Connection, settings: Settings, source: Source, sharing: int
             connector_cls,
             source,
             settings,
+            conn=conn,
             now=utcnow,
             on_refresh=lambda token: db.set_reconnect_by(conn, source.id, token.reconnect_by),
         ),  # fmt: skip
@@ -329,13 +339,22 @@ def _quotas(conn: db.Connection, sources: list[Source]) -> Iterator[Check]:
         yield Check("rate limits", "warn", f"{_named(limited)} rate limited, until {_utc(until)} at the latest")
 
 
-def _token_store(settings: Settings, sources: list[Source]) -> Iterator[Check]:
+def _token_store(conn: db.Connection, settings: Settings, sources: list[Source]) -> Iterator[Check]:
     connected = [s for s in sources if s.connection_type == "user" and s.status != "pending"]
-    if settings.token_store == "keyring":
+    unreadable_fix = "remove the file and connect the sources again"
+    if settings.token_store == "database":
         try:
-            store: tokens.TokenStore = tokens.KeyringStore()
+            store: tokens.TokenStore = tokens.open_store(settings, database=db.TokenTable(conn))
         except UsageError as exc:
             status: Status = "fail" if connected else "warn"
+            yield Check("token store", status, str(exc), "slsync tokens new-key, then set SLSYNC_TOKEN_KEY")
+            return
+        unreadable_fix = "give this machine the SLSYNC_TOKEN_KEY the other machines use"
+    elif settings.token_store == "keyring":
+        try:
+            store = tokens.KeyringStore()
+        except UsageError as exc:
+            status = "fail" if connected else "warn"
             yield Check("token store", status, str(exc), "SLSYNC_TOKEN_STORE=file, then connect the sources again")
             return
     else:
@@ -359,7 +378,7 @@ def _token_store(settings: Settings, sources: list[Source]) -> Iterator[Check]:
     try:
         absent = [s for s in connected if store.get(s.id) is None]
     except UsageError as exc:
-        yield Check("token store", "fail", str(exc), "remove the file and connect the sources again")
+        yield Check("token store", "fail", one_line(str(exc), 300), unreadable_fix)
         return
     except Exception as exc:  # a keyring backend's own failure
         yield Check("token store", "fail", f"{store.where} cannot be read: {one_line(str(exc), 200)}")

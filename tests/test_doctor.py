@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from slsync import db
-from slsync.tokens import FileStore, Token
+from slsync import db, tokens
+from slsync.tokens import DatabaseStore, FileStore, Token, TokenCipher
 from tests.conftest import Cli, add_mock_source, add_x_source
 
 
@@ -157,6 +157,39 @@ def test_a_connected_source_whose_token_is_not_in_this_store_fails(healthy: Cli,
     store = the(found, "token store")
     assert store["status"] == "fail" and "no token file at" in store["message"]
     assert f"source {source_id}" in store["message"] and "SLSYNC_DATA_DIR" in store["fix"]
+
+
+def test_the_database_token_store_is_checked_with_its_key(healthy: Cli, conn: db.Connection, x_api: Any) -> None:
+    """SLSYNC_TOKEN_STORE=database: a token that opens passes, and its call is made with it; no key, or a key the
+    token was not sealed with, fails with the fix."""
+    key, other = tokens.new_key(), tokens.new_key()
+    x_api.tokens.add("user-sealed")
+    source_id = add_x_source(healthy, "sealed")
+    db.mark_connected(conn, source_id)
+    sealed = DatabaseStore(db.TokenTable(conn), TokenCipher(tokens.parse_keys(key, "test")))
+    sealed.put(source_id, Token(access_token="user-sealed", expires_at=datetime.now(UTC) + timedelta(hours=1)))
+    database = {"SLSYNC_TOKEN_STORE": "database", "TWITTER_CLIENT_ID": "client"}
+
+    found = checks(healthy, expect=0, SLSYNC_TOKEN_KEY=key, **database)
+    store = the(found, "token store")
+    assert (
+        store["status"] == "ok"
+        and store["message"] == "the database (sl_tokens, encrypted): 1 connected source, all found"
+    )
+    assert any(c["check"] == "twitter call" and f"source {source_id}: X search" in c["message"] for c in found)
+    assert "Bearer user-sealed" in [r.authorization for r in x_api.requests]
+    assert key not in repr(found)
+
+    missing = checks(healthy, expect=1, **database)
+    store = the(missing, "token store")
+    assert store["status"] == "fail" and "needs a key: set SLSYNC_TOKEN_KEY" in store["message"]
+    assert store["fix"] == "slsync tokens new-key, then set SLSYNC_TOKEN_KEY"
+
+    wrong = checks(healthy, expect=1, SLSYNC_TOKEN_KEY=other, **database)
+    store = the(wrong, "token store")
+    assert store["status"] == "fail" and f"the token of source {source_id} is sealed with key" in store["message"]
+    assert store["fix"] == "give this machine the SLSYNC_TOKEN_KEY the other machines use"
+    assert key not in repr(wrong) and other not in repr(wrong)
 
 
 def test_connections_ending_soon_warn_and_ended_ones_fail(healthy: Cli, conn: db.Connection, tmp_path: Path) -> None:
