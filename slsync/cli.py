@@ -7,6 +7,7 @@ Heavy modules (psycopg, the engine) are imported inside commands so that --help 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sys
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
     from slsync.config import Settings
     from slsync.models import Source, SyncResult
-    from slsync.sync import BatchResult, PageCallback
+    from slsync.sync import BatchResult
 
 EXIT_CODES = "Exit codes: 0 success, 1 failed, 2 usage or configuration error."
 
@@ -374,8 +375,11 @@ def _console(stderr: bool = False) -> Console:
     # _table's Text cells
     if stream.isatty():
         return Console(stderr=stderr, soft_wrap=True, markup=False)
-    # Not a terminal (cron, a pipe): no colour, and wide enough that tables and URLs never wrap.
-    return Console(stderr=stderr, width=200, no_color=True, soft_wrap=True, highlight=False, markup=False)
+    # Not a terminal (cron, a pipe): no colour, and wide enough that tables and URLs never wrap, unless COLUMNS
+    # says how wide (`COLUMNS=80 slsync status | less`).
+    columns = os.environ.get("COLUMNS", "")
+    width = int(columns) if columns.isdigit() and int(columns) >= 20 else 200
+    return Console(stderr=stderr, width=width, no_color=True, soft_wrap=True, highlight=False, markup=False)
 
 
 def _table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Any:
@@ -394,27 +398,78 @@ def _when(value: datetime | None, *, short: bool = False) -> str:
     return value.astimezone(UTC).strftime("%m-%d %H:%M" if short else "%Y-%m-%d %H:%M:%S UTC")
 
 
+class _LiveProgress:
+    """The live display of a sync on a terminal (sync.Progress): sources done of total, mentions fetched and new,
+    failures, elapsed time, and what runs now; one line, cut to the terminal's width."""
+
+    def __init__(self, progress: Any) -> None:
+        import threading
+
+        self._progress = progress
+        self._task = progress.add_task("starting", total=None, fetched=0, saved=0, failed=0)
+        self._fetched: dict[int, int] = {}
+        self._saved = self._failed = 0
+        self._lock = threading.Lock()  # the workers of `sync due` report from their own threads
+
+    def planned(self, total: int) -> None:
+        self._progress.update(self._task, total=total)
+
+    def page(self, source: Source, pages: int, fetched: int) -> None:
+        where = f"source {source.id} page {pages} ({source.platform}: {source.name})"
+        with self._lock:
+            self._fetched[source.id] = fetched
+            self._progress.update(self._task, description=visible(where), fetched=sum(self._fetched.values()))
+
+    def finished(self, result: SyncResult) -> None:
+        from slsync.sync import is_failure
+
+        with self._lock:
+            self._fetched[result.source_id] = result.mentions_fetched
+            self._saved += result.mentions_saved
+            self._failed += is_failure(result)
+            self._progress.update(
+                self._task,
+                advance=1,
+                description=visible(_result_line(result)),
+                fetched=sum(self._fetched.values()),
+                saved=self._saved,
+                failed=self._failed,
+            )
+
+
 @contextmanager
-def _progress(enabled: bool) -> Iterator[PageCallback | None]:
-    """A live line on a terminal's stderr; nothing under cron or with --json."""
+def _progress(enabled: bool) -> Iterator[_LiveProgress | None]:
+    """A live display on a terminal's stderr; nothing under cron or with --json (the result lines say it all)."""
     if not enabled or not sys.stderr.isatty():
         yield None
         return
-    console = _console(stderr=True)
-    with console.status("syncing...") as status:
+    from rich.progress import Progress, ProgressColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Column
+    from rich.text import Text
 
-        def on_page(source: Source, pages: int, fetched: int) -> None:
-            where = f"source {source.id} ({source.platform}: {source.name})"
-            status.update(text(f"{where}: page {pages}, {fetched} fetched"))
+    class Sources(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            if task.total is None:
+                return Text("claiming sources")
+            return Text(f"{task.completed:,.0f} of {task.total:,.0f} sources")
 
-        yield on_page
+    columns = (
+        SpinnerColumn(),
+        Sources(),
+        TextColumn("{task.fields[fetched]:,} fetched, {task.fields[saved]:,} new", markup=False),
+        TextColumn("{task.fields[failed]} failed", markup=False),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}", markup=False, table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+    )
+    with Progress(*columns, console=_console(stderr=True), expand=True, transient=True) as progress:
+        yield _LiveProgress(progress)
 
 
 @contextmanager
-def _syncing(show_progress: bool) -> Iterator[tuple[PageCallback | None, Any]]:
-    """Around a sync: the live progress line, and the event a signal sets to stop the runs between pages."""
-    with _interrupts.stopping_between_pages(SYNC_INTERRUPTED) as stop, _progress(show_progress) as on_page:
-        yield on_page, stop
+def _syncing(show_progress: bool) -> Iterator[tuple[_LiveProgress | None, Any]]:
+    """Around a sync: the live progress display, and the event a signal sets to stop the runs between pages."""
+    with _interrupts.stopping_between_pages(SYNC_INTERRUPTED) as stop, _progress(show_progress) as progress:
+        yield progress, stop
 
 
 def _parse_since(value: str | None) -> datetime | None:
@@ -827,8 +882,8 @@ def sync_source_command(
     from slsync import sync
 
     since_time = _parse_since(since)
-    with _syncing(not as_json) as (on_page, stop):
-        result = sync.sync_source(_settings(), source_id, since=since_time, on_page=on_page, stop=stop)
+    with _syncing(not as_json) as (progress, stop):
+        result = sync.sync_source(_settings(), source_id, since=since_time, progress=progress, stop=stop)
     if as_json:
         emit_json(result.as_json())
     else:
@@ -849,8 +904,8 @@ def sync_tenant_command(
     """Sync every source of one tenant now. Exit 0 if none failed, 1 if any failed, 2 on bad input."""
     from slsync import sync
 
-    with _syncing(not as_json) as (on_page, stop):
-        batch = sync.sync_tenant(_settings(), tenant_id, concurrency=concurrency, on_page=on_page, stop=stop)
+    with _syncing(not as_json) as (progress, stop):
+        batch = sync.sync_tenant(_settings(), tenant_id, concurrency=concurrency, progress=progress, stop=stop)
     _report_batch(batch, as_json)
 
 
@@ -863,8 +918,8 @@ def sync_due_command(
     """Sync the sources whose time has come (the cron job). Exit 0 if none failed, 1 if any failed."""
     from slsync import sync
 
-    with _syncing(not as_json) as (on_page, stop):
-        batch = sync.sync_due(_settings(), limit=limit, concurrency=concurrency, on_page=on_page, stop=stop)
+    with _syncing(not as_json) as (progress, stop):
+        batch = sync.sync_due(_settings(), limit=limit, concurrency=concurrency, progress=progress, stop=stop)
     _report_batch(batch, as_json)
 
 
@@ -954,56 +1009,127 @@ def _breakdown_line(counts: dict[str, int]) -> str:
     return ", ".join(parts) + (f"; {', '.join(extra)}" if extra else "")
 
 
-STATUS_COLUMNS = (
-    "id",
-    "tenant",
-    "platform",
-    "name",
-    "status",
-    "last sync (UTC)",
-    "next due",
-    "every",
-    "mentions",
-    "7-day sentiment",
-    "rate limit",
-    "syncing",
-    "error",
-)
+def _status_cells(doc: dict[str, Any]) -> dict[str, str]:
+    """Every field of one source's status line, as text, by column."""
+    s, run, limit = doc["source"], doc["sync"], doc["rate_limit"]
+    rate = "-"
+    if limit["remaining"] is not None:
+        rate = f"{limit['remaining']} left until {_when(limit['reset_at'], short=True)}"
+    error = s["error_message"] or ""
+    if s["consecutive_failures"]:
+        error = f"{counted(s['consecutive_failures'], 'failure')}: {error}"
+    return {
+        "id": str(s["id"]),
+        "tenant": str(s["tenant_id"]),
+        "platform": s["platform"],
+        "name": s["name"],
+        "status": s["status"],
+        "last sync (UTC)": _when(s["last_sync_at"], short=True),
+        "next due": _when(s["next_sync_at"], short=True),
+        "every": _every(
+            s["interval_mode"], s["sync_interval_minutes"], s["min_interval_minutes"], s["max_interval_minutes"]
+        ),
+        "mentions": f"{doc['stats']['total_mentions']:,}",
+        "7-day sentiment": _breakdown_short(doc["stats"]["sentiment_7d"]),
+        "rate limit": rate,
+        "syncing": f"since {_when(run['started_at'], short=True)}" if run["syncing"] else "no",
+        "error": error,
+    }
 
 
-def _status_table(docs: list[dict[str, Any]]) -> Any:
-    rows = []
-    for doc in docs:
-        s, run, limit = doc["source"], doc["sync"], doc["rate_limit"]
-        rate = (
-            "-"
-            if limit["remaining"] is None
-            else f"{limit['remaining']} left until {_when(limit['reset_at'], short=True)}"
-        )
-        syncing = f"since {_when(run['started_at'], short=True)}" if run["syncing"] else "no"
-        error = s["error_message"] or ""
-        if s["consecutive_failures"]:
-            error = f"{counted(s['consecutive_failures'], 'failure')}: {error}"
-        rows.append(
-            (
-                s["id"],
-                s["tenant_id"],
-                s["platform"],
-                s["name"],
-                s["status"],
-                _when(s["last_sync_at"], short=True),
-                _when(s["next_sync_at"], short=True),
-                _every(
-                    s["interval_mode"], s["sync_interval_minutes"], s["min_interval_minutes"], s["max_interval_minutes"]
-                ),
-                f"{doc['stats']['total_mentions']:,}",
-                _breakdown_short(doc["stats"]["sentiment_7d"]),
-                rate,
-                syncing,
-                error,
+FULL_STATUS = ("id", "tenant", "platform", "name", "status", "last sync (UTC)", "next due", "every", "mentions",
+               "7-day sentiment", "rate limit", "syncing", "error")  # fmt: skip
+# What a narrow terminal shows (80 columns): the rest is one `slsync status ID` away, and errors and running syncs
+# are listed under the table.
+COMPACT_STATUS = ("id", "platform", "name", "status", "next due", "mentions")
+RIGHT_ALIGNED = {"id", "tenant", "mentions"}
+# the columns that wrap (a long name, a long error); the others are never cut
+WRAPPED_STATUS = {"name", "error"}
+
+
+def _status_table(docs: list[dict[str, Any]], width: int | None = None) -> tuple[Any, list[str]]:
+    """The whole table if it fits `width` (its name and error wrapped), else the compact one and a line for each
+    source with an error or syncing now."""
+    from rich.console import Console
+    from rich.table import Column, Table
+
+    rows = [_status_cells(doc) for doc in docs]
+
+    def table(names: Sequence[str]) -> Any:
+        columns = [
+            Column(
+                name,
+                justify="right" if name in RIGHT_ALIGNED else "left",
+                no_wrap=name not in WRAPPED_STATUS,
+                min_width=None if name in WRAPPED_STATUS else max(len(name), *(len(row[name]) for row in rows)),
             )
-        )
-    return _table(STATUS_COLUMNS, rows)
+            for name in names
+        ]
+        grid = Table(*columns)
+        for row in rows:
+            grid.add_row(*(text(row[name]) for name in names))
+        return grid
+
+    full = table(FULL_STATUS)
+    if width is None or Console(width=10_000).measure(full).minimum <= width:
+        return full, []
+    notes = []
+    for doc, row in zip(docs, rows, strict=True):
+        s = doc["source"]
+        if row["error"]:
+            notes.append(f"source {s['id']}: {s['status']}: {row['error']}")
+        if doc["sync"]["syncing"]:
+            notes.append(f"source {s['id']}: syncing {row['syncing']}")
+    return table(COMPACT_STATUS), notes
+
+
+def _print_status(console: Console, docs: list[dict[str, Any]]) -> None:
+    # a pipe without COLUMNS (cron's mail, a log) gets the whole table, however wide
+    width = console.width if console.is_terminal or "COLUMNS" in os.environ else None
+    table, notes = _status_table(docs, width)
+    console.print(table)
+    for line in notes:
+        console.print(text(line), soft_wrap=False)
+
+
+def _status_panel(doc: dict[str, Any]) -> Any:
+    """One source as labelled fields in a panel: everything the table has, and what it leaves out."""
+    from rich.panel import Panel
+    from rich.table import Table
+
+    s, run, connection, coverage = doc["source"], doc["sync"], doc["connection"], doc["coverage"]
+    cells = _status_cells(doc)
+    took = f"{run['duration_ms'] / 1000:,.1f} s" if run["duration_ms"] is not None else None
+    if run["syncing"]:
+        current = f"syncing {cells['syncing']} ({took} so far)"
+    else:
+        current = (run["last_run_status"] or "none yet") + (f" in {took}" if took else "")
+    sentiment = doc["stats"]["sentiment_7d"]
+    per_hour = coverage["mentions_per_hour"]
+    ends = connection["reconnect_by"]
+    fields = [
+        ("tenant", cells["tenant"]),
+        ("platform", cells["platform"]),
+        ("name", cells["name"]),
+        ("status", cells["status"]),
+        ("connection", connection["type"] + (f", ends {_when(ends)}" if ends else "")),
+        ("every", cells["every"]),
+        ("last sync", _when(s["last_sync_at"])),
+        ("next due", _when(s["next_sync_at"])),
+        ("last run", current),
+        ("mentions", cells["mentions"] + (f" (about {per_hour:,} an hour)" if per_hour is not None else "")),
+        ("covered until", _when(coverage["covered_until"])),
+        ("7-day sentiment", _breakdown_line(sentiment) if sentiment else "-"),
+        ("rate limit", cells["rate limit"]),
+        ("coverage gaps", f"{len(doc['gaps'])} open" if doc["gaps"] else "none"),
+        ("error", cells["error"] or "-"),
+    ]  # fmt: skip
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    for label, value in fields:
+        grid.add_row(label, text(value))
+    return Panel(grid, title=text(f"source {s['id']}"), title_align="left", expand=False)
 
 
 def _reconnect_warnings(docs: list[dict[str, Any]], now: datetime) -> list[str]:
@@ -1103,7 +1229,7 @@ def status(
             if as_json:
                 emit_json(doc)
             else:
-                _print_status_table([doc], rows[0]["db_now"])
+                _print_status_table([doc], rows[0]["db_now"], panel=True)
             return
         # quotas belong to credentials, which tenants may share: shown to the operator's unnarrowed view
         quotas = db.quota_usage(conn) if tenant is None else []
@@ -1172,9 +1298,13 @@ def _status_chunks(
         yield [_status_json(row, breakdown, gaps) for row in rows], rows[0]["db_now"]
 
 
-def _print_status_table(docs: list[dict[str, Any]], now: datetime) -> None:
+def _print_status_table(docs: list[dict[str, Any]], now: datetime, *, panel: bool = False) -> None:
+    """The table (or one source's panel), then a line per connection about to end and per coverage gap."""
     console = _console()
-    console.print(_status_table(docs))
+    if panel:
+        console.print(_status_panel(docs[0]))
+    else:
+        _print_status(console, docs)
     for line in _reconnect_warnings(docs, now) + _gap_warnings(docs):
         console.print(text(line), soft_wrap=True)
 
@@ -1532,7 +1662,6 @@ def report(
 
     The page needs no network to open (its charts are SVG, nothing is loaded from anywhere) and stays under 5 MB.
     """
-    import os
     import tempfile
 
     from slsync import db
@@ -1620,9 +1749,11 @@ def demo() -> None:
             _say(f"created tenant {DEMO_TENANT} with mock source {source_id} ({DEMO_SOURCE!r})")
         else:
             source_id = source.id
-        with _syncing(True) as (on_page, stop):
+        with _syncing(True) as (progress, stop):
             deadline = time.monotonic() + settings.time_budget_seconds
-            options = sync.RunOptions("manual", on_page=on_page, deadline=deadline, stop=stop)
+            options = sync.RunOptions("manual", progress=progress, deadline=deadline, stop=stop)
+            if progress:
+                progress.planned(1)
             result = sync.run_source(conn, settings, source_id, options)  # analyses what it saved
         _say(_result_line(result))
         _analysis_line(result.extra.get("analysis"))
@@ -1631,7 +1762,7 @@ def demo() -> None:
         rows = db.status_rows(conn, tenant_id=DEMO_TENANT)
         breakdown = db.sentiment_breakdown(conn, [row["id"] for row in rows])
     docs = [_status_json(row, breakdown) for row in rows]
-    _console().print(_status_table(docs))
+    _print_status(_console(), docs)
     for doc in docs:
         _say(f"sentiment of the last 7 days, {doc['source']['name']}: {_breakdown_line(doc['stats']['sentiment_7d'])}")
     _say(f"next: slsync status {source_id} --json   |   slsync sync due   |   slsync source add --help")
