@@ -1238,11 +1238,13 @@ def sentiment_breakdown(conn: Connection, source_ids: Sequence[int], *, days: in
     return breakdown
 
 
+# Every column of sl_mentions but the raw payload (tests/test_json_docs.py checks it against the table), in the
+# order of the CSV export; new columns go at the end, so a CSV reader's positions stay.
 MENTION_COLUMNS = (
     "id", "tenant_id", "source_id", "platform", "external_id", "url", "published_at", "author_name",
     "author_handle", "author_followers", "author_verified", "content", "language", "likes_count",
     "comments_count", "shares_count", "media_type", "media_urls", "location", "status", "sentiment",
-    "sentiment_score", "intent", "fetched_at",
+    "sentiment_score", "intent", "fetched_at", "analyzer", "analyzed_at",
 )  # fmt: skip
 
 
