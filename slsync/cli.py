@@ -1398,8 +1398,7 @@ def _doctor_lines(report: Any) -> None:
         if check.fix and check.status != "ok":
             line.append(f"; fix: {check.fix}", style="dim" if check.status == "warn" else None)
         console.print(line, soft_wrap=True)
-    summary = f"{report.failed} failed, {report.warnings} warnings, {len(report.checks)} checks"
-    console.print(Text(summary), soft_wrap=True)
+    console.print(Text(report.summary), soft_wrap=True)
 
 
 # --- analysis and mentions ------------------------------------------------------------------------

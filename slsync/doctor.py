@@ -78,6 +78,11 @@ class Report:
     def warnings(self) -> int:
         return sum(1 for c in self.checks if c.status == "warn")
 
+    @property
+    def summary(self) -> str:
+        """The last line: "0 failed, 1 warning, 7 checks"."""
+        return f"{self.failed} failed, {_counted(self.warnings, 'warning')}, {_counted(len(self.checks), 'check')}"
+
     def as_json(self) -> dict[str, Any]:
         return {
             "ok": self.failed == 0,
