@@ -1394,11 +1394,11 @@ def _doctor_lines(report: Any) -> None:
     styles = {"ok": "green", "warn": "yellow", "fail": "bold red"}
     for check in report.checks:
         line = Text(f"{check.status:<4} ", style=styles[check.status])
-        line.append(f"{check.name}: {check.message}")
+        line.append(visible(f"{check.name}: {check.message}"))
         if check.fix and check.status != "ok":
-            line.append(f"; fix: {check.fix}", style="dim" if check.status == "warn" else None)
+            line.append(visible(f"; fix: {check.fix}"), style="dim" if check.status == "warn" else None)
         console.print(line, soft_wrap=True)
-    console.print(Text(report.summary), soft_wrap=True)
+    console.print(text(report.summary), soft_wrap=True)
 
 
 # --- analysis and mentions ------------------------------------------------------------------------
@@ -1651,7 +1651,9 @@ def _write_mentions(rows: Iterator[dict[str, Any]], format: str, target: Any, co
 @app.command()
 def report(
     output: Path = typer.Option(..., "--output", help="The HTML file to write (e.g. report.html)."),
-    tenant: Optional[int] = typer.Option(None, "--tenant", min=0, help="Only this tenant's mentions and sources."),  # noqa: UP045
+    tenant: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--tenant", min=0, max=MAX_TENANT, help="Only this tenant's mentions and sources."
+    ),
     since: Optional[str] = typer.Option(  # noqa: UP045
         None, "--since", help="Mentions published on or after this date (default: the last 30 days)."
     ),
@@ -1670,7 +1672,7 @@ def report(
     with db.connect(_settings()) as conn:
         if start is not None and start > db.database_clock(conn):
             raise UsageError("--since is in the future")
-        text = page.build(conn, tenant_id=tenant, since=start)
+        html = page.build(conn, tenant_id=tenant, since=start)
     # a temporary file beside the target, renamed once whole: a reader never opens half a page
     target = output.expanduser()
     try:
@@ -1679,13 +1681,13 @@ def report(
         raise UsageError(f"--output {output}: cannot write there ({exc.strerror})") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
+            out.write(html)
         os.chmod(temp, 0o644)
         os.replace(temp, target)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-    print(f"wrote {target} ({len(text.encode('utf-8')) / 1024:,.0f} KB)", file=sys.stderr)
+    _say(f"wrote {target} ({len(html.encode('utf-8')) / 1024:,.0f} KB)", file=sys.stderr)
 
 
 # --- development data -----------------------------------------------------------------------------

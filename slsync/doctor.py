@@ -29,6 +29,7 @@ from slsync.connectors import connector_class
 from slsync.connectors.base import Context
 from slsync.errors import SlsyncError, UsageError
 from slsync.sync import QuotaLedger, utcnow
+from slsync.terminal import counted, user_name
 
 if TYPE_CHECKING:
     from slsync.config import Settings
@@ -81,7 +82,7 @@ class Report:
     @property
     def summary(self) -> str:
         """The last line: "0 failed, 1 warning, 7 checks"."""
-        return f"{self.failed} failed, {_counted(self.warnings, 'warning')}, {_counted(len(self.checks), 'check')}"
+        return f"{self.failed} failed, {counted(self.warnings, 'warning')}, {counted(len(self.checks), 'check')}"
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -139,15 +140,6 @@ def _settings_line(settings: Settings) -> str:
     return f"valid (SLSYNC_ENV={settings.env}, SLSYNC_TOKEN_STORE={settings.token_store}; {read})"
 
 
-def _user(uid: int) -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
-
-
 def _token_place(settings: Settings) -> str:
     if settings.token_store == "file":
         return f"in {settings.data_dir / 'tokens.json'}"
@@ -164,7 +156,7 @@ def _cron_environment(settings: Settings) -> Iterator[Check]:
     yield Check(
         "environment",
         "ok",
-        f"user {_user(os.geteuid())}, HOME {home}, working directory {Path.cwd()}, database {where}, tokens "
+        f"user {user_name(os.geteuid())}, HOME {home}, working directory {Path.cwd()}, database {where}, tokens "
         + _token_place(settings),
     )
     if sys.stdin.isatty() or sys.stdout.isatty():
@@ -181,8 +173,8 @@ def _cron_environment(settings: Settings) -> Iterator[Check]:
             yield Check(
                 "data directory",
                 "fail",
-                f"{data_dir} belongs to {_user(owner)}, and this runs as {_user(os.geteuid())}",
-                f"run cron as {_user(owner)} (crontab -u {_user(owner)}), the user that added the sources",
+                f"{data_dir} belongs to {user_name(owner)}, and this runs as {user_name(os.geteuid())}",
+                f"run cron as {user_name(owner)} (crontab -u {user_name(owner)}), the user that added the sources",
             )
 
 
@@ -261,7 +253,7 @@ def _platforms(conn: db.Connection, settings: Settings, sources: list[Source]) -
             )
         elif ready:
             needed = "need no credentials" if connector.connection_type == "none" else "have their settings"
-            yield Check(f"{platform} settings", "ok", f"{_counted(len(ready), 'source')}: {needed}")
+            yield Check(f"{platform} settings", "ok", f"{counted(len(ready), 'source')}: {needed}")
         probes += [(key, on_key[0], len(on_key)) for key, on_key in keys.items()]
     for number, (_key, source, sharing) in enumerate(probes):
         if number == MAX_PROBES:
@@ -397,7 +389,7 @@ def _token_store(conn: db.Connection, settings: Settings, sources: list[Source])
             f"again: slsync connect {absent[0].id}",
         )
     else:
-        yield Check("token store", "ok", f"{store.where}: {_counted(len(connected), 'connected source')}, all found")
+        yield Check("token store", "ok", f"{store.where}: {counted(len(connected), 'connected source')}, all found")
 
 
 def _file_problem(path: Path) -> Check | None:
@@ -414,14 +406,14 @@ def _file_problem(path: Path) -> Check | None:
             return Check(
                 "token store",
                 "fail",
-                f"{item} belongs to {_user(info.st_uid)}, and this runs as {_user(me)}",
-                f"run slsync (and cron) as {_user(info.st_uid)}, the user that connected the sources",
+                f"{item} belongs to {user_name(info.st_uid)}, and this runs as {user_name(me)}",
+                f"run slsync (and cron) as {user_name(info.st_uid)}, the user that connected the sources",
             )
         if stat.S_ISREG(info.st_mode) and info.st_mode & private:
             mode = stat.S_IMODE(info.st_mode)
             return Check("token store", "fail", f"{item} is readable by others (mode {mode:04o})", f"chmod 600 {item}")
         if not os.access(item, os.R_OK):
-            return Check("token store", "fail", f"{item} cannot be read by {_user(me)}")
+            return Check("token store", "fail", f"{item} cannot be read by {user_name(me)}")
     return None
 
 
@@ -506,7 +498,7 @@ def _gaps(conn: db.Connection, sources: list[Source]) -> Iterator[Check]:
         yield Check(
             "coverage",
             "warn",
-            f"{_counted(count, 'coverage gap')} in the last {GAP_DAYS} days, in sources "
+            f"{counted(count, 'coverage gap')} in the last {GAP_DAYS} days, in sources "
             f"{', '.join(str(s) for s in sorted(recent)[:NAMED])}{' ...' if len(recent) > NAMED else ''}",
             "slsync status SOURCE_ID names each gap and its reason",
         )
@@ -525,10 +517,6 @@ def _named(sources: list[Source]) -> str:
     ids = ", ".join(str(s.id) for s in sources[:NAMED])
     more = f" and {len(sources) - NAMED} more" if len(sources) > NAMED else ""
     return f"{'source' if len(sources) == 1 else 'sources'} {ids}{more}"
-
-
-def _counted(number: int, noun: str) -> str:
-    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 def _utc(moment: datetime | None) -> str:
