@@ -275,6 +275,13 @@ def refresh_token(app: OAuthApp, token: Token, *, platform: str, now: Callable[[
     """One refresh request; the answer may carry a new refresh token (rotation) or keep the old one."""
     if not token.refresh_token:
         raise AuthError(f"the {platform} access token has expired and there is no refresh token")
+    if not app.client_id:
+        # the grant is fine: this environment lacks the app's id (cron reads no shell profile), so no reconnect
+        setting = app.client_id_setting or f"the {platform} client id"
+        raise Fatal(
+            f"{setting} is not set in this environment, and it is needed to refresh {platform} user tokens: set it "
+            "where slsync runs (for cron: in the crontab), with the secret if the app has one"
+        )
     client_id = _client_id(app, platform)
     form = {"grant_type": "refresh_token", "refresh_token": token.refresh_token, "client_id": client_id}
     requested_at = now()

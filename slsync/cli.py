@@ -7,6 +7,7 @@ Heavy modules (psycopg, the engine) are imported inside commands so that --help 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sys
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
     from slsync.config import Settings
     from slsync.models import Source, SyncResult
-    from slsync.sync import BatchResult, PageCallback
+    from slsync.sync import BatchResult
 
 EXIT_CODES = "Exit codes: 0 success, 1 failed, 2 usage or configuration error."
 
@@ -158,6 +159,13 @@ def run(application: typer.Typer, argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     _debug = "--debug" in args
     command = _click_command(application)
+    watch = _Watch(_command_name(command, args))
+    code = _run(command, args)
+    watch.end(code)
+    return code
+
+
+def _run(command: Any, args: list[str]) -> int:
     try:
         with _interrupts.installed():
             code = command.main(args=args, prog_name="slsync", standalone_mode=False)
@@ -202,6 +210,63 @@ def _say(line: str, file: Any = None) -> None:
     print(visible(line), file=file)
 
 
+def _command_name(root: Any, args: list[str]) -> str | None:
+    """The command the arguments name ("sync due"), None for none (--help, --version, a typo)."""
+    names, group = [], root
+    for arg in args:
+        if arg.startswith("-"):
+            continue
+        found = getattr(group, "commands", {}).get(arg)
+        if found is None:
+            break
+        names.append(arg)
+        group = found
+    return " ".join(names) if names and not hasattr(group, "commands") else None
+
+
+# What the command that runs now produced, for the metrics and the healthcheck ping once it has ended: its JSON
+# result (sync commands) and its summary line.
+_outcome: dict[str, Any] = {}
+
+
+class _Watch:
+    """Monitoring around one command: the healthcheck's start ping as `sync due` begins; the metrics file and
+    the last ping once it has ended. Neither ever changes the command's exit code."""
+
+    def __init__(self, command: str | None) -> None:
+        from slsync.config import get_settings
+
+        _outcome.clear()
+        self.command = command
+        self.started = time.monotonic()
+        self.pinger = None
+        try:
+            self.settings: Settings | None = get_settings() if command else None
+        except SlsyncError:  # the command says so itself
+            self.settings = None
+        if self.settings is not None and self.settings.healthcheck_url and command == "sync due":
+            from slsync.healthcheck import Pinger
+
+            self.pinger = Pinger(self.settings.healthcheck_url)
+            self.pinger.start()
+
+    def end(self, code: int) -> None:
+        if self.settings is None or self.command is None:
+            return
+        if self.settings.metrics_file is not None:
+            from slsync import metrics
+
+            try:
+                metrics.write(self.settings, self.settings.metrics_file, command=self.command, exit_code=code,
+                              duration=time.monotonic() - self.started, result=_outcome.get("result"))  # fmt: skip
+            except Exception as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+                _say(f"slsync: warning: the metrics file {self.settings.metrics_file} was not written: {reason}",
+                     file=sys.stderr)  # fmt: skip
+        if self.pinger is not None:
+            self.pinger.finish(code, _outcome.get("summary"))
+
+
 app = _App(
     name="slsync",
     help="Keep a PostgreSQL table of brand mentions current from social platforms. " + EXIT_CODES,
@@ -239,12 +304,19 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="Show debug logs and tracebacks (never secrets)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     from slsync import logs
 
-    settings = _settings()
+    try:
+        settings = _settings()
+    except UsageError:
+        if ctx.invoked_subcommand != "doctor":  # doctor reports a bad setting as its first check
+            raise
+        logs.setup("WARNING", "text", debug)
+        return
     logs.setup(settings.log_level, settings.log_format, debug)
 
 
@@ -305,8 +377,11 @@ def _console(stderr: bool = False) -> Console:
     # _table's Text cells
     if stream.isatty():
         return Console(stderr=stderr, soft_wrap=True, markup=False)
-    # Not a terminal (cron, a pipe): no colour, and wide enough that tables and URLs never wrap.
-    return Console(stderr=stderr, width=200, no_color=True, soft_wrap=True, highlight=False, markup=False)
+    # Not a terminal (cron, a pipe): no colour, and wide enough that tables and URLs never wrap, unless COLUMNS
+    # says how wide (`COLUMNS=80 slsync status | less`).
+    columns = os.environ.get("COLUMNS", "")
+    width = int(columns) if columns.isdigit() and int(columns) >= 20 else 200
+    return Console(stderr=stderr, width=width, no_color=True, soft_wrap=True, highlight=False, markup=False)
 
 
 def _table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Any:
@@ -325,27 +400,78 @@ def _when(value: datetime | None, *, short: bool = False) -> str:
     return value.astimezone(UTC).strftime("%m-%d %H:%M" if short else "%Y-%m-%d %H:%M:%S UTC")
 
 
+class _LiveProgress:
+    """The live display of a sync on a terminal (sync.Progress): sources done of total, mentions fetched and new,
+    failures, elapsed time, and what runs now; one line, cut to the terminal's width."""
+
+    def __init__(self, progress: Any) -> None:
+        import threading
+
+        self._progress = progress
+        self._task = progress.add_task("starting", total=None, fetched=0, saved=0, failed=0)
+        self._fetched: dict[int, int] = {}
+        self._saved = self._failed = 0
+        self._lock = threading.Lock()  # the workers of `sync due` report from their own threads
+
+    def planned(self, total: int) -> None:
+        self._progress.update(self._task, total=total)
+
+    def page(self, source: Source, pages: int, fetched: int) -> None:
+        where = f"source {source.id} page {pages} ({source.platform}: {source.name})"
+        with self._lock:
+            self._fetched[source.id] = fetched
+            self._progress.update(self._task, description=visible(where), fetched=sum(self._fetched.values()))
+
+    def finished(self, result: SyncResult) -> None:
+        from slsync.sync import is_failure
+
+        with self._lock:
+            self._fetched[result.source_id] = result.mentions_fetched
+            self._saved += result.mentions_saved
+            self._failed += is_failure(result)
+            self._progress.update(
+                self._task,
+                advance=1,
+                description=visible(_result_line(result)),
+                fetched=sum(self._fetched.values()),
+                saved=self._saved,
+                failed=self._failed,
+            )
+
+
 @contextmanager
-def _progress(enabled: bool) -> Iterator[PageCallback | None]:
-    """A live line on a terminal's stderr; nothing under cron or with --json."""
+def _progress(enabled: bool) -> Iterator[_LiveProgress | None]:
+    """A live display on a terminal's stderr; nothing under cron or with --json (the result lines say it all)."""
     if not enabled or not sys.stderr.isatty():
         yield None
         return
-    console = _console(stderr=True)
-    with console.status("syncing...") as status:
+    from rich.progress import Progress, ProgressColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Column
+    from rich.text import Text
 
-        def on_page(source: Source, pages: int, fetched: int) -> None:
-            where = f"source {source.id} ({source.platform}: {source.name})"
-            status.update(text(f"{where}: page {pages}, {fetched} fetched"))
+    class Sources(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            if task.total is None:
+                return Text("claiming sources")
+            return Text(f"{task.completed:,.0f} of {task.total:,.0f} sources")
 
-        yield on_page
+    columns = (
+        SpinnerColumn(),
+        Sources(),
+        TextColumn("{task.fields[fetched]:,} fetched, {task.fields[saved]:,} new", markup=False),
+        TextColumn("{task.fields[failed]} failed", markup=False),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}", markup=False, table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+    )
+    with Progress(*columns, console=_console(stderr=True), expand=True, transient=True) as progress:
+        yield _LiveProgress(progress)
 
 
 @contextmanager
-def _syncing(show_progress: bool) -> Iterator[tuple[PageCallback | None, Any]]:
-    """Around a sync: the live progress line, and the event a signal sets to stop the runs between pages."""
-    with _interrupts.stopping_between_pages(SYNC_INTERRUPTED) as stop, _progress(show_progress) as on_page:
-        yield on_page, stop
+def _syncing(show_progress: bool) -> Iterator[tuple[_LiveProgress | None, Any]]:
+    """Around a sync: the live progress display, and the event a signal sets to stop the runs between pages."""
+    with _interrupts.stopping_between_pages(SYNC_INTERRUPTED) as stop, _progress(show_progress) as progress:
+        yield progress, stop
 
 
 def _parse_since(value: str | None) -> datetime | None:
@@ -528,8 +654,22 @@ def source_add(
         _say(f"added {platform} source {source_id} ({name!r}) for tenant {tenant}")
         if source.status == "pending":
             _say(f"connect it to an account first: slsync connect {source_id}")
+        elif missing := _missing_settings(connector, source):
+            names = " and ".join(missing)
+            _say(f"{connector.title} needs {names}, not set here: set {'them' if len(missing) > 1 else 'it'}"
+                 f" (docs/platforms/{platform}.md), then: slsync sync source {source_id}")  # fmt: skip
+            if connector.oauth_app(_settings()) is not None:
+                _say(f"or connect it to an account instead: slsync connect {source_id}")
         else:
             _say(f"sync it now: slsync sync source {source_id}")
+
+
+def _missing_settings(connector: Any, source: Source) -> list[str]:
+    """The settings a new source needs that this environment lacks (a bad value: named as missing too)."""
+    try:
+        return connector.missing_settings(source, _settings())
+    except UsageError as exc:
+        return [str(exc)]
 
 
 @source_app.command("list")
@@ -709,20 +849,22 @@ def _analysis_line(report: dict[str, Any] | None) -> None:
 
 
 def _report_batch(batch: BatchResult, as_json: bool) -> None:
+    doc = batch.as_json()
+    deferred = f" ({doc['sources_deferred']} deferred)" if doc["sources_deferred"] else ""
+    summary = (
+        f"{doc['sources_synced']} synced, {doc['sources_failed']} failed, {doc['sources_cut_short']} cut short,"
+        f" {doc['sources_skipped']} skipped{deferred} of {doc['sources_claimed']};"
+        f" {doc['total_mentions_saved']} new mentions"
+    )
+    _outcome.update(result=doc, summary=summary)
     if as_json:
-        emit_json(batch.as_json())
+        emit_json(doc)
     else:
         # Failures first: under cron this is the mail an operator reads.
         failed = {id(r) for r in batch.failed}
         for r in sorted(batch.results, key=lambda r: id(r) not in failed):
             _say(_result_line(r))
-        doc = batch.as_json()
-        deferred = f" ({doc['sources_deferred']} deferred)" if doc["sources_deferred"] else ""
-        _say(
-            f"{doc['sources_synced']} synced, {doc['sources_failed']} failed, {doc['sources_cut_short']} cut short,"
-            f" {doc['sources_skipped']} skipped{deferred} of {doc['sources_claimed']};"
-            f" {doc['total_mentions_saved']} new mentions"
-        )
+        _say(summary)
         _analysis_line(batch.analysis)
         if batch.refresh is not None:
             _refresh_lines(batch.refresh)
@@ -774,8 +916,8 @@ def sync_source_command(
     from slsync import sync
 
     since_time = _parse_since(since)
-    with _syncing(not as_json) as (on_page, stop):
-        result = sync.sync_source(_settings(), source_id, since=since_time, on_page=on_page, stop=stop)
+    with _syncing(not as_json) as (progress, stop):
+        result = sync.sync_source(_settings(), source_id, since=since_time, progress=progress, stop=stop)
     if as_json:
         emit_json(result.as_json())
     else:
@@ -796,8 +938,8 @@ def sync_tenant_command(
     """Sync every source of one tenant now. Exit 0 if none failed, 1 if any failed, 2 on bad input."""
     from slsync import sync
 
-    with _syncing(not as_json) as (on_page, stop):
-        batch = sync.sync_tenant(_settings(), tenant_id, concurrency=concurrency, on_page=on_page, stop=stop)
+    with _syncing(not as_json) as (progress, stop):
+        batch = sync.sync_tenant(_settings(), tenant_id, concurrency=concurrency, progress=progress, stop=stop)
     _report_batch(batch, as_json)
 
 
@@ -810,8 +952,8 @@ def sync_due_command(
     """Sync the sources whose time has come (the cron job). Exit 0 if none failed, 1 if any failed."""
     from slsync import sync
 
-    with _syncing(not as_json) as (on_page, stop):
-        batch = sync.sync_due(_settings(), limit=limit, concurrency=concurrency, on_page=on_page, stop=stop)
+    with _syncing(not as_json) as (progress, stop):
+        batch = sync.sync_due(_settings(), limit=limit, concurrency=concurrency, progress=progress, stop=stop)
     _report_batch(batch, as_json)
 
 
@@ -965,65 +1107,131 @@ def _breakdown_line(counts: dict[str, int]) -> str:
     return ", ".join(parts) + (f"; {', '.join(extra)}" if extra else "")
 
 
-STATUS_COLUMNS = (
-    "id",
-    "tenant",
-    "platform",
-    "name",
-    "status",
-    "last sync (UTC)",
-    "next due",
-    "every",
-    "mentions",
-    "7-day sentiment",
-    "refresh",
-    "rate limit",
-    "syncing",
-    "error",
-)
+def _status_cells(doc: dict[str, Any]) -> dict[str, str]:
+    """Every field of one source's status line, as text, by column."""
+    s, run, limit = doc["source"], doc["sync"], doc["rate_limit"]
+    rate = "-"
+    if limit["remaining"] is not None:
+        rate = f"{limit['remaining']} left until {_when(limit['reset_at'], short=True)}"
+    error = s["error_message"] or ""
+    if s["consecutive_failures"]:
+        error = f"{counted(s['consecutive_failures'], 'failure')}: {error}"
+    return {
+        "id": str(s["id"]),
+        "tenant": str(s["tenant_id"]),
+        "platform": s["platform"],
+        "name": s["name"],
+        "status": s["status"],
+        "last sync (UTC)": _when(s["last_sync_at"], short=True),
+        "next due": _when(s["next_sync_at"], short=True),
+        "every": _every(
+            s["interval_mode"], s["sync_interval_minutes"], s["min_interval_minutes"], s["max_interval_minutes"]
+        ),
+        "mentions": f"{doc['stats']['total_mentions']:,}",
+        "7-day sentiment": _breakdown_short(doc["stats"]["sentiment_7d"]),
+        "refresh": _refresh_short(doc["refresh"]),
+        "rate limit": rate,
+        "syncing": f"since {_when(run['started_at'], short=True)}" if run["syncing"] else "no",
+        "error": error,
+    }
 
 
-def _status_table(docs: list[dict[str, Any]]) -> Any:
-    """The sources as a table; its refresh column only where a listed source has posts read again or due (a
-    column of dashes would narrow the error column, whose text must show whole)."""
-    rows = []
-    for doc in docs:
-        s, run, limit = doc["source"], doc["sync"], doc["rate_limit"]
-        rate = (
-            "-"
-            if limit["remaining"] is None
-            else f"{limit['remaining']} left until {_when(limit['reset_at'], short=True)}"
-        )
-        syncing = f"since {_when(run['started_at'], short=True)}" if run["syncing"] else "no"
-        error = s["error_message"] or ""
-        if s["consecutive_failures"]:
-            error = f"{counted(s['consecutive_failures'], 'failure')}: {error}"
-        rows.append(
-            [
-                s["id"],
-                s["tenant_id"],
-                s["platform"],
-                s["name"],
-                s["status"],
-                _when(s["last_sync_at"], short=True),
-                _when(s["next_sync_at"], short=True),
-                _every(
-                    s["interval_mode"], s["sync_interval_minutes"], s["min_interval_minutes"], s["max_interval_minutes"]
-                ),
-                f"{doc['stats']['total_mentions']:,}",
-                _breakdown_short(doc["stats"]["sentiment_7d"]),
-                _refresh_short(doc["refresh"]),
-                rate,
-                syncing,
-                error,
-            ]
-        )
-    refresh = STATUS_COLUMNS.index("refresh")
-    if all(row[refresh] == "-" for row in rows):
+FULL_STATUS = ("id", "tenant", "platform", "name", "status", "last sync (UTC)", "next due", "every", "mentions",
+               "7-day sentiment", "refresh", "rate limit", "syncing", "error")  # fmt: skip
+# What a narrow terminal shows (80 columns): the rest is one `slsync status ID` away, and errors and running syncs
+# are listed under the table.
+COMPACT_STATUS = ("id", "platform", "name", "status", "next due", "mentions")
+RIGHT_ALIGNED = {"id", "tenant", "mentions"}
+# the columns that wrap (a long name, a long error); the others are never cut
+WRAPPED_STATUS = {"name", "error"}
+
+
+def _status_table(docs: list[dict[str, Any]], width: int | None = None) -> tuple[Any, list[str]]:
+    """The whole table if it fits `width` (its name and error wrapped), else the compact one and a line for each
+    source with an error or syncing now."""
+    from rich.console import Console
+    from rich.table import Column, Table
+
+    rows = [_status_cells(doc) for doc in docs]
+
+    def table(names: Sequence[str]) -> Any:
+        columns = [
+            Column(
+                name,
+                justify="right" if name in RIGHT_ALIGNED else "left",
+                no_wrap=name not in WRAPPED_STATUS,
+                min_width=None if name in WRAPPED_STATUS else max(len(name), *(len(row[name]) for row in rows)),
+            )
+            for name in names
+        ]
+        grid = Table(*columns)
         for row in rows:
-            del row[refresh]
-        return _table(STATUS_COLUMNS[:refresh] + STATUS_COLUMNS[refresh + 1 :], rows)
-    return _table(STATUS_COLUMNS, rows)
+            grid.add_row(*(text(row[name]) for name in names))
+        return grid
+
+    # the refresh column only where a listed source has posts read again or due (a column of dashes would narrow
+    # the error column, whose text must show whole)
+    full = table([n for n in FULL_STATUS if n != "refresh" or any(row["refresh"] != "-" for row in rows)])
+    if width is None or Console(width=10_000).measure(full).minimum <= width:
+        return full, []
+    notes = []
+    for doc, row in zip(docs, rows, strict=True):
+        s = doc["source"]
+        if row["error"]:
+            notes.append(f"source {s['id']}: {s['status']}: {row['error']}")
+        if doc["sync"]["syncing"]:
+            notes.append(f"source {s['id']}: syncing {row['syncing']}")
+    return table(COMPACT_STATUS), notes
+
+
+def _print_status(console: Console, docs: list[dict[str, Any]]) -> None:
+    # a pipe without COLUMNS (cron's mail, a log) gets the whole table, however wide
+    width = console.width if console.is_terminal or "COLUMNS" in os.environ else None
+    table, notes = _status_table(docs, width)
+    console.print(table)
+    for line in notes:
+        console.print(text(line), soft_wrap=False)
+
+
+def _status_panel(doc: dict[str, Any]) -> Any:
+    """One source as labelled fields in a panel: everything the table has, and what it leaves out."""
+    from rich.panel import Panel
+    from rich.table import Table
+
+    s, run, connection, coverage = doc["source"], doc["sync"], doc["connection"], doc["coverage"]
+    cells = _status_cells(doc)
+    took = f"{run['duration_ms'] / 1000:,.1f} s" if run["duration_ms"] is not None else None
+    if run["syncing"]:
+        current = f"syncing {cells['syncing']} ({took} so far)"
+    else:
+        current = (run["last_run_status"] or "none yet") + (f" in {took}" if took else "")
+    sentiment = doc["stats"]["sentiment_7d"]
+    per_hour = coverage["mentions_per_hour"]
+    ends = connection["reconnect_by"]
+    fields = [
+        ("tenant", cells["tenant"]),
+        ("platform", cells["platform"]),
+        ("name", cells["name"]),
+        ("status", cells["status"]),
+        ("connection", connection["type"] + (f", ends {_when(ends)}" if ends else "")),
+        ("every", cells["every"]),
+        ("last sync", _when(s["last_sync_at"])),
+        ("next due", _when(s["next_sync_at"])),
+        ("last run", current),
+        ("mentions", cells["mentions"] + (f" (about {per_hour:,} an hour)" if per_hour is not None else "")),
+        ("covered until", _when(coverage["covered_until"])),
+        ("7-day sentiment", _breakdown_line(sentiment) if sentiment else "-"),
+        ("read again", cells["refresh"]),
+        ("rate limit", cells["rate limit"]),
+        ("coverage gaps", f"{len(doc['gaps'])} open" if doc["gaps"] else "none"),
+        ("error", cells["error"] or "-"),
+    ]  # fmt: skip
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    for label, value in fields:
+        grid.add_row(label, text(value))
+    return Panel(grid, title=text(f"source {s['id']}"), title_align="left", expand=False)
 
 
 def _reconnect_warnings(docs: list[dict[str, Any]], now: datetime) -> list[str]:
@@ -1124,7 +1332,7 @@ def status(
             if as_json:
                 emit_json(doc)
             else:
-                _print_status_table([doc], rows[0]["db_now"])
+                _print_status_table([doc], rows[0]["db_now"], panel=True)
             return
         # quotas belong to credentials, which tenants may share: shown to the operator's unnarrowed view
         quotas = db.quota_usage(conn) if tenant is None else []
@@ -1195,9 +1403,13 @@ def _status_chunks(
         yield [_status_json(row, breakdown, gaps, pending) for row in rows], rows[0]["db_now"]
 
 
-def _print_status_table(docs: list[dict[str, Any]], now: datetime) -> None:
+def _print_status_table(docs: list[dict[str, Any]], now: datetime, *, panel: bool = False) -> None:
+    """The table (or one source's panel), then a line per connection about to end and per coverage gap."""
     console = _console()
-    console.print(_status_table(docs))
+    if panel:
+        console.print(_status_panel(docs[0]))
+    else:
+        _print_status(console, docs)
     for line in _reconnect_warnings(docs, now) + _gap_warnings(docs):
         console.print(text(line), soft_wrap=True)
 
@@ -1251,6 +1463,47 @@ def _print_status_summary(summary: dict[str, Any], total: int, tenant: int | Non
         )
     if quotas:
         console.print(_quota_table(quotas))
+
+
+# --- doctor ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def doctor(
+    cron: bool = typer.Option(
+        False, "--cron", help="Run from the crontab line: also check that cron sees the sources, tokens and settings."
+    ),
+    as_json: bool = JsonFlag,
+) -> None:
+    """Check what the next sync needs, one line each (ok, warn or fail) with the fix. Exit 0, or 1 if any failed.
+
+    Settings; the database (reachable, its version, the schema); per platform with sources, its credentials and
+    one cheap authenticated call per credential; quotas; the token store and its permissions; connections that end
+    within 14 days; sources in error; the clock against the database's; coverage gaps.
+    """
+    from slsync import doctor as checks
+
+    report = checks.diagnose(_settings, cron=cron)
+    if as_json:
+        emit_json(report.as_json())
+    else:
+        _doctor_lines(report)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _doctor_lines(report: Any) -> None:
+    from rich.text import Text
+
+    console = _console()
+    styles = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+    for check in report.checks:
+        line = Text(f"{check.status:<4} ", style=styles[check.status])
+        line.append(visible(f"{check.name}: {check.message}"))
+        if check.fix and check.status != "ok":
+            line.append(visible(f"; fix: {check.fix}"), style="dim" if check.status == "warn" else None)
+        console.print(line, soft_wrap=True)
+    console.print(text(report.summary), soft_wrap=True)
 
 
 # --- analysis and mentions ------------------------------------------------------------------------
@@ -1544,6 +1797,51 @@ def _write_mentions(rows: Iterator[dict[str, Any]], format: str, target: Any, co
     return count
 
 
+# --- report -----------------------------------------------------------------------------------------
+
+
+@app.command()
+def report(
+    output: Path = typer.Option(..., "--output", help="The HTML file to write (e.g. report.html)."),
+    tenant: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--tenant", min=0, max=MAX_TENANT, help="Only this tenant's mentions and sources."
+    ),
+    since: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--since", help="Mentions published on or after this date (default: the last 30 days)."
+    ),
+) -> None:
+    """Write one self-contained HTML page to look at: mentions per day and platform, sentiment over time, intents,
+    top authors by reach, the most engaged mentions and the sources' health. Exit 0, or 2 on bad input.
+
+    The page needs no network to open (its charts are SVG, nothing is loaded from anywhere) and stays under 5 MB.
+    """
+    import tempfile
+
+    from slsync import db
+    from slsync import report as page
+
+    start = _parse_since(since)
+    with db.connect(_settings()) as conn:
+        if start is not None and start > db.database_clock(conn):
+            raise UsageError("--since is in the future")
+        html = page.build(conn, tenant_id=tenant, since=start)
+    # a temporary file beside the target, renamed once whole: a reader never opens half a page
+    target = output.expanduser()
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    except OSError as exc:
+        raise UsageError(f"--output {output}: cannot write there ({exc.strerror})") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(html)
+        os.chmod(temp, 0o644)
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    _say(f"wrote {target} ({len(html.encode('utf-8')) / 1024:,.0f} KB)", file=sys.stderr)
+
+
 # --- development data -----------------------------------------------------------------------------
 
 
@@ -1604,9 +1902,11 @@ def demo() -> None:
             _say(f"created tenant {DEMO_TENANT} with mock source {source_id} ({DEMO_SOURCE!r})")
         else:
             source_id = source.id
-        with _syncing(True) as (on_page, stop):
+        with _syncing(True) as (progress, stop):
             deadline = time.monotonic() + settings.time_budget_seconds
-            options = sync.RunOptions("manual", on_page=on_page, deadline=deadline, stop=stop)
+            options = sync.RunOptions("manual", progress=progress, deadline=deadline, stop=stop)
+            if progress:
+                progress.planned(1)
             result = sync.run_source(conn, settings, source_id, options)  # analyses what it saved
         _say(_result_line(result))
         _analysis_line(result.extra.get("analysis"))
@@ -1615,7 +1915,7 @@ def demo() -> None:
         rows = db.status_rows(conn, tenant_id=DEMO_TENANT)
         breakdown = db.sentiment_breakdown(conn, [row["id"] for row in rows])
     docs = [_status_json(row, breakdown) for row in rows]
-    _console().print(_status_table(docs))
+    _print_status(_console(), docs)
     for doc in docs:
         _say(f"sentiment of the last 7 days, {doc['source']['name']}: {_breakdown_line(doc['stats']['sentiment_7d'])}")
     _say(f"next: slsync status {source_id} --json   |   slsync sync due   |   slsync source add --help")

@@ -92,8 +92,20 @@ class Settings(BaseSettings):
     retention_days: int | None = Field(None, ge=1, le=36500)
     # Raw payloads of mentions fetched longer ago than this are dropped, the normalized columns kept (unset: kept).
     raw_retention_days: int | None = Field(None, ge=1, le=36500)
+    # Prometheus metrics written after every command (node_exporter's textfile collector reads *.prom files).
+    metrics_file: Path | None = None
+    # A dead man's switch pinged at the start and the end of every `sync due` (healthchecks.io's convention).
+    healthcheck_url: str | None = None
 
-    @field_validator("database_url", "token_key", "retention_days", "raw_retention_days", mode="before")
+    @field_validator(
+        "database_url",
+        "token_key",
+        "retention_days",
+        "raw_retention_days",
+        "metrics_file",
+        "healthcheck_url",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return _unset_if_blank(value)

@@ -1264,11 +1264,13 @@ def sentiment_breakdown(conn: Connection, source_ids: Sequence[int], *, days: in
     return breakdown
 
 
+# Every column of sl_mentions but the raw payload (tests/test_json_docs.py checks it against the table), in the
+# order of the CSV export; new columns go at the end, so a CSV reader's positions stay.
 MENTION_COLUMNS = (
     "id", "tenant_id", "source_id", "platform", "external_id", "url", "published_at", "author_name",
     "author_handle", "author_followers", "author_verified", "content", "language", "likes_count",
     "comments_count", "shares_count", "media_type", "media_urls", "location", "status", "sentiment",
-    "sentiment_score", "intent", "fetched_at", "deleted_at",
+    "sentiment_score", "intent", "fetched_at", "analyzer", "analyzed_at", "deleted_at",
 )  # fmt: skip
 
 
@@ -1688,3 +1690,120 @@ def forget_author(
         ).fetchone()
     assert audit is not None
     return {"erasure_id": audit["id"], "requested_at": audit["requested_at"], "deleted": found}
+
+
+# --- what `slsync doctor` reads --------------------------------------------------------------------
+
+
+def schema_state(conn: Connection) -> tuple[str, set[int]]:
+    """The server's version and the migrations applied to this database (none before the first)."""
+    version = conn.execute("SHOW server_version").fetchone()
+    table = conn.execute("SELECT to_regclass('sl_schema_migrations') IS NOT NULL AS present").fetchone()
+    applied: set[int] = set()
+    if table and table["present"]:
+        applied = {int(row["version"]) for row in conn.execute("SELECT version FROM sl_schema_migrations")}
+    return (str(version["server_version"]) if version else "unknown"), applied
+
+
+def database_clock(conn: Connection) -> datetime:
+    """The database's clock now (not the transaction's start)."""
+    row = conn.execute("SELECT clock_timestamp() AS now").fetchone()
+    assert row is not None
+    return row["now"]
+
+
+def sources_to_check(conn: Connection) -> list[Source]:
+    """Every source as `doctor` checks it: everything but the cursors."""
+    return [_source(row) for row in conn.execute(f"SELECT {_PLAN_COLUMNS} FROM sl_sources s ORDER BY s.id")]
+
+
+def recent_gaps(conn: Connection, *, days: int) -> dict[int, list[dict[str, Any]]]:
+    """Per source, the coverage gaps recorded or widened in the last `days` days."""
+    rows = conn.execute(
+        "SELECT source_id, stream, from_at, to_at, reason, missed_estimate FROM sl_coverage_gaps"
+        " WHERE updated_at > now() - make_interval(days => %s) ORDER BY source_id, from_at",
+        (days,),
+    ).fetchall()
+    gaps: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        gaps.setdefault(row.pop("source_id"), []).append(row)
+    return gaps
+
+
+# --- what the metrics file shows -------------------------------------------------------------------
+
+_METRICS = """
+SELECT s.id, s.tenant_id, s.platform, s.status, s.last_sync_at, s.next_sync_at, s.mentions_count,
+    s.consecutive_failures, s.rate_limit_remaining, s.rate_limit_reset_at,
+    run.status AS run_status, run.finished_at AS run_finished_at, run.saved AS run_saved,
+    extract(epoch FROM run.finished_at - run.started_at)::float8 AS run_seconds,
+    COALESCE(gaps.n, 0) AS gaps
+FROM sl_sources s
+LEFT JOIN LATERAL (
+    SELECT status, started_at, finished_at, saved FROM sl_sync_runs r
+    WHERE r.source_id = s.id AND r.finished_at IS NOT NULL ORDER BY r.started_at DESC LIMIT 1
+) run ON true
+LEFT JOIN (SELECT source_id, count(*) AS n FROM sl_coverage_gaps GROUP BY source_id) gaps ON gaps.source_id = s.id
+ORDER BY s.id
+"""
+
+
+def metrics_rows(conn: Connection) -> list[dict[str, Any]]:
+    """Every source with its last finished run and its count of coverage gaps."""
+    return conn.execute(_METRICS).fetchall()
+
+
+# --- what `slsync report` shows ---------------------------------------------------------------------
+
+# tombstones (posts their authors deleted) are left out, as `mentions list` leaves them out
+_REPORT_MENTIONS = (
+    " FROM sl_mentions WHERE published_at >= %(since)s AND (%(tenant)s::bigint IS NULL OR tenant_id = %(tenant)s)"
+    " AND deleted_at IS NULL"
+)
+
+
+def report_data(conn: Connection, *, tenant_id: int | None, since: datetime, bucket: str, top: int) -> dict[str, Any]:
+    """Everything the report draws, each part one aggregate query over the period's mentions."""
+    if bucket not in ("day", "week", "month"):
+        raise ValueError(bucket)
+    params = {"since": since, "tenant": tenant_id, "bucket": bucket, "top": top}
+    when = "date_trunc(%(bucket)s, published_at AT TIME ZONE 'UTC')::date AS bucket"
+
+    def rows(query: str) -> list[dict[str, Any]]:
+        return conn.execute(query, params).fetchall()
+
+    return {
+        "per_platform": rows(f"SELECT {when}, platform, count(*)::int AS n {_REPORT_MENTIONS} GROUP BY 1, 2"),
+        "per_sentiment": rows(
+            f"SELECT {when}, CASE WHEN status = 'new' THEN 'pending' ELSE sentiment END AS label, count(*)::int AS n"
+            f" {_REPORT_MENTIONS} GROUP BY 1, 2"
+        ),
+        "intents": rows(
+            f"SELECT intent, count(*)::int AS n {_REPORT_MENTIONS} AND status <> 'new' GROUP BY 1 ORDER BY 2 DESC, 1"
+        ),
+        "authors": rows(
+            "SELECT platform, author_handle, max(author_name) AS author_name, max(author_followers) AS reach,"
+            f" count(*)::int AS mentions {_REPORT_MENTIONS} AND coalesce(author_handle, author_name) IS NOT NULL"
+            " GROUP BY platform, author_handle, CASE WHEN author_handle IS NULL THEN author_name END"
+            " ORDER BY reach DESC NULLS LAST, mentions DESC LIMIT %(top)s"
+        ),
+        "engaged": rows(
+            "SELECT platform, url, content, author_name, author_handle, published_at, likes_count, comments_count,"
+            f" shares_count {_REPORT_MENTIONS}"
+            " ORDER BY coalesce(likes_count, 0) + coalesce(comments_count, 0) + coalesce(shares_count, 0) DESC,"
+            " published_at DESC LIMIT %(top)s"
+        ),
+        "sources": rows(
+            "SELECT s.id, s.platform, s.name, s.status, s.last_sync_at, s.consecutive_failures, s.error_message,"
+            " (SELECT count(*)::int FROM sl_sync_runs r WHERE r.source_id = s.id AND r.status = 'failed'"
+            "  AND r.started_at >= %(since)s) AS failed_runs"
+            " FROM sl_sources s WHERE (%(tenant)s::bigint IS NULL OR s.tenant_id = %(tenant)s) ORDER BY s.id"
+        ),
+        "gaps": {
+            row["source_id"]: row["n"]
+            for row in rows(
+                "SELECT source_id, count(*)::int AS n FROM sl_coverage_gaps WHERE to_at >= %(since)s"
+                " AND (%(tenant)s::bigint IS NULL OR tenant_id = %(tenant)s) GROUP BY 1"
+            )
+        },
+    }

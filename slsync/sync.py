@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from slsync import analysis, coverage, db, refresh, retention
 from slsync.budget import RateBudgets
@@ -60,8 +60,23 @@ MAX_BACKOFF_SECONDS = 24 * 3600
 # database error, which is the database's trouble and never the source's.
 CUT_SHORT = frozenset({"rate_limited", "partial", "stopped"})
 
-# Called after each saved page: (source, pages so far, mentions saved so far).
-PageCallback = Callable[[Source, int, int], None]
+
+def is_failure(result: SyncResult) -> bool:
+    """A run that failed: neither a success, nor skipped, nor cut short (by time, a rate limit or a stop)."""
+    return not result.success and not result.skipped and result.status not in CUT_SHORT
+
+
+class Progress(Protocol):
+    """What a terminal shows while a command runs (the CLI's live display); called from the workers' threads."""
+
+    def planned(self, total: int) -> None:
+        """The number of sources the command will run."""
+
+    def page(self, source: Source, pages: int, fetched: int) -> None:
+        """After each saved page: the source, its pages so far, the mentions it fetched so far."""
+
+    def finished(self, result: SyncResult) -> None:
+        """A source's run ended, whatever its outcome."""
 
 
 def utcnow() -> datetime:
@@ -84,7 +99,7 @@ class RunOptions:
     # a `sync due` run: skip the source if another run synced it since it was claimed
     require_due: bool = False
     since: datetime | None = None
-    on_page: PageCallback | None = None
+    progress: Progress | None = None
     # time.monotonic() by which the command must be done
     deadline: float | None = None
     # rate-limit windows per credential, shared by all the command's workers
@@ -125,7 +140,7 @@ class BatchResult:
 
     @property
     def failed(self) -> list[SyncResult]:
-        return [r for r in self.results if not r.success and not r.skipped and r.status not in CUT_SHORT]
+        return [r for r in self.results if is_failure(r)]
 
     @property
     def cut_short(self) -> list[SyncResult]:
@@ -187,7 +202,7 @@ def sync_source(
     source_id: int,
     *,
     since: datetime | None = None,
-    on_page: PageCallback | None = None,
+    progress: Progress | None = None,
     stop: Stop | None = None,
 ) -> SyncResult:
     """`sync source`: run one source now, whatever its schedule (rate limits still hold)."""
@@ -195,7 +210,7 @@ def sync_source(
         raise UsageError("--since is in the future")
     with (
         db.connect(settings, for_sync=True) as conn,
-        _command(settings, "manual", since=since, on_page=on_page, stop=stop) as options,
+        _command(settings, "manual", since=since, progress=progress, stop=stop) as options,
     ):
         source = db.get_source(conn, source_id)
         connector_cls = connector_class(source.platform)
@@ -207,7 +222,9 @@ def sync_source(
                 f"--since {since:%Y-%m-%d} reaches back more than {round(reach / timedelta(days=1))} days, the most "
                 f"{source.platform} sources reach back"
             )
-        result = run_source(conn, settings, source_id, options)
+        if progress:
+            progress.planned(1)
+        result = _run_and_tell(conn, settings, source_id, options)
     if isinstance(result.stopped_by, DatabaseError):
         result.stopped_by = _command_stopped(result.stopped_by)  # the caller reports the result, then this
     return result
@@ -218,17 +235,19 @@ def sync_tenant(
     tenant_id: int,
     *,
     concurrency: int = 1,
-    on_page: PageCallback | None = None,
+    progress: Progress | None = None,
     stop: Stop | None = None,
 ) -> BatchResult:
     """`sync tenant`: every source of one tenant, and nothing of any other."""
     with (
         db.connect(settings, for_sync=True) as conn,
-        _command(settings, "tenant", on_page=on_page, stop=stop) as options,
+        _command(settings, "tenant", progress=progress, stop=stop) as options,
     ):
         ids = db.tenant_source_ids(conn, tenant_id)
         if not ids:
             raise NotFound(f"tenant {tenant_id} has no sources to sync")
+        if progress:
+            progress.planned(len(ids))
         return _run_many(conn, settings, ids, options, concurrency)
 
 
@@ -237,7 +256,7 @@ def sync_due(
     *,
     limit: int,
     concurrency: int,
-    on_page: PageCallback | None = None,
+    progress: Progress | None = None,
     stop: Stop | None = None,
 ) -> BatchResult:
     """`sync due`: claim due sources and sync them with at most `concurrency` workers, then label what is
@@ -248,12 +267,14 @@ def sync_due(
     """
     with (
         db.connect(settings, for_sync=True) as conn,
-        _command(settings, "due", require_due=True, on_page=on_page, stop=stop) as options,
+        _command(settings, "due", require_due=True, progress=progress, stop=stop) as options,
     ):
         claimed = db.claim_due(conn, limit)
         log.info("claimed %d due sources", len(claimed), extra={"event": "claimed", "count": len(claimed)})
         try:
             ids, deferred = _prioritize(conn, settings, claimed)
+            if progress:
+                progress.planned(len(ids))
             batch = _run_many(conn, settings, ids, options, concurrency)
             batch.results += deferred
         except BaseException:
@@ -450,11 +471,20 @@ def _run_in_turn(
     """The sources one after another on the command's own connection, each analysed after its run."""
     results = []
     for source_id in ids:
-        result = run_source(conn, settings, source_id, options)
+        result = _run_and_tell(conn, settings, source_id, options)
         results.append(result)
         if isinstance(result.stopped_by, DatabaseError):
             return results, result.stopped_by
     return results, None
+
+
+def _run_and_tell(
+    conn: db.Connection, settings: Settings, source_id: int, options: RunOptions, *, analyze: bool = True
+) -> SyncResult:
+    result = run_source(conn, settings, source_id, options, analyze=analyze)
+    if options.progress:
+        options.progress.finished(result)
+    return result
 
 
 def connections_needed(workers: int) -> int:
@@ -541,7 +571,7 @@ def _run_workers(
                         source_id = work.get_nowait()
                     except queue.Empty:
                         return
-                    result = run_source(conn, settings, source_id, own, analyze=False)
+                    result = _run_and_tell(conn, settings, source_id, own, analyze=False)
                     with lock:
                         results.append(result)
                     if isinstance(result.stopped_by, DatabaseError):
@@ -774,8 +804,8 @@ def _fetch_and_save(
                 gathered = sum(len(p.mentions) for p in unwritten)
                 if gathered >= WRITE_MENTIONS or time.monotonic() - gathering_since >= WRITE_SECONDS:
                     write()
-                if options.on_page:
-                    options.on_page(source, result.pages, result.mentions_fetched)
+                if options.progress:
+                    options.progress.page(source, result.pages, result.mentions_fetched)
             write()
         except ConnectorError as exc:
             write()  # the pages fetched before the failure are whole and good: keep them

@@ -509,7 +509,9 @@ def test_unknown_expiry_is_used_as_is_and_missing_pieces_are_auth_errors(x_auth:
     app = OAuthApp(x_auth.authorize_url, x_auth.token_url, None, None, SCOPES, None, "TWITTER_CLIENT_ID")
     expiring = Token("at-2", "rt-2", expires_at=clock() + timedelta(minutes=1))
     store.put(9, expiring)
-    with pytest.raises(AuthError, match="TWITTER_CLIENT_ID is not set"):
+    # the grant is fine and this environment lacks the app's id: a configuration error (Fatal, the source is not put
+    # in error and told to reconnect), naming the variable
+    with pytest.raises(Fatal, match="TWITTER_CLIENT_ID is not set in this environment"):
         OAuthSession(store, 9, app, expiring, clock, platform="twitter").access_token()
 
     store.delete(9)

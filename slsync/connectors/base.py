@@ -15,7 +15,7 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from slsync import http
-from slsync.auth import BearerAuth, Credentials, OAuthApp, StaticToken
+from slsync.auth import BearerAuth, ClientCredentials, Credentials, OAuthApp, StaticToken
 from slsync.budget import Budgets, RateBudgets
 from slsync.config import PlatformSettings
 from slsync.errors import Fatal, RateLimited, UsageError
@@ -59,6 +59,21 @@ def whole_number(unit: str, maximum: int) -> Callable[[str], int]:
         return number
 
     return parse
+
+
+def _is_set(value: Any) -> bool:
+    secret = getattr(value, "get_secret_value", None)
+    text = secret() if secret is not None else value
+    return bool(text.strip()) if isinstance(text, str) else text is not None
+
+
+def window_left(what: str, limits: RateLimit | None) -> str:
+    """What a probe says of a call that went through: "X search answered (449 of 450 calls left until 10:15 UTC)"."""
+    if limits is None or limits.remaining is None:
+        return f"{what} answered"
+    of = f" of {limits.limit:,}" if limits.limit else ""
+    until = f" until {limits.reset_at:%H:%M} UTC" if limits.reset_at else ""
+    return f"{what} answered ({limits.remaining:,}{of} calls left{until})"
 
 
 class NoSettings(PlatformSettings):
@@ -199,6 +214,9 @@ class Connector(ABC):
     lookup_size: ClassVar[int] = 0
     # whether a lookup needs the payload stored with a post (Mastodon: the instance's own status id)
     lookup_reads_raw: ClassVar[bool] = False
+    # the settings (field names of settings_model) a source that is not connected authenticates with, all of
+    # them needed: what `source add` and `doctor` name when they are not set
+    credential_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, source: Source, context: Context) -> None:
         self.source = source
@@ -270,6 +288,35 @@ class Connector(ABC):
         if token is None:
             return None
         return StaticToken(token, cls.platform)
+
+    @classmethod
+    def missing_settings(cls, source: Source, settings: Settings) -> list[str]:
+        """The variables a run of `source` needs that are not set in this environment (empty: none missing).
+
+        A connected source needs the app's client id to renew its token; any other source its app credentials.
+        """
+        if source.connection_type == "user":
+            app = cls.oauth_app(settings)
+            return [app.client_id_setting] if app is not None and not app.client_id else []
+        if source.connection_type == "none" or cls.app_credentials(source, settings) is not None:
+            return []
+        platform = cls.settings_of(settings)
+        unset = [f for f in cls.credential_fields if not _is_set(getattr(platform, f, None))]
+        return [platform.env_name(f) for f in unset] or [f"the {cls.title} credentials"]
+
+    def probe(self) -> str | None:
+        """One cheap call that shows the source's credentials work now, made by `slsync doctor`: what it learned
+        (an account's name, the calls left), or None where there is nothing to check. Raises as a run would
+        (AuthError for refused credentials).
+
+        By default, where the credentials come from a grant (a client-credentials token, a session), a new grant;
+        a platform whose credentials are a token of their own overrides it with its cheapest authenticated call.
+        """
+        credentials = self.context.credentials
+        if isinstance(credentials, ClientCredentials):
+            credentials.refresh()
+            return "the platform granted a token"
+        return None
 
     @classmethod
     def reconnect_advice(cls, source_id: int) -> str:

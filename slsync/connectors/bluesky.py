@@ -454,6 +454,8 @@ class BlueskyConnector(PagedConnector):
     page_size = PAGE_SIZE
     lookup_size = LOOKUP_SIZE
 
+    credential_fields = ("handle", "app_password")
+
     @classmethod
     def app_credentials(cls, source: Source, settings: Settings) -> BlueskySession | None:
         return session_for(settings)

@@ -252,6 +252,11 @@ class FacebookConnector(PagedConnector):
         user = meta.long_lived_user_token(token, app, http, platform=PLATFORM)
         return meta.page_token(user, page, app.url(PLATFORM, "api"), http, platform=PLATFORM)
 
+    def probe(self) -> str:
+        """The page's own node, read with the page token the source holds."""
+        answer = meta.graph_get(self, self._url(self._page), {"fields": "id,name"})
+        return f"the page token reads page {answer.body.get('id') or self._page}"
+
     # --- paging -----------------------------------------------------------------------------------
 
     def streams(self) -> list[str]:

@@ -294,6 +294,15 @@ class InstagramConnector(PagedConnector):
         _look_up_account(long_lived, options, app.url("instagram", "api"), http_client)
         return long_lived
 
+    def probe(self) -> str:
+        """The account (or the page linked to it) the source names, read with the user token."""
+        options = self.source.config.get("options") or {}
+        page, ig_user = options.get("page"), options.get("ig_user")
+        path, fields = (ig_user, "id") if ig_user else (page, "instagram_business_account")
+        meta.graph_get(self, self.settings.url("instagram", "api").rstrip("/") + f"/{path}", {"fields": fields})
+        what = f"Instagram account {ig_user}" if ig_user else f"Facebook page {page}"
+        return f"the user token reads {what}"
+
     def streams(self) -> dict[str, Stream]:
         self._paths: dict[str, str | None] = {}
         self._account_cache: Account | None = None

@@ -33,7 +33,7 @@ import httpx
 from pydantic import Field, SecretStr
 
 from slsync import http
-from slsync.auth import OAuthApp
+from slsync.auth import OAuthApp, one_line
 from slsync.config import PlatformSettings
 from slsync.connectors.base import Connector, CursorDoc, Looked, oauth_app
 from slsync.connectors.fields import has_word, normalize_each
@@ -425,9 +425,16 @@ class LinkedInConnector(Connector):
             found.update({k: v for k, v in results.items() if isinstance(v, dict)})
         return found
 
+    def probe(self) -> str:
+        """The organization the source listens to, read with the connected member's token."""
+        organization = str(self.source.config["options"]["organization"])
+        body = _dict(self._get(f"/organizations/{quote(organization, safe='')}", ""))
+        name = _text(body.get("localizedName"))
+        return f"the token reads organization {organization}" + (f" ({one_line(name, 80)})" if name else "")
+
     def _get(self, path: str, query: str) -> Any:
         settings = self.settings
-        url = settings.api_url.rstrip("/") + path + "?" + query
+        url = settings.api_url.rstrip("/") + path + ("?" + query if query else "")
         headers = {"LinkedIn-Version": settings.version, "X-Restli-Protocol-Version": RESTLI_PROTOCOL,
                    "Accept": "application/json"}  # fmt: skip
         # no read_limits: a 429 means a daily limit, never one to wait out inside a run

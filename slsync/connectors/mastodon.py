@@ -25,6 +25,7 @@ import httpx
 from pydantic import Field, SecretStr
 
 from slsync import http
+from slsync.auth import one_line
 from slsync.config import PlatformSettings
 from slsync.connectors.base import Looked, flag
 from slsync.connectors.fields import count as _int
@@ -476,6 +477,23 @@ class MastodonConnector(PagedConnector):
         build_streams(config)
         if config["options"].get("anonymous") and config.get("keywords"):
             raise UsageError("Mastodon keyword search needs an access token; drop anonymous=true or the keywords")
+
+    @classmethod
+    def missing_settings(cls, source: Source, settings: Settings) -> list[str]:
+        """Keyword search needs a token of the source's own instance."""
+        if not source.config.get("keywords") or cls.app_credentials(source, settings).access_token():
+            return []
+        account = cls.settings_of(settings)
+        return ["MASTODON_ACCESS_TOKEN"] if account.access_token is None else ["MASTODON_TOKEN_INSTANCE"]
+
+    def probe(self) -> str | None:
+        """verify_credentials: the token and its account; nothing to check for a source read anonymously."""
+        if not self.context.credentials.access_token():
+            return None
+        response, limits = self._get("/api/v1/accounts/verify_credentials", {})
+        self._raise_for_status(response, limits)
+        account = _text(_dict(_json_or_none(response)).get("acct")) or "an account"
+        return f"the token signs in as @{one_line(account, 80)}"
 
     def streams(self) -> list[str]:
         streams = build_streams(self.source.config)

@@ -199,6 +199,10 @@ class MockConnector(Connector):
         "calls_per_window": whole_number("calls", 1_000_000),
     }
 
+    def probe(self) -> str | None:
+        """Made-up mentions need no credentials."""
+        return None
+
     def pages(self, cursor: CursorDoc, *, since: datetime | None, resume: CursorDoc) -> Iterator[Page]:
         source_id = self.source.id
         options = self.source.config.get("options") or {}

@@ -393,6 +393,8 @@ class RedditConnector(PagedConnector):
     max_lookback = None
     listing_cap = LISTING_CAP
 
+    credential_fields = ("client_id", "client_secret")
+
     @classmethod
     def app_credentials(cls, source: Source, settings: Settings) -> RedditAppCredentials | None:
         app = cls.settings_of(settings)

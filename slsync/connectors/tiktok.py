@@ -447,6 +447,7 @@ class TikTokConnector(Connector):
 
     # a video query by video_id (IN, up to 100); it must name a span of creation days of at most 30
     lookup_size = PAGE_SIZE
+    credential_fields = ("client_key", "client_secret")
 
     @classmethod
     def app_credentials(cls, source: Source, settings: Settings) -> TikTokAppCredentials | None:

@@ -18,7 +18,7 @@ from pydantic import Field, SecretStr
 from slsync import http
 from slsync.auth import OAuthApp
 from slsync.config import PlatformSettings
-from slsync.connectors.base import Looked, oauth_app
+from slsync.connectors.base import Looked, oauth_app, window_left
 from slsync.connectors.fields import by_key as _by_key
 from slsync.connectors.fields import count as _int
 from slsync.connectors.fields import items as _list
@@ -269,8 +269,19 @@ class TwitterConnector(PagedConnector):
     def reach(cls, config: Mapping[str, Any]) -> timedelta:
         return LOOKBACK - LOOKBACK_MARGIN
 
+    credential_fields = ("bearer_token",)
+
     def streams(self) -> list[str]:
         return build_queries(self.source.config)
+
+    def probe(self) -> str:
+        """A 10-result recent search of the source's first query (X's smallest page): the token, and the query
+        as X takes it, with the window's calls left."""
+        url = self.settings.api_url.rstrip("/") + "/tweets/search/recent"
+        params = {"query": build_queries(self.source.config)[0], "max_results": "10"}
+        response, limits = self.call("GET", url, read_limits=READ_LIMITS, params=params)
+        http.raise_for_status(response, "X", limits)
+        return window_left("X search", limits)
 
     def begin(self, stream: str, stored: Any, since: datetime | None) -> dict[str, str]:
         earliest = self.context.now() - self.reach(self.source.config)

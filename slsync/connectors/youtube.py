@@ -174,6 +174,10 @@ class Stream:
         return "a video search" if self.is_search else "a comment search"
 
 
+# what `slsync doctor` asks: the list of interface languages, the cheapest call that needs the key (1 unit)
+PROBE = Stream("probe", "/i18nLanguages", 1, {"part": "snippet"})
+
+
 def build_streams(config: Mapping[str, Any]) -> list[Stream]:
     """The calls a source's sync makes: cheap comment streams first, then the 100-unit video search."""
     query = build_query(config)
@@ -431,6 +435,8 @@ class YouTubeConnector(PagedConnector):
         "video_search": flag,
     }
 
+    credential_fields = ("api_key",)
+
     @classmethod
     def app_credentials(cls, source: Source, settings: Settings) -> Credentials | None:
         secret = cls.settings_of(settings).api_key
@@ -497,6 +503,11 @@ class YouTubeConnector(PagedConnector):
         found = [m for m in found if m.external_id in ids]
         listed = {m.external_id for m in found}
         return Looked(found, [i for i in ids if i not in listed], limits)
+
+    def probe(self) -> str:
+        """i18nLanguages.list, YouTube's 1-unit call, taken from the daily quota like any other."""
+        _, limits = self._call(PROBE, self.context.now(), None)
+        return f"the API key answered; {limits.remaining:,} of {limits.limit:,} units left today"
 
     def legacy(self, doc: Mapping[str, Any]) -> Cursor:
         """0.1.0: {"streams": {name: {"after": iso}}, "active": {"stream", "page_token", "after", "newest"}}."""

@@ -275,3 +275,18 @@ def test_normalizers_tolerate_any_json(platform: str, tmp_path_factory: pytest.T
         return
     mentions, errors = result
     assert errors >= 0 and all(m.platform == platform for m in mentions)
+
+
+def test_doctor_makes_one_authenticated_call_per_credential_and_it_goes_through(run: Cli, harness: Harness) -> None:
+    """Every connector's probe against its stand-in: the cheapest call that needs the source's credentials. The mock
+    platform has no credentials (no call), the Mastodon harness reads hashtags anonymously (nothing to check; its
+    token's call is tested in test_doctor)."""
+    result = run("doctor", "--json")
+    calls = [c for c in result.json()["checks"] if c["check"] == f"{harness.platform} call"]
+    if harness.platform == "mock":
+        assert calls == [], result.stdout
+        return
+    assert len(calls) == 1, result.stdout
+    assert calls[0]["status"] == "ok", calls[0]
+    anonymous = harness.platform == "mastodon"
+    assert ("nothing to check" in calls[0]["message"]) == anonymous, calls[0]

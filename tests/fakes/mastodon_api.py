@@ -241,6 +241,10 @@ class MastodonApi:
         token = authorization.removeprefix("Bearer ") if authorization else None
         if path == "/api/v1/statuses":
             return self.statuses_by_id(params)
+        if path == "/api/v1/accounts/verify_credentials":  # what `slsync doctor` asks
+            if token is None or token not in self.tokens:
+                return 401, {}, {"error": "The access token is invalid"}
+            return 200, self._limit_headers(self.remaining), {"id": "1", "acct": "listener", "username": "listener"}
         if not path.startswith(("/api/v1/timelines/tag/", "/api/v2/search")):
             return 404, {}, {"error": "Record not found"}
         calls = len(self.content_calls) - 1  # before this one, which is recorded already

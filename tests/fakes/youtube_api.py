@@ -27,7 +27,7 @@ QUOTA_MESSAGE = (
     'The request cannot be completed because you have exceeded your <a href="/youtube/v3/getting-started#quota">'
     "quota</a>."
 )
-COSTS = {"/search": 100, "/commentThreads": 1, "/videos": 1}
+COSTS = {"/search": 100, "/commentThreads": 1, "/videos": 1, "/i18nLanguages": 1}
 
 
 def stamp(moment: datetime) -> str:
@@ -231,6 +231,8 @@ class YouTubeApi:
             return 200, self.search(params)
         if endpoint == "/videos":
             return self.videos_list(params)
+        if endpoint == "/i18nLanguages":  # what `slsync doctor` asks
+            return 200, {"kind": "youtube#i18nLanguageListResponse", "items": [{"id": "en", "snippet": {"hl": "en"}}]}
         return self.comment_threads(params)
 
     def videos_list(self, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
@@ -311,7 +313,9 @@ class YouTubeApi:
                 key = self.headers.get("X-Goog-Api-Key") or params.get("key")
                 content = parts.path.endswith(("/search", "/commentThreads", "/videos"))
                 fault = api.faults.pop(0) if content and api.faults else None
-                if fault == 401:
+                if parts.path.endswith("/i18nLanguages"):
+                    status, body = api.answer(parts.path, params, key)
+                elif fault == 401:
                     status, body = 400, KEY_INVALID
                 elif fault == "forbidden":
                     status, body = 403, google_error(403, "forbidden", "Access forbidden.")
