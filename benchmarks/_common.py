@@ -160,6 +160,20 @@ def cli_env(database_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+@contextmanager
+def cli_workspace(prefix: str) -> Iterator[tuple[str, Path, dict[str, str]]]:
+    """What a benchmark of `slsync` commands starts from: a fresh migrated database (printed with the machine), a
+    temporary folder, and the environment its commands run in (data directory inside that folder)."""
+    with (
+        postgres() as admin,
+        fresh_database(admin, prefix) as url,
+        tempfile.TemporaryDirectory(prefix=f"slsync-bench-{prefix}-") as tmp,
+    ):
+        print(machine(url))
+        work = Path(tmp)
+        yield url, work, cli_env(url, work / "data")
+
+
 def slsync_command(*args: str) -> list[str]:
     """The installed `slsync` entry point beside this interpreter (what cron runs), or `python -m slsync`."""
     script = BIN / "slsync"

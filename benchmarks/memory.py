@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-from _common import cli_env, connect, fresh_database, machine, measure, postgres, slsync_command, table, verdict
+from _common import (
+    cli_workspace,
+    connect,
+    measure,
+    slsync_command,
+    table,
+    verdict,
+)
 
 from slsync import db
 from slsync.connectors.mock import SLOT_SECONDS, MockConnector
@@ -31,14 +36,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    with (
-        postgres() as admin,
-        fresh_database(admin, "memory") as url,
-        tempfile.TemporaryDirectory(prefix="slsync-bench-mem-") as tmp,
-    ):
-        print(machine(url))
-        work = Path(tmp)
-        env = cli_env(url, work / "data")
+    with cli_workspace("memory") as (url, work, env):
         # the mock allows 450 calls a 15-minute window, as X does: 100,000 posts need 1,000
         config = MockConnector.build_config({"keywords": ["Acme"]}, {"calls_per_window": str(max(args.posts) // 50)})
         with connect(url) as conn:

@@ -15,10 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
-from pathlib import Path
 
-from _common import cli_env, connect, fresh_database, machine, median, postgres, slsync_command, table, verdict
+from _common import (
+    cli_workspace,
+    connect,
+    median,
+    slsync_command,
+    table,
+    verdict,
+)
 from memory import measure
 
 from slsync import db
@@ -41,14 +46,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each way (medians are shown)")
     args = parser.parse_args()
 
-    with (
-        postgres() as admin,
-        fresh_database(admin, "mock_count") as url,
-        tempfile.TemporaryDirectory(prefix="slsync-bench-mock-") as tmp,
-    ):
-        print(machine(url))
-        work = Path(tmp)
-        env = cli_env(url, work / "data")
+    with cli_workspace("mock_count") as (url, work, env):
         config = MockConnector.build_config({"keywords": ["Acme"]}, {})
         ways = {
             "streamed (1,000 a transaction)": lambda source_id: slsync_command(

@@ -15,11 +15,10 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _common import cli_env, connect, fresh_database, machine, postgres, slsync_command, table, verdict
+from _common import cli_workspace, connect, slsync_command, table, verdict
 
 from slsync import db
 from slsync.connectors.mock import MockConnector
@@ -60,14 +59,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=10, help="imports to list (default 10)")
     args = parser.parse_args()
 
-    with (
-        postgres() as admin,
-        fresh_database(admin, "startup") as url,
-        tempfile.TemporaryDirectory(prefix="slsync-bench-start-") as tmp,
-    ):
-        print(machine(url))
-        work = Path(tmp)
-        env = cli_env(url, work / "data")
+    with cli_workspace("startup") as (url, work, env):
         config = MockConnector.build_config({"keywords": ["Acme"]}, {})
         with connect(url) as conn:
             for n in range(3):
