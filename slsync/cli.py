@@ -1091,7 +1091,7 @@ def _breakdown_short(counts: dict[str, int] | None) -> str:
 
 def _refresh_short(refresh: dict[str, Any]) -> str:
     """Mentions due to be read again, then how many were read again and found gone so far."""
-    due = f"{refresh['pending']} due" if refresh["pending"] else ""
+    due = f"{refresh['pending']:,} due" if refresh["pending"] else ""
     done = f"{refresh['refreshed']:,} read, {refresh['deleted']:,} gone" if refresh["last_refresh_at"] else ""
     return "; ".join(part for part in (due, done) if part) or "-"
 
