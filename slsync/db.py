@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg.pq import TransactionStatus
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, namedtuple_row
 from psycopg.types.json import Jsonb
 
 from slsync.config import Settings
@@ -1082,11 +1082,10 @@ ORDER BY listed.tenant_id, listed.id
 """
 
 
-def status_rows(
-    conn: Connection, *, source_id: int | None = None, tenant_id: int | None = None
-) -> list[dict[str, Any]]:
-    """The status rows of one source or one tenant, at once (see stream_status for many)."""
-    return conn.execute(_STATUS, _status_params(source_id, tenant_id, None, 0)).fetchall()
+def status_rows(conn: Connection, *, source_id: int | None = None, tenant_id: int | None = None) -> list[Any]:
+    """The status rows of one source or one tenant, at once (see stream_status for many): named tuples."""
+    with conn.cursor(row_factory=namedtuple_row) as cursor:
+        return cursor.execute(_STATUS, _status_params(source_id, tenant_id, None, 0)).fetchall()
 
 
 def stream_status(
@@ -1097,25 +1096,26 @@ def stream_status(
     offset: int = 0,
     chunk: int = 1000,
     queries_between: bool = False,
-) -> Iterator[list[dict[str, Any]]]:
+) -> Iterator[list[Any]]:
     """Status rows in (tenant, id) order, `chunk` at a time: 100,000 sources never sit in memory at once.
 
     The result streams (PostgreSQL sends rows while Python writes the ones before: 0.82 s against 0.96 s for
     100,000 sources); with `queries_between` it comes from a server-side cursor instead, so that the
-    connection can run other statements between chunks (their sentiment breakdown)."""
+    connection can run other statements between chunks (their sentiment breakdown). Rows are named tuples,
+    cheaper to make than dicts of 29 columns (100,000 rows: 0.50 s against 0.65 s)."""
     params = _status_params(None, tenant_id, limit, offset)
     # No transaction around either: a statement that fails in one (a lock timeout) aborts it, and the error
     # could no longer name who held the lock (database_error).
     if queries_between:
         # WITH HOLD outside a transaction: the server keeps the result (the few sources a narrowed or
         # short list holds) until the cursor closes
-        with conn.cursor(name="slsync_status", withhold=True) as cursor:
+        with conn.cursor(name="slsync_status", withhold=True, row_factory=namedtuple_row) as cursor:
             cursor.execute(_STATUS, params)
             while rows := cursor.fetchmany(chunk):
                 yield rows
     else:
         # binary: datetimes and numbers load without parsing text (100,000 rows: 0.97 s against 1.03-1.11 s)
-        rows_in = conn.cursor(binary=True).stream(_STATUS, params, size=_stream_chunk())
+        rows_in = conn.cursor(binary=True, row_factory=namedtuple_row).stream(_STATUS, params, size=_stream_chunk(250))
         while rows := list(itertools.islice(rows_in, chunk)):
             yield rows
 
@@ -1285,8 +1285,9 @@ def stream_mentions(
     deleted: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Mentions in published_at order, read along an index (sl_mentions_published_idx, or the tenant's or
-    source's) and streamed: PostgreSQL sends rows as it reads them, 2,000 a chunk, while Python encodes
-    the ones before on the other core; a million rows never sit in memory, nor in a temporary file.
+    source's) and streamed: PostgreSQL sends rows as it reads them, a chunk at a time (_stream_chunk), while
+    Python encodes the ones before on the other core; a million rows never sit in memory, nor in a temporary
+    file.
 
     A declared cursor fetched whole (FETCH ALL) is materialized by the server first (104 MB of temporary
     files for 300,000 mentions); fetched 2,000 at a time it waits a round trip per chunk (125,000 rows/s
@@ -1307,14 +1308,21 @@ def stream_mentions(
             " AND (%(deleted)s OR deleted_at IS NULL)"
             f" ORDER BY {order} LIMIT %(limit)s",
             {"tenant": tenant_id, "source": source_id, "since": since, "limit": limit, "deleted": deleted},
-            size=_stream_chunk(),
+            size=_stream_chunk(750),
         )
 
 
-def _stream_chunk() -> int:
-    """Rows a streamed result arrives in: chunks need libpq 17 (psycopg's binary wheels carry it); an
-    older libpq sends one row at a time, slower but as correct."""
-    return 2000 if psycopg.capabilities.has_stream_chunked() else 1
+# A streamed result's chunk fits the socket's buffer (Linux gives a Unix socket 208 KB), so that PostgreSQL
+# sends the next chunk while Python encodes this one. Exporting 2,000,000 mentions (~750 bytes a row) took
+# 13.2 s in chunks of 2,000 rows (1.5 MB: the server waited for each), 9.5-9.9 s in chunks of 200-400, and
+# 14 s in chunks of 50-100 (each result has a fixed cost).
+_STREAM_CHUNK_BYTES = 200_000
+
+
+def _stream_chunk(row_bytes: int) -> int:
+    """Rows a streamed result arrives in, for rows of about `row_bytes`: chunks need libpq 17 (psycopg's
+    binary wheels carry it); an older libpq sends one row at a time, slower but as correct."""
+    return max(1, _STREAM_CHUNK_BYTES // row_bytes) if psycopg.capabilities.has_stream_chunked() else 1
 
 
 # --- daily quotas -----------------------------------------------------------------------------------

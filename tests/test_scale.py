@@ -272,6 +272,36 @@ def test_mentions_are_listed_and_exported_in_published_order_with_their_exact_va
     assert exported[-3:] == newest[::-1]
 
 
+def test_an_export_of_many_chunks_writes_every_mention_once_in_order_with_one_csv_header(cli: Cli, conn) -> None:
+    """Rows arrive from the server in chunks and are written EXPORT_CHUNK at a time: across both kinds of
+    boundary every mention is written once and in order, escaped and neutralised as in a one-row export."""
+    import csv
+    import io
+
+    from slsync.cli import EXPORT_CHUNK
+
+    total = 3 * EXPORT_CHUNK + 401  # past several of each kind of chunk
+    source_id = add_mock_source(conn)
+    conn.execute(
+        "INSERT INTO sl_mentions (tenant_id, source_id, platform, external_id, published_at, content, status)"
+        " SELECT 1, %s, 'mock', 'p' || n, timestamptz '2026-03-01 12:00:00+00' + make_interval(secs => n),"
+        " CASE WHEN n %% 7 = 0 THEN '=HYPERLINK(\"http://evil.example\")' WHEN n %% 11 = 0 THEN E'\\u202eevil'"
+        " ELSE 'post ' || n END, 'new' FROM generate_series(1, %s) AS n",
+        (source_id, total),
+    )
+    expected = [f"p{n}" for n in range(1, total + 1)]
+    jsonl = cli.ok("mentions", "export").stdout
+    assert "\u202e" not in jsonl
+    exported = [json.loads(line) for line in jsonl.splitlines()]
+    assert [m["external_id"] for m in exported] == expected
+    assert exported[10]["content"] == "\u202eevil" and exported[6]["content"].startswith("=HYPERLINK")
+    table = list(csv.reader(io.StringIO(cli.ok("mentions", "export", "--format", "csv").stdout)))
+    assert table[0] == list(db.MENTION_COLUMNS) and len(table) == total + 1
+    assert [row[4] for row in table[1:]] == expected
+    content = db.MENTION_COLUMNS.index("content")
+    assert table[11][content] == "\\u202eevil" and table[7][content] == '\'=HYPERLINK("http://evil.example")'
+
+
 def test_analyze_shares_one_limit_between_its_lanes(cli: Cli, conn) -> None:
     source_id = add_mock_source(conn)
     cli.ok("mock", str(source_id), "--count", "3000")
