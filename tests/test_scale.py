@@ -348,7 +348,7 @@ def test_a_large_backlog_is_analysed_in_worker_processes_and_their_failure_is_re
     done = cli.ok("analyze", "--json", env=env).json()
     assert (done["analyzed"], done["remaining"], done["error"]) == (count, 0, None)
     batches = [line.split() for line in log.read_text().splitlines()]
-    assert sorted(int(size) for _, size in batches) == [200] + [500] * (count // 500)  # every batch once
+    assert sorted(int(size) for _, size in batches) == [700] + [1000] * (count // 1000)  # every batch once
     assert len({pid for pid, _ in batches} | {str(os.getpid())}) > 2  # in worker processes, more than one
     analyzers = conn.execute("SELECT DISTINCT analyzer, status FROM sl_mentions").fetchall()
     assert analyzers == [{"analyzer": "testplug", "status": "processed"}]
