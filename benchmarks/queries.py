@@ -49,6 +49,13 @@ class Explaining:
     plans: list[Plan] = field(default_factory=list)
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        self.explain(query, params)
+        return self.conn.execute(query, params, **kwargs)
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        return _ExplainingCursor(self, self.conn.cursor(*args, **kwargs))
+
+    def explain(self, query: Any, params: Any) -> None:
         first = " ".join(str(query).split())[:60] if isinstance(query, str) else type(query).__name__
         with self.conn.transaction(force_rollback=True):
             row = self.conn.execute(_explained(query, EXPLAIN), params).fetchone()
@@ -59,10 +66,31 @@ class Explaining:
                 rows = self.conn.execute(_explained(query, "EXPLAIN (ANALYZE, BUFFERS) "), params).fetchall()
                 plan.text = "\n".join(r["QUERY PLAN"] for r in rows)
         self.plans.append(plan)
-        return self.conn.execute(query, params, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.conn, name)
+
+
+class _ExplainingCursor:
+    """A cursor of an Explaining connection (db.status_rows reads through one): its statements explained too.
+    psycopg's cursors have __slots__, so it is wrapped."""
+
+    def __init__(self, explaining: Explaining, cursor: Any) -> None:
+        self._explaining, self._cursor = explaining, cursor
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        self._explaining.explain(query, params)
+        self._cursor.execute(query, params, **kwargs)
+        return self
+
+    def __enter__(self) -> _ExplainingCursor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._cursor.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
 
 
 def _explained(query: Any, prefix: str) -> Any:

@@ -1711,8 +1711,9 @@ def _output_path(value: str | None) -> Path | None:
 @contextmanager
 def _export_target(path: Path | None) -> Iterator[Any]:
     """Where the rows go, as bytes: stdout, or a temporary file beside `path` renamed over it only once every
-    row is written (a failed export leaves the old file as it was). A device or a pipe (/dev/stdout, a FIFO)
-    cannot be renamed over and is written directly."""
+    row is written (a failed export leaves the old file as it was). A link to a file: the file it leads to is
+    replaced, the link stays. A device, a pipe, or a file this process holds open (/dev/stdout, a FIFO,
+    /proc/self/fd/1) cannot be renamed over and is appended to where it stands."""
     if path is None:
         out = binary_stdout()
         yield out
@@ -1722,6 +1723,9 @@ def _export_target(path: Path | None) -> Iterator[Any]:
     import stat
     import tempfile
 
+    held_open = _leads_into_proc(path)
+    if not held_open and path.is_symlink():
+        path = path.resolve()
     try:
         existing = path.stat()
     except FileNotFoundError:
@@ -1729,12 +1733,13 @@ def _export_target(path: Path | None) -> Iterator[Any]:
     except OSError as exc:
         raise UsageError(f"--output {path}: {exc.strerror}") from None
     try:
-        if existing is not None and not stat.S_ISREG(existing.st_mode):
-            with _writing(path), path.open("wb") as stream:
+        if held_open or (existing is not None and not stat.S_ISREG(existing.st_mode)):
+            # appended: a file the shell opened with >> keeps what it had (a pipe or a device knows no end)
+            with _writing(path), path.open("ab") as stream:
                 yield stream
             return
         fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    except PermissionError as exc:
+    except (PermissionError, FileNotFoundError) as exc:
         raise UsageError(f"--output {path}: {exc.strerror}") from None
     try:
         # a new file gets the usual mode (the umask's); a replaced one keeps its own
@@ -1748,6 +1753,21 @@ def _export_target(path: Path | None) -> Iterator[Any]:
         os.replace(temp, path)
     finally:
         Path(temp).unlink(missing_ok=True)
+
+
+def _leads_into_proc(path: Path) -> bool:
+    """Whether `path` is in /proc or a link leading there (/dev/stdout -> /proc/self/fd/1): a file this process
+    holds open. Renamed over, the link itself would be replaced (as root, /dev/stdout for every process)."""
+    import os
+
+    current = Path(os.path.abspath(path))
+    for _ in range(40):  # the kernel's own limit on links followed
+        if current.parts[1:2] == ("proc",):
+            return True
+        if not current.is_symlink():
+            return False
+        current = Path(os.path.abspath(current.parent / os.readlink(current)))
+    return False
 
 
 @contextmanager
@@ -1765,19 +1785,20 @@ def _writing(path: Path) -> Iterator[None]:
 _FORMULA_START = frozenset("=+-@\t\r")
 
 
-def _csv_cells(row: dict[str, Any]) -> list[Any]:
-    """A row's cells as a spreadsheet may safely open them: never a formula. Control characters are escaped
-    afterwards, in the written text (_write_mentions): an escape is printable ASCII without a comma or a
-    quote, so it changes no cell's quoting."""
+def _csv_cells(row: dict[str, Any], columns: Sequence[str]) -> list[Any]:
+    """A row's cells, in the order of `columns`, as a spreadsheet may safely open them: never a formula.
+    Control characters are escaped afterwards, in the written text (_write_mentions): an escape is
+    printable ASCII without a comma or a quote, so it changes no cell's quoting."""
     cells = []
-    for value in row.values():
+    for column in columns:
+        value = row[column]
         if value.__class__ is str:  # most cells, at one test each: 2,000,000 rows make 54,000,000 cells
             if value[:1] in _FORMULA_START:
                 value = "'" + value
         elif isinstance(value, datetime):
             value = _json_default(value)
-        elif isinstance(value, (list, tuple)):
-            value = " ".join(map(str, value))
+        elif isinstance(value, (list, tuple, str)):  # a list, or text of a str subclass
+            value = value if isinstance(value, str) else " ".join(map(str, value))
             if value[:1] in _FORMULA_START:
                 value = "'" + value
         cells.append(value)
@@ -1842,7 +1863,7 @@ def _write_mentions(rows: Iterator[dict[str, Any]], format: str, target: Any, co
         writer.writerow(columns)
     while chunk := list(itertools.islice(rows, EXPORT_CHUNK)):
         if format == "csv":
-            writer.writerows([_csv_cells(row) for row in chunk])
+            writer.writerows([_csv_cells(row, columns) for row in chunk])
             target.write(visible(text.getvalue(), keep_line_breaks=True).encode())
             text.seek(0)
             text.truncate()

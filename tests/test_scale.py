@@ -323,6 +323,8 @@ WORKER_PLUGIN = """
         def analyze(self, texts):
             if os.environ.get("PLUGIN_FAIL"):
                 raise RuntimeError("the model service is down")
+            if os.environ.get("PLUGIN_GENERATOR"):  # not a list: refused as in one process
+                return (Analysis("positive", 0.5, "praise") for _ in texts)
             with open(os.environ["PLUGIN_LOG"], "a") as log:
                 log.write(f"{os.getpid()} {len(texts)}\\n")
             return [Analysis("positive", 0.5, "praise") for _ in texts]
@@ -343,8 +345,11 @@ def test_a_large_backlog_is_analysed_in_worker_processes_and_their_failure_is_re
     failed = cli("analyze", "--json", env=env)
     assert failed.returncode == 1 and "the model service is down" in failed.json()["error"]
     assert conn.execute("SELECT count(*) AS n FROM sl_mentions WHERE status = 'new'").fetchone() == {"n": count}
-
     del env["PLUGIN_FAIL"]
+    refused = cli("analyze", "--json", env={**env, "PLUGIN_GENERATOR": "1"})
+    assert refused.returncode == 1 and "has no len()" in refused.json()["error"]
+    assert conn.execute("SELECT count(*) AS n FROM sl_mentions WHERE status = 'new'").fetchone() == {"n": count}
+
     done = cli.ok("analyze", "--json", env=env).json()
     assert (done["analyzed"], done["remaining"], done["error"]) == (count, 0, None)
     batches = [line.split() for line in log.read_text().splitlines()]

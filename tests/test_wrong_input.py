@@ -104,6 +104,36 @@ def test_an_export_to_a_path_it_cannot_write_is_one_line_naming_it(conn: db.Conn
     assert Path("/dev/full").is_char_device()  # written into, never replaced
 
 
+def test_an_export_through_a_link_writes_where_it_leads_and_keeps_the_link(conn: db.Connection, cli: Cli, tmp_path):
+    """--output /dev/stdout with stdout sent to a file was renamed over: the export replaced the link itself
+    (as root, /dev/stdout for every process). A link of the test's own into /proc stands in for it."""
+    import subprocess
+
+    source_id = add_mock_source(conn)
+    add_posts(conn, source_id, ["one", "two"])
+    export = ("mentions", "export", "--source", str(source_id), "--output")
+    to_stdout = tmp_path / "to-stdout"
+    to_stdout.symlink_to("/proc/self/fd/1")
+    log = tmp_path / "cron.log"
+    log.write_text("earlier\n")
+    with log.open("a") as appending:  # stdout as `>> cron.log` gives it
+        done = subprocess.run(cli.command(*export, str(to_stdout)), env=cli.env, cwd=cli.cwd, stdout=appending,
+                              stderr=subprocess.PIPE, text=True, timeout=60)  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, f"wrote 2 mentions to {to_stdout}\n")
+    assert to_stdout.is_symlink()
+    lines = log.read_text().splitlines()
+    assert lines[0] == "earlier" and [json.loads(line)["content"] for line in lines[1:]] == ["one", "two"]
+    # a link to an ordinary file: the file it leads to is replaced whole, the link stays
+    real, link = tmp_path / "real.jsonl", tmp_path / "link.jsonl"
+    real.write_text("old\n")
+    link.symlink_to(real)
+    cli.ok(*export, str(link))
+    assert link.is_symlink() and [json.loads(line)["content"] for line in real.read_text().splitlines()] == [
+        "one",
+        "two",
+    ]
+
+
 # --- settings and the token store ---------------------------------------------------------------------------
 
 
