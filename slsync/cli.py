@@ -1772,10 +1772,13 @@ def _leads_into_proc(path: Path) -> bool:
 
 @contextmanager
 def _writing(path: Path) -> Iterator[None]:
-    """A failed write (a full disk, an I/O error) as one line naming the file: exit 1."""
+    """A failed write (a full disk, an I/O error) as one line naming the file: exit 1. A reader that went
+    away (`--output /dev/stdout | head`) ends the command as on stdout: exit 1, no line (click's way)."""
     try:
         yield
     except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise
         if isinstance(exc, PermissionError):
             raise UsageError(f"--output {path}: {exc.strerror}") from None
         raise SlsyncError(f"could not write {path}: {exc.strerror or exc}") from None

@@ -134,6 +134,18 @@ def test_an_export_through_a_link_writes_where_it_leads_and_keeps_the_link(conn:
     ]
 
 
+def test_an_export_whose_reader_stops_early_ends_with_1_and_no_line(conn: db.Connection, cli: Cli) -> None:
+    """`slsync mentions export | head`: the same quiet end to stdout and to --output /dev/stdout."""
+    source_id = add_mock_source(conn)
+    cli.ok("mock", str(source_id), "--count", "2000")  # ~1.5 MB: far more than a pipe holds
+    for output in ((), ("--output", "/dev/stdout")):
+        export = cli.popen("mentions", "export", *output)
+        assert export.stdout is not None and export.stdout.read(100)
+        export.stdout.close()
+        assert export.wait(timeout=60) == 1, output
+        assert export.stderr is not None and export.stderr.read() == "", output
+
+
 # --- settings and the token store ---------------------------------------------------------------------------
 
 
