@@ -1859,21 +1859,24 @@ def _write_mentions(rows: Iterator[dict[str, Any]], format: str, target: Any, co
     import io
     import itertools
 
-    count = 0
     text = io.StringIO(newline="")
     writer = csv.writer(text)
+
+    def csv_lines(chunk: list[dict[str, Any]]) -> bytes:
+        writer.writerows([_csv_cells(row, columns) for row in chunk])
+        written = visible(text.getvalue(), keep_line_breaks=True).encode()
+        text.seek(0)
+        text.truncate()
+        return written
+
+    encoded = csv_lines if format == "csv" else json_lines
     if format == "csv":
         writer.writerow(columns)
+        target.write(csv_lines([]))  # the header, also above no rows
+    count = 0
     while chunk := list(itertools.islice(rows, EXPORT_CHUNK)):
-        if format == "csv":
-            writer.writerows([_csv_cells(row, columns) for row in chunk])
-            target.write(visible(text.getvalue(), keep_line_breaks=True).encode())
-            text.seek(0)
-            text.truncate()
-        else:
-            target.write(json_lines(chunk))
+        target.write(encoded(chunk))
         count += len(chunk)
-    target.write(text.getvalue().encode())  # a CSV with no rows: its header
     target.flush()
     return count
 
